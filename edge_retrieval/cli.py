@@ -1,0 +1,272 @@
+"""The command line: a thin click layer over the library. Only here do errors become messages."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from . import demo as demo_data
+from .embedder import Embedder
+from .enroll import enroll as enroll_pairs
+from .enroll import list_images, plan
+from .errors import BadImageError, EdgeRetrievalError
+from .gallery import Gallery
+from .modelcard import DEFAULT_MODEL
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Group(click.Group):
+    """Turns the library's typed errors into one-line messages and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeRetrievalError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+
+
+gallery_option = click.option(
+    "--gallery", "-g", "gallery_path", default="gallery.db", show_default=True, envvar="EDGE_RETRIEVAL_GALLERY",
+    type=click.Path(dir_okay=False), help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY).")
+model_option = click.option(
+    "--model", "-m", "model_path", default=str(DEFAULT_MODEL), show_default=True, envvar="EDGE_RETRIEVAL_MODEL",
+    type=click.Path(dir_okay=False), help="The .tflite model; its .json card must sit beside it.")
+threads_option = click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
+                              help="Interpreter threads.")
+
+
+def parse_meta(pairs: tuple[str, ...]) -> dict:
+    meta = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--meta")
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError:
+            meta[key] = value
+    return meta
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="edge-retrieval")
+def cli():
+    """On-device image retrieval: enrol photos in a gallery, then look images up."""
+
+
+def progress(items):
+    """A progress bar on a terminal for long loops; plain iteration otherwise."""
+    if not sys.stderr.isatty() or len(items) < 20:
+        yield from items
+        return
+    with click.progressbar(items, label="embedding", file=sys.stderr, show_pos=True, show_eta=True) as bar:
+        yield from bar
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--label", "-l", help="Label for every image given (default: sub-folder name or file name).")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata for the enrolled items (repeatable).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and report how many) instead of stopping.")
+@gallery_option
+@model_option
+@threads_option
+def enroll(paths, label, meta, skip_bad, gallery_path, model_path, threads):
+    """Enrol image files or folders (sub-folder names become labels)."""
+    metadata = parse_meta(meta)
+    pairs = plan(paths, label)
+    with Embedder(model_path, threads) as emb, Gallery(gallery_path) as gallery:
+        report = enroll_pairs(gallery, emb, pairs, metadata=metadata, skip_bad=skip_bad, progress=progress)
+    for e in report.skipped:
+        click.echo(f"skipped {e}", err=True)
+    skipped = f", skipped {len(report.skipped)} bad file(s)" if report.skipped else ""
+    click.echo(f"enrolled {report.images} image(s) as {report.items} item(s) in {gallery_path}{skipped}")
+
+
+def expand_queries(paths) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        out.extend(list_images(p) if p.is_dir() else [p])
+    return out
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query: query, matches[label, score, item_id, metadata].")
+@gallery_option
+@model_option
+@threads_option
+def search(images, top_k, as_json, gallery_path, model_path, threads):
+    """Look up one or many images (or folders of them) in the gallery."""
+    queries = expand_queries(images)
+    with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
+        gallery.check_model(emb.sha256, emb.card.name)
+        vectors = emb.embed_files(queries)
+        matches = gallery.search(vectors, top_k)
+        meta = {item.id: item.metadata for item in gallery.items()}
+    for q, path in enumerate(queries):
+        found = [
+            {"label": str(label), "score": round(float(score), 4), "item_id": int(item_id), "metadata": meta[item_id]}
+            for item_id, label, score in zip(matches.item_ids[q], matches.labels[q], matches.scores[q])
+        ]
+        if as_json:
+            click.echo(json.dumps({"query": str(path), "matches": found}))
+        else:
+            best = ", ".join(f"{m['label']} {m['score']:.3f}" for m in found)
+            click.echo(f"{path}: {best}")
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per item.")
+@gallery_option
+def list_items(as_json, gallery_path):
+    """List the gallery's items."""
+    with Gallery(gallery_path, create=False) as gallery:
+        items = gallery.items()
+    for item in items:
+        if as_json:
+            click.echo(json.dumps({"item_id": item.id, "label": item.label, "embeddings": item.embeddings,
+                                   "metadata": item.metadata}))
+        else:
+            meta = " ".join(f"{k}={v}" for k, v in item.metadata.items())
+            click.echo(f"{item.id:>6}  {item.label}  ({item.embeddings} embedding(s)) {meta}".rstrip())
+
+
+@cli.command()
+@click.argument("items", nargs=-1, required=True)
+@gallery_option
+def remove(items, gallery_path):
+    """Remove items by label or by numeric id."""
+    with Gallery(gallery_path, create=False) as gallery:
+        with gallery.transaction():
+            removed = [gallery.remove(int(i) if i.isdigit() else i) for i in items]
+    for item in removed:
+        click.echo(f"removed {item.label} (id {item.id}, {item.embeddings} embedding(s))")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@gallery_option
+def export(path, gallery_path):
+    """Write the gallery to one portable file."""
+    with Gallery(gallery_path, create=False) as gallery:
+        counts = gallery.export(path)
+    click.echo(f"exported {counts['items']} item(s), {counts['embeddings']} embedding(s) to {path}")
+
+
+@cli.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@gallery_option
+def import_(path, gallery_path):
+    """Merge an exported gallery file into the gallery."""
+    with Gallery(gallery_path) as gallery:
+        counts = gallery.import_from(path)
+    click.echo(f"imported {counts['items']} item(s), {counts['embeddings']} embedding(s) into {gallery_path}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@gallery_option
+@model_option
+def info(as_json, gallery_path, model_path):
+    """Show the model, the gallery's counts and sizes."""
+    from .modelcard import ModelCard, sha256_file
+
+    card = ModelCard.load(ModelCard.path_for(model_path))
+    out = {"model": {"path": model_path, "name": card.name, "sha256": sha256_file(model_path),
+                     "bytes": Path(model_path).stat().st_size, "input": [card.input_height, card.input_width],
+                     "output_kind": card.output_kind, "dim": card.output_dim,
+                     "validation": card.validation}}
+    if Path(gallery_path).is_file():
+        with Gallery(gallery_path, create=False) as gallery:
+            out["gallery"] = gallery.info()
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    m = out["model"]
+    click.echo(f"model    {m['name']}  {m['path']}  ({m['bytes'] / 1e6:.1f} MB, sha256 {m['sha256'][:12]}…)")
+    click.echo(f"         input {m['input'][0]}×{m['input'][1]}, {m['output_kind']} → {m['dim']}-d descriptor")
+    if "gallery" in out:
+        g = out["gallery"]
+        click.echo(f"gallery  {g['path']}  {g['items']} item(s), {g['embeddings']} embedding(s), "
+                   f"{g['file_bytes'] / 1e6:.2f} MB on disk, {g['matrix_bytes'] / 1e6:.2f} MB matrix")
+        if g["model_sha256"]:
+            click.echo(f"         belongs to model {g['model_name']} (sha256 {g['model_sha256'][:12]}…)")
+    else:
+        click.echo(f"gallery  {gallery_path} does not exist yet")
+
+
+@cli.command("eval")
+@click.argument("ground_truth", type=click.Path(exists=True, dir_okay=False))
+@click.option("--subset", help="Only queries whose path starts with this folder (e.g. qsd1_w1).")
+@click.option("--json", "as_json", is_flag=True)
+@model_option
+@threads_option
+def eval_(ground_truth, subset, as_json, model_path, threads):
+    """Measure recall@1, recall@5 and MRR on a ground-truth JSON (query path → record path)."""
+    from .evaluate import evaluate
+
+    with Embedder(model_path, threads) as emb:
+        result = evaluate(Path(ground_truth), emb, subset)
+    if as_json:
+        fields = {k: v for k, v in result.__dict__.items() if k != "ranks"}
+        click.echo(json.dumps(fields))
+    else:
+        click.echo(f"{subset or ground_truth}: {result.queries} queries, {result.records} records  "
+                   f"recall@1 {result.recall_at_1:.3f}  recall@5 {result.recall_at_5:.3f}  "
+                   f"MRR {result.mrr:.3f}  {result.ms_per_query:.1f} ms/query")
+
+
+@cli.command()
+@click.option("--seed", default=0, show_default=True, help="Seed of the simulated camera views.")
+@model_option
+@threads_option
+def demo(seed, model_path, threads):
+    """Enrol the built-in photos, then look up simulated camera views of them (no camera needed)."""
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp, Embedder(model_path, threads) as emb, \
+            Gallery(Path(tmp) / "demo.db") as gallery:
+        report = enroll_pairs(gallery, emb, [(name, demo_data.photo(name)) for name in demo_data.ITEMS])
+        click.echo(f"enrolled {report.items} items from {demo_data.PHOTOS} with model {emb.card.name}")
+        hits = 0
+        for name in demo_data.ITEMS + demo_data.UNKNOWN:
+            view = demo_data.camera_view(cv2.imread(str(demo_data.photo(name))), rng)
+            start = time.perf_counter()
+            m = gallery.search(emb.embed(view), k=2)
+            ms = 1000 * (time.perf_counter() - start)
+            label, score, runner = m.labels[0, 0], m.scores[0, 0], m.scores[0, 1]
+            truth = name if name in demo_data.ITEMS else "(not enrolled)"
+            hits += label == name
+            click.echo(f"camera view of {name:<10} → {label:<10} score {score:.3f} "
+                       f"(next {runner:.3f})  {ms:5.1f} ms  truth: {truth}")
+        click.echo(f"{hits}/{len(demo_data.ITEMS)} enrolled items found at rank 1")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def convert(args):
+    """Convert MobileNet weights to an int8 TFLite model (needs the [convert] extra; --help for options)."""
+    if not (REPO / "tools" / "convert.py").is_file():
+        raise click.ClickException(f"{REPO / 'tools' / 'convert.py'} not found: run from a checkout of the repo")
+    try:
+        import litert_torch  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise click.ClickException("the converter needs the [convert] extra: pip install -e '.[convert]'")
+    sys.path.insert(0, str(REPO))
+    from tools.convert import main
+
+    sys.exit(main(list(args)))
+
+
+if __name__ == "__main__":
+    cli()

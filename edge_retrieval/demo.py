@@ -1,0 +1,34 @@
+"""The built-in demo: the repo's own real photos, enrolled and then looked up as a camera would see them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
+# Photos enrolled as items; the textures are never enrolled and serve as "unknown" scenes.
+ITEMS = ("astronaut", "cat", "coffee", "rocket", "galaxies", "retina", "coins", "cameraman", "tissue")
+UNKNOWN = ("brick", "grass", "gravel")
+
+
+def photo(name: str) -> Path:
+    return PHOTOS / f"{name}.jpg"
+
+
+def camera_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible camera capture of `image`: crop, small rotation and tilt, light change, blur, JPEG."""
+    h, w = image.shape[:2]
+    crop = rng.uniform(0.75, 0.95)
+    ch, cw = int(h * crop), int(w * crop)
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    img = image[y : y + ch, x : x + cw]
+    src = np.float32([[0, 0], [cw, 0], [cw, ch], [0, ch]])
+    jitter = rng.uniform(-0.06, 0.06, size=(4, 2)) * [cw, ch]
+    warp = cv2.getPerspectiveTransform(src, (src + jitter).astype(np.float32))
+    img = cv2.warpPerspective(img, warp, (cw, ch), borderMode=cv2.BORDER_REFLECT)
+    gain, bias = rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
+    img = np.clip(img.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+    img = cv2.GaussianBlur(img, (5, 5), rng.uniform(0.3, 1.2))
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 80))])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)

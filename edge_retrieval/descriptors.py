@@ -1,0 +1,27 @@
+"""Feature maps → L2-normalized float32 descriptors."""
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-6
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, EPS)
+
+
+def gem(fmap: np.ndarray, p: float = 3.0) -> np.ndarray:
+    """Generalized-mean pooling of an (..., H, W, C) map over H, W → (..., C)."""
+    x = np.maximum(np.asarray(fmap, np.float32), EPS)
+    if p == 1.0:
+        return x.mean(axis=(-3, -2))
+    return np.power(np.power(x, p).mean(axis=(-3, -2)), 1.0 / p)
+
+
+def pool(fmap: np.ndarray, method: str, p: float = 3.0) -> np.ndarray:
+    """Pool a feature map with the model card's method ("gem" or "avg")."""
+    if method == "avg":
+        return np.asarray(fmap, np.float32).mean(axis=(-3, -2))
+    return gem(fmap, p)

@@ -1,0 +1,129 @@
+"""The embedder: a LiteRT int8 model and its card → L2-normalized float32 descriptors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import descriptors, preprocess
+from .errors import ModelError
+from .modelcard import DEFAULT_MODEL, ModelCard, sha256_file
+
+
+def load_interpreter(model_path: str, num_threads: int):
+    """LiteRT's interpreter (ai-edge-litert), falling back to tflite-runtime."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ModelError(
+                "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime with numpy<2)"
+            ) from None
+    try:
+        return Interpreter(model_path=model_path, num_threads=num_threads)
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{model_path}: not a loadable TFLite model ({e})") from None
+
+
+@dataclass(frozen=True)
+class TensorQuantization:
+    scale: float
+    zero_point: int
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, details: dict) -> "TensorQuantization":
+        """Read from the interpreter's tensor details (the model itself, never hard-coded)."""
+        scale, zero_point = details["quantization"]
+        return cls(float(scale), int(zero_point), np.dtype(details["dtype"]))
+
+
+class Embedder:
+    """Turns BGR frames or image files into descriptors.
+
+    >>> with Embedder() as emb:
+    ...     vecs = emb.embed_files(["a.jpg", "b.jpg"])   # (2, dim) float32, unit norm
+    """
+
+    def __init__(self, model_path: str | Path | None = None, num_threads: int = 2):
+        self.model_path = Path(model_path or DEFAULT_MODEL)
+        if not self.model_path.is_file():
+            raise ModelError(f"{self.model_path}: model file not found")
+        self.card = ModelCard.load(ModelCard.path_for(self.model_path))
+        self.sha256 = sha256_file(self.model_path)
+        if self.card.sha256 and self.card.sha256 != self.sha256:
+            raise ModelError(
+                f"{self.model_path}: sha256 {self.sha256[:12]}… does not match its card ({self.card.sha256[:12]}…)"
+            )
+        self._interp = load_interpreter(str(self.model_path), num_threads)
+        self._interp.allocate_tensors()
+        inp = self._interp.get_input_details()[0]
+        out = self._interp.get_output_details()[0]
+        self._in_index, self._out_index = inp["index"], out["index"]
+        h, w = int(inp["shape"][1]), int(inp["shape"][2])
+        if (h, w) != (self.card.input_height, self.card.input_width):
+            raise ModelError(f"{self.model_path}: input {h}×{w} differs from the card's "
+                             f"{self.card.input_height}×{self.card.input_width}")
+        self.input_quant = TensorQuantization.of(inp)
+        self.output_quant = TensorQuantization.of(out)
+        if not np.issubdtype(self.input_quant.dtype, np.integer):
+            raise ModelError(f"{self.model_path}: input is {self.input_quant.dtype}, expected a full-integer model")
+        self._lut = preprocess.input_lut(self.input_quant.scale, self.input_quant.zero_point, self.input_quant.dtype)
+        self.input_size = (w, h)
+
+    @property
+    def dim(self) -> int:
+        return self.card.output_dim
+
+    # -- the model ------------------------------------------------------------
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """BGR uint8 frame → the model's quantized (H, W, 3) input."""
+        w, h = self.input_size
+        return preprocess.to_input(frame, w, h, self.card.color_order, self._lut)
+
+    def invoke(self, tensor: np.ndarray) -> np.ndarray:
+        """One prepared input → the dequantized float32 output (feature map H×W×C or vector C)."""
+        self._interp.set_tensor(self._in_index, tensor[None])
+        self._interp.invoke()
+        raw = self._interp.get_tensor(self._out_index)[0]
+        q = self.output_quant
+        if q.scale == 0:
+            return raw.astype(np.float32)
+        return (raw.astype(np.float32) - q.zero_point) * q.scale
+
+    def describe(self, output: np.ndarray) -> np.ndarray:
+        """Model output → L2-normalized descriptor (pooling a feature map as the card says)."""
+        if self.card.output_kind == "feature_map":
+            output = descriptors.pool(output, self.card.pooling, self.card.gem_p)
+        return descriptors.l2_normalize(output.reshape(-1))
+
+    # -- public API -----------------------------------------------------------
+    def embed(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """One BGR frame (H, W, 3) or a sequence of them → (n, dim) float32 unit vectors."""
+        if isinstance(frames, np.ndarray) and frames.ndim in (2, 3):
+            frames = [frames]
+        out = np.empty((len(frames), self.dim), np.float32)
+        for i, frame in enumerate(frames):
+            out[i] = self.describe(self.invoke(self.prepare(frame)))
+        return out
+
+    def embed_files(self, paths: Iterable[str | Path]) -> np.ndarray:
+        """Image files → (n, dim) descriptors; BadImageError names the first bad file."""
+        paths = list(paths)
+        out = np.empty((len(paths), self.dim), np.float32)
+        for i, path in enumerate(paths):
+            out[i] = self.embed(preprocess.read_image(path))[0]
+        return out
+
+    def close(self) -> None:
+        self._interp = None
+
+    def __enter__(self) -> "Embedder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

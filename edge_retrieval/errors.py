@@ -1,0 +1,31 @@
+"""Typed errors. The library raises these; only `cli.py` turns them into messages."""
+from __future__ import annotations
+
+
+class EdgeRetrievalError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class BadImageError(EdgeRetrievalError):
+    """An image file is missing, unreadable or not an image."""
+
+    def __init__(self, path: str, reason: str = "cannot be read as an image"):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ModelError(EdgeRetrievalError):
+    """A model file or its card is missing, malformed or inconsistent."""
+
+
+class ModelMismatchError(EdgeRetrievalError):
+    """Vectors from one model offered to a gallery that belongs to another."""
+
+
+class GalleryError(EdgeRetrievalError):
+    """A gallery file, item or import file is wrong."""
+
+
+class ConfigError(EdgeRetrievalError):
+    """A configuration value is wrong; the message names the key path."""

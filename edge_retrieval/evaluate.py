@@ -1,0 +1,70 @@
+"""Retrieval protocols from a ground-truth JSON file: {query path: expected record path}."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .embedder import Embedder
+from .enroll import list_images
+from .errors import GalleryError
+from .gallery import Gallery
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    queries: int
+    records: int
+    recall_at_1: float
+    recall_at_5: float
+    mrr: float
+    ms_per_query: float  # embed + search, per query
+    ranks: tuple[int, ...]  # 1-based rank of the right record per query (0 = not in the top k)
+
+
+def load_ground_truth(path: Path, subset: str | None) -> dict[str, str]:
+    try:
+        gt = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GalleryError(f"{path}: cannot read ground truth ({e})") from None
+    if not isinstance(gt, dict) or not all(isinstance(v, str) for v in gt.values()):
+        raise GalleryError(f"{path}: ground truth must be an object of query path → record path")
+    if subset:
+        gt = {q: r for q, r in gt.items() if Path(q).parts[0] == subset}
+        if not gt:
+            raise GalleryError(f"{path}: no query under {subset!r}")
+    return gt
+
+
+def evaluate(ground_truth: Path, embedder: Embedder, subset: str | None = None, k: int = 10) -> EvalResult:
+    """Enroll every image in the folders holding the expected records (labels = record paths),
+    then look up each query; paths are relative to the ground-truth file's folder."""
+    root = Path(ground_truth).parent
+    gt = load_ground_truth(ground_truth, subset)
+    folders = sorted({(root / r).parent for r in gt.values()})
+    records = [p for folder in folders for p in list_images(folder)]
+    gallery = Gallery(":memory:")
+    vectors = embedder.embed_files(records)
+    with gallery.transaction():
+        for path, vector in zip(records, vectors):
+            gallery.add(path.relative_to(root).as_posix(), vector, model_sha256=embedder.sha256)
+    queries = sorted(gt)
+    start = time.perf_counter()
+    ranks = []
+    for query in queries:
+        found = list(gallery.search(embedder.embed_files([root / query]), k).labels[0])
+        ranks.append(found.index(gt[query]) + 1 if gt[query] in found else 0)
+    elapsed = time.perf_counter() - start
+    r = np.array(ranks)
+    return EvalResult(
+        queries=len(queries),
+        records=len(records),
+        recall_at_1=float(np.mean(r == 1)),
+        recall_at_5=float(np.mean((r >= 1) & (r <= 5))),
+        mrr=float(np.mean(np.where(r > 0, 1.0 / np.maximum(r, 1), 0.0))),
+        ms_per_query=1000 * elapsed / len(queries),
+        ranks=tuple(ranks),
+    )

@@ -1,0 +1,404 @@
+"""The gallery: items, their int8 embeddings and the model they belong to, in one SQLite file.
+
+Schema changes only through `MIGRATIONS` (a `PRAGMA user_version` ladder). Every change is
+one transaction: an exception half-way leaves the file exactly as it was. The search
+matrix is cached in memory and reloaded when another connection changed the tables
+(`PRAGMA data_version`) or this one did.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import sqlite_utils
+
+from . import quantize
+from .errors import GalleryError, ModelMismatchError
+from .scan import CodeMatrix
+
+MIGRATIONS: list[str] = [
+    # 1: items, embeddings, meta
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        label TEXT NOT NULL UNIQUE,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created REAL NOT NULL
+    );
+    CREATE TABLE embeddings (
+        id INTEGER PRIMARY KEY,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        vector BLOB NOT NULL,
+        scale REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL
+    );
+    CREATE INDEX embeddings_item ON embeddings(item_id);
+    """,
+    # 2: events (every decision) and their outbox (one row per event and sink until acknowledged)
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        kind TEXT NOT NULL CHECK (kind IN ('match', 'unknown')),
+        label TEXT,
+        item_id INTEGER,
+        score REAL NOT NULL,
+        snapshot TEXT,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_time ON events(time);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        sink TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL DEFAULT 0,
+        delivered REAL,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(sink, event_id) WHERE delivered IS NULL;
+    CREATE INDEX outbox_event ON outbox(event_id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+GALLERY_TABLES = ("meta", "items", "embeddings")
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Bring the schema to SCHEMA_VERSION, one numbered step at a time, each in a transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise GalleryError(f"{db_path(db)}: schema version {version} is newer than this program's ({SCHEMA_VERSION})")
+    for number in range(version, SCHEMA_VERSION):
+        with db.atomic():
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number + 1}")
+
+
+def db_path(db: sqlite_utils.Database) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return row[2] or ":memory:"
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    label: str
+    metadata: dict[str, Any]
+    embeddings: int
+    created: float
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Search results: parallel (queries, k) arrays, best match first."""
+
+    item_ids: np.ndarray  # int64
+    labels: np.ndarray  # object (str)
+    scores: np.ndarray  # float32, cosine similarity
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass
+class _Cache:
+    stamp: tuple[int, int] = (-1, -1)
+    matrix: CodeMatrix | None = None
+    labels: dict[int, str] = field(default_factory=dict)
+    max_per_item: int = 1
+
+
+class Gallery:
+    """One SQLite gallery file.
+
+    >>> with Gallery("gallery.db") as g:
+    ...     g.add("cat", vectors, model_sha256=emb.sha256, model_name=emb.card.name)
+    ...     g.search(queries, k=5).labels
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True):
+        self.path = str(path)
+        if self.path != ":memory:":
+            if not create and not Path(self.path).is_file():
+                raise GalleryError(f"{self.path}: no such gallery")
+            parent = Path(self.path).parent
+            if not parent.is_dir():
+                raise GalleryError(f"{self.path}: folder {parent} does not exist")
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if self.path != ":memory:":
+                self.db.enable_wal()
+            migrate(self.db)
+        except sqlite3.DatabaseError as e:
+            raise GalleryError(f"{self.path}: not a gallery database ({e})") from None
+        self._writes = 0
+        self._cache = _Cache()
+
+    # -- model binding --------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    @property
+    def model_sha256(self) -> str | None:
+        return self._meta("model_sha256")
+
+    @property
+    def model_name(self) -> str | None:
+        return self._meta("model_name")
+
+    @property
+    def dim(self) -> int | None:
+        value = self._meta("dim")
+        return int(value) if value else None
+
+    def check_model(self, sha256: str, name: str = "") -> None:
+        """Raise ModelMismatchError unless the gallery is empty of a model or belongs to this one."""
+        own = self.model_sha256
+        if own is not None and own != sha256:
+            raise ModelMismatchError(
+                f"{self.path} belongs to model {self.model_name or '?'} (sha256 {own[:12]}…); "
+                f"these vectors come from {name or '?'} (sha256 {sha256[:12]}…)"
+            )
+
+    def _bind(self, sha256: str, name: str, dim: int) -> None:
+        self.check_model(sha256, name)
+        if self.model_sha256 is None:
+            self.db.execute("INSERT INTO meta(key, value) VALUES ('model_sha256', ?), ('model_name', ?), ('dim', ?)",
+                            [sha256, name, str(dim)])
+        elif self.dim != dim:
+            raise GalleryError(f"{self.path}: vectors have {dim} dimensions, the gallery {self.dim}")
+
+    # -- changes ---------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator["Gallery"]:
+        """Group several changes into one transaction (nested calls use savepoints)."""
+        with self.db.atomic():
+            yield self
+        self._writes += 1
+
+    def add(
+        self,
+        label: str,
+        vectors: np.ndarray,
+        *,
+        model_sha256: str,
+        model_name: str = "",
+        metadata: dict[str, Any] | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> int:
+        """Add embeddings to the item `label` (created if new; metadata merged). Returns its id."""
+        label = label.strip() if isinstance(label, str) else label
+        if not label or not isinstance(label, str):
+            raise GalleryError("label must be a non-empty string")
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        if len(vectors) == 0:
+            raise GalleryError(f"item {label!r}: no vectors to add")
+        if not np.isfinite(vectors).all():
+            raise GalleryError(f"item {label!r}: vectors contain NaN or infinity")
+        sources = list(sources) if sources is not None else [""] * len(vectors)
+        if len(sources) != len(vectors):
+            raise GalleryError(f"item {label!r}: {len(sources)} sources for {len(vectors)} vectors")
+        metadata = dict(metadata or {})
+        try:
+            json.dumps(metadata)
+        except TypeError as e:
+            raise GalleryError(f"item {label!r}: metadata is not JSON ({e})") from None
+        codes, scales = quantize.quantize(vectors)
+        now = time.time()
+        with self.transaction():
+            self._bind(model_sha256, model_name, vectors.shape[1])
+            row = self.db.execute("SELECT id, metadata FROM items WHERE label = ?", [label]).fetchone()
+            if row is None:
+                item_id = self.db.execute(
+                    "INSERT INTO items(label, metadata, created) VALUES (?, ?, ?)", [label, json.dumps(metadata), now]
+                ).lastrowid
+            else:
+                item_id = row[0]
+                if metadata:
+                    merged = {**json.loads(row[1]), **metadata}
+                    self.db.execute("UPDATE items SET metadata = ? WHERE id = ?", [json.dumps(merged), item_id])
+            self.db.conn.executemany(
+                "INSERT INTO embeddings(item_id, vector, scale, source, created) VALUES (?, ?, ?, ?, ?)",
+                [(item_id, quantize.to_blob(c), float(s), str(src), now) for c, s, src in zip(codes, scales, sources)],
+            )
+        return int(item_id)
+
+    def remove(self, item: int | str) -> Item:
+        """Remove one item (by id or label) and its embeddings; returns what was removed."""
+        found = self.item(item)
+        with self.transaction():
+            self.db.execute("DELETE FROM items WHERE id = ?", [found.id])
+        return found
+
+    # -- reading ---------------------------------------------------------------
+    def _item_from_row(self, row) -> Item:
+        return Item(id=row[0], label=row[1], metadata=json.loads(row[2]), embeddings=row[3], created=row[4])
+
+    _ITEM_SQL = ("SELECT i.id, i.label, i.metadata, (SELECT count(*) FROM embeddings e WHERE e.item_id = i.id), "
+                 "i.created FROM items i")
+
+    def items(self) -> list[Item]:
+        return [self._item_from_row(r) for r in self.db.execute(self._ITEM_SQL + " ORDER BY i.id")]
+
+    def item(self, item: int | str) -> Item:
+        """One item by id (int) or label (str); GalleryError if there is none."""
+        if isinstance(item, (int, np.integer)):
+            row = self.db.execute(self._ITEM_SQL + " WHERE i.id = ?", [int(item)]).fetchone()
+        else:
+            row = self.db.execute(self._ITEM_SQL + " WHERE i.label = ?", [item]).fetchone()
+        if row is None:
+            raise GalleryError(f"{self.path}: no item {item!r}")
+        return self._item_from_row(row)
+
+    def count(self) -> tuple[int, int]:
+        """(items, embeddings)."""
+        return (self.db.execute("SELECT count(*) FROM items").fetchone()[0],
+                self.db.execute("SELECT count(*) FROM embeddings").fetchone()[0])
+
+    def info(self) -> dict[str, Any]:
+        items, embeddings = self.count()
+        dim = self.dim or 0
+        return {
+            "path": self.path,
+            "schema_version": SCHEMA_VERSION,
+            "model_name": self.model_name,
+            "model_sha256": self.model_sha256,
+            "dim": dim,
+            "items": items,
+            "embeddings": embeddings,
+            "file_bytes": sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.isfile(p)),
+            "matrix_bytes": embeddings * (dim + 4),
+        }
+
+    # -- search ----------------------------------------------------------------
+    def _stamp(self) -> tuple[int, int]:
+        return (self.db.execute("PRAGMA data_version").fetchone()[0], self._writes)
+
+    def matrix(self) -> CodeMatrix:
+        """The cached int8 matrix (keys = item ids), reloaded if the tables changed."""
+        stamp = self._stamp()
+        cache = self._cache
+        if cache.matrix is None or stamp != cache.stamp:
+            dim = self.dim or 0
+            rows = self.db.execute("SELECT item_id, scale, vector FROM embeddings ORDER BY id").fetchall()
+            matrix = CodeMatrix(dim, capacity=max(len(rows), 1))
+            if rows:
+                keys = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+                scales = np.fromiter((r[1] for r in rows), np.float32, len(rows))
+                codes = np.frombuffer(b"".join(r[2] for r in rows), np.int8).reshape(len(rows), dim)
+                matrix.append(codes, scales, keys)
+            cache.labels = dict(self.db.execute("SELECT id, label FROM items").fetchall())
+            per_item = self.db.execute("SELECT max(c) FROM (SELECT count(*) c FROM embeddings GROUP BY item_id)")
+            cache.max_per_item = per_item.fetchone()[0] or 1
+            cache.matrix, cache.stamp = matrix, stamp
+        return cache.matrix
+
+    def search(self, queries: np.ndarray, k: int = 5) -> Matches:
+        """Top-k *items* per query (an item scores by its best embedding)."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        if k < 1:
+            raise GalleryError(f"k must be at least 1, not {k}")
+        matrix = self.matrix()
+        if matrix.size and queries.shape[1] != matrix.dim:
+            raise GalleryError(f"{self.path}: queries have {queries.shape[1]} dimensions, the gallery {matrix.dim}")
+        n_items = len(self._cache.labels)
+        k = min(k, n_items)
+        rows, scores = matrix.topk(queries, k * self._cache.max_per_item)
+        keys = matrix.keys[rows] if rows.size else rows
+        ids = np.empty((len(queries), k), np.int64)
+        best = np.empty((len(queries), k), np.float32)
+        for q in range(len(queries)):
+            _, first = np.unique(keys[q], return_index=True)
+            first = np.sort(first)[:k]  # first occurrence of each item = its best score
+            ids[q], best[q] = keys[q][first], scores[q][first]
+        labels = np.vectorize(self._cache.labels.__getitem__, otypes=[object])(ids) if ids.size else ids.astype(object)
+        return Matches(ids, labels, best)
+
+    # -- export / import -------------------------------------------------------
+    def export(self, path: str | Path) -> dict[str, int]:
+        """Write the gallery (items, embeddings, model) to one portable SQLite file, atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            self.db.execute("VACUUM INTO ?", [str(tmp)])
+            out = sqlite_utils.Database(str(tmp))
+            for table in out.table_names():
+                if table not in GALLERY_TABLES:
+                    out[table].drop()
+            out.execute("PRAGMA journal_mode = DELETE")
+            out.close()
+            os.replace(tmp, path)
+        except (sqlite3.Error, OSError) as e:
+            tmp.unlink(missing_ok=True)
+            raise GalleryError(f"{path}: cannot export ({e})") from None
+        items, embeddings = self.count()
+        return {"items": items, "embeddings": embeddings}
+
+    def import_from(self, path: str | Path) -> dict[str, int]:
+        """Merge an exported gallery into this one, in one transaction (labels present get its vectors)."""
+        path = Path(path)
+        if not path.is_file():
+            raise GalleryError(f"{path}: no such file")
+        try:
+            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                version = src.execute("PRAGMA user_version").fetchone()[0]
+                tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not set(GALLERY_TABLES) <= tables or not 1 <= version <= SCHEMA_VERSION:
+                    raise GalleryError(f"{path}: not an exported gallery (schema {version}, tables {sorted(tables)})")
+                meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
+                items = src.execute("SELECT id, label, metadata, created FROM items").fetchall()
+                embeddings = src.execute("SELECT item_id, vector, scale, source, created FROM embeddings").fetchall()
+            finally:
+                src.close()
+        except sqlite3.DatabaseError as e:
+            raise GalleryError(f"{path}: not an exported gallery ({e})") from None
+        if not items:
+            return {"items": 0, "embeddings": 0}
+        if "model_sha256" not in meta or "dim" not in meta:
+            raise GalleryError(f"{path}: exported gallery has no model")
+        dim = int(meta["dim"])
+        for item_id, blob, *_ in embeddings:
+            if len(blob) != dim:
+                raise GalleryError(f"{path}: embedding of item {item_id} has {len(blob)} bytes, expected {dim}")
+        with self.transaction():
+            self._bind(meta["model_sha256"], meta.get("model_name", ""), dim)
+            new_ids = {}
+            for old_id, label, metadata, created in items:
+                row = self.db.execute("SELECT id FROM items WHERE label = ?", [label]).fetchone()
+                if row is None:
+                    row = [self.db.execute("INSERT INTO items(label, metadata, created) VALUES (?, ?, ?)",
+                                           [label, metadata, created]).lastrowid]
+                new_ids[old_id] = row[0]
+            self.db.conn.executemany(
+                "INSERT INTO embeddings(item_id, vector, scale, source, created) VALUES (?, ?, ?, ?, ?)",
+                [(new_ids[e[0]], *e[1:]) for e in embeddings],
+            )
+        return {"items": len(items), "embeddings": len(embeddings)}
+
+    # -- lifecycle -------------------------------------------------------------
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

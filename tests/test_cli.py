@@ -1,0 +1,95 @@
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from edge_retrieval.cli import cli
+from edge_retrieval.demo import ITEMS, photo
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_has_help(command):
+    result = run(command, "--help")
+    assert "Usage" in result.output or "usage" in result.output
+    assert cli.commands[command].help
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A folder whose sub-folders name the labels: 3 items, the first with 2 photos."""
+    root = tmp_path / "photos"
+    for i, name in enumerate(ITEMS[:3]):
+        (root / name).mkdir(parents=True)
+        shutil.copy(photo(name), root / name / "a.jpg")
+        if i == 0:
+            shutil.copy(photo(name), root / name / "b.jpg")
+    return root
+
+
+def test_enroll_folder_then_search_json(tmp_path, folder, embedder):
+    db = tmp_path / "g.db"
+    out = run("enroll", folder, "--meta", "room=hall", "--meta", "year=1890", "-g", db).output
+    assert "enrolled 4 image(s) as 3 item(s)" in out
+    out = run("search", photo(ITEMS[1]), photo(ITEMS[2]), "--json", "--top-k", "2", "-g", db).output
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["matches"][0]["label"] for r in rows] == [ITEMS[1], ITEMS[2]]
+    first = rows[0]["matches"][0]
+    assert set(first) == {"label", "score", "item_id", "metadata"}
+    assert first["metadata"] == {"room": "hall", "year": 1890} and first["score"] > 0.99
+    assert len(rows[0]["matches"]) == 2
+    listed = [json.loads(line) for line in run("list", "--json", "-g", db).output.splitlines()]
+    assert {i["label"]: i["embeddings"] for i in listed} == {ITEMS[0]: 2, ITEMS[1]: 1, ITEMS[2]: 1}
+
+
+def test_bad_image_stops_with_one_line_and_adds_nothing(tmp_path, folder, embedder):
+    bad = folder / ITEMS[1] / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    db = tmp_path / "g.db"
+    result = run("enroll", folder, "-g", db, ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0 and "broken.jpg" in result.stderr
+    assert not db.exists() or run("list", "-g", db).output == ""
+    result = run("enroll", folder, "--skip-bad", "-g", db)
+    assert "skipped 1 bad file(s)" in result.output and "enrolled 4 image(s) as 3 item(s)" in result.output
+
+
+def test_missing_file_and_missing_gallery_are_named(tmp_path, embedder):
+    result = run("enroll", tmp_path / "nope.jpg", "-g", tmp_path / "g.db", ok=False)
+    assert result.exit_code == 1 and "nope.jpg: no such file" in result.stderr
+    result = run("search", photo(ITEMS[0]), "-g", tmp_path / "absent.db", ok=False)
+    assert result.exit_code == 1 and "absent.db: no such gallery" in result.stderr
+
+
+def test_remove_export_import_info(tmp_path, folder, embedder):
+    db, db2, exported = tmp_path / "g.db", tmp_path / "g2.db", tmp_path / "out.gallery"
+    run("enroll", folder, "-g", db)
+    assert "removed" in run("remove", ITEMS[2], "-g", db).output
+    assert "exported 2 item(s), 3 embedding(s)" in run("export", exported, "-g", db).output
+    assert "imported 2 item(s), 3 embedding(s)" in run("import", exported, "-g", db2).output
+    info = json.loads(run("info", "--json", "-g", db2).output)
+    assert info["gallery"]["items"] == 2 and info["gallery"]["model_sha256"] == info["model"]["sha256"]
+    result = run("remove", "no-such-label", "-g", db2, ok=False)
+    assert result.exit_code == 1 and "no item 'no-such-label'" in result.stderr
+
+
+def test_wrong_model_gallery_is_refused(tmp_path, embedder):
+    from edge_retrieval import Gallery
+
+    db = tmp_path / "g.db"
+    with Gallery(db) as g:
+        g.add("x", [[1.0] * embedder.dim], model_sha256="f" * 64, model_name="someone-elses-model")
+    result = run("search", photo(ITEMS[0]), "-g", db, ok=False)
+    assert result.exit_code == 1 and "belongs to model someone-elses-model" in result.stderr
+
+
+def test_demo_runs_on_built_in_photos(embedder):
+    out = run("demo").output
+    assert f"{len(ITEMS)}/{len(ITEMS)} enrolled items found at rank 1" in out

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from edge_retrieval import BadImageError, Embedder, ModelError
+from edge_retrieval.demo import ITEMS, UNKNOWN, photo
+from edge_retrieval.preprocess import read_image
+
+_UNIT_TOLERANCE = 1e-4
+_SAME_IMAGE_TOLERANCE = 1e-6
+
+
+def test_card_input_and_quantization_come_from_the_model(embedder):
+    card = embedder.card
+    assert embedder.sha256 == card.sha256
+    assert embedder.input_size == (card.input_width, card.input_height)
+    assert np.issubdtype(embedder.input_quant.dtype, np.integer)
+    assert np.issubdtype(embedder.output_quant.dtype, np.integer)
+    assert embedder.input_quant.scale > 0 and embedder.output_quant.scale > 0
+    assert card.input_quantization["scale"] == pytest.approx(embedder.input_quant.scale)
+
+
+def test_descriptors_are_unit_float32_and_batch_equals_single(embedder):
+    frames = [read_image(photo(n)) for n in ITEMS[:3]]
+    batch = embedder.embed(frames)
+    assert batch.dtype == np.float32 and batch.shape == (3, embedder.dim)
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1, atol=_UNIT_TOLERANCE)
+    single = embedder.embed(frames[1])
+    assert np.allclose(single[0], batch[1], atol=_SAME_IMAGE_TOLERANCE)
+    files = embedder.embed_files([photo(n) for n in ITEMS[:3]])
+    assert np.allclose(files, batch, atol=_SAME_IMAGE_TOLERANCE)
+
+
+def test_different_photos_differ_more_than_a_photo_and_its_copy(embedder):
+    v = embedder.embed_files([photo(n) for n in ITEMS + UNKNOWN])
+    sims = v @ v.T
+    np.fill_diagonal(sims, 0)
+    assert sims.max() < 0.95
+    img = read_image(photo(ITEMS[0]))
+    flipped_light = np.clip(img.astype(int) + 20, 0, 255).astype(np.uint8)
+    assert float(embedder.embed(flipped_light)[0] @ v[0]) > 0.95
+
+
+def test_grey_and_bgra_frames_are_accepted(embedder):
+    img = read_image(photo(ITEMS[0]))
+    grey = img.mean(axis=2).astype(np.uint8)
+    bgra = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    assert embedder.embed(grey).shape == embedder.embed(bgra).shape == (1, embedder.dim)
+
+
+def test_bad_files_are_named(tmp_path, embedder):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(BadImageError, match="broken.png"):
+        embedder.embed_files([photo(ITEMS[0]), broken])
+    with pytest.raises(BadImageError, match="missing.jpg: no such file"):
+        embedder.embed_files([tmp_path / "missing.jpg"])
+
+
+def test_model_errors(tmp_path, embedder):
+    with pytest.raises(ModelError, match="not found"):
+        Embedder(tmp_path / "absent.tflite")
+    fake = tmp_path / "fake.tflite"
+    fake.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="card not found"):
+        Embedder(fake)
+
+
+def test_threads_do_not_change_results(embedder):
+    img = read_image(photo(ITEMS[0]))
+    with Embedder(embedder.model_path, num_threads=1) as one:
+        assert np.allclose(one.embed(img), embedder.embed(img), atol=_SAME_IMAGE_TOLERANCE)

@@ -1,0 +1,156 @@
+import sqlite3
+
+import numpy as np
+import pytest
+
+from edge_retrieval import Gallery, GalleryError, ModelMismatchError
+from edge_retrieval.gallery import SCHEMA_VERSION
+
+SHA = "a" * 64
+OTHER_SHA = "b" * 64
+_SCORE_TOLERANCE = 1e-2  # int8 codes vs float cosine
+
+
+def unit(rng, n, d=64):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def snapshot(path):
+    con = sqlite3.connect(path)
+    try:
+        return [con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("meta", "items", "embeddings")]
+    finally:
+        con.close()
+
+
+def test_add_search_items_and_best_embedding_per_item(gallery):
+    rng = np.random.default_rng(0)
+    v = unit(rng, 5)
+    gallery.add("a", v[:2], model_sha256=SHA, model_name="m", metadata={"room": 1})
+    gallery.add("b", v[2:3], model_sha256=SHA)
+    gallery.add("c", v[3:], model_sha256=SHA)
+    m = gallery.search(v, k=3)
+    assert m.item_ids.shape == m.scores.shape == m.labels.shape == (5, 3)
+    assert list(m.labels[:, 0]) == ["a", "a", "b", "c", "c"]
+    assert np.allclose(m.scores[:, 0], 1.0, atol=_SCORE_TOLERANCE)
+    assert all(len(set(row)) == 3 for row in m.item_ids)  # one entry per item
+    assert (np.diff(m.scores, axis=1) <= 0).all()
+    items = {i.label: i for i in gallery.items()}
+    assert items["a"].embeddings == 2 and items["a"].metadata == {"room": 1}
+
+
+def test_k_larger_than_items_and_empty_gallery(gallery):
+    m = gallery.search(np.ones((2, 8), np.float32), k=5)
+    assert m.item_ids.shape == (2, 0)
+    gallery.add("only", np.ones((1, 8)), model_sha256=SHA)
+    assert gallery.search(np.ones(8), k=5).item_ids.shape == (1, 1)
+
+
+def test_adding_to_an_existing_label_appends_and_merges_metadata(gallery):
+    rng = np.random.default_rng(1)
+    first = gallery.add("x", unit(rng, 1), model_sha256=SHA, metadata={"a": 1})
+    second = gallery.add("x", unit(rng, 2), model_sha256=SHA, metadata={"b": 2})
+    assert first == second
+    item = gallery.item("x")
+    assert item.embeddings == 3 and item.metadata == {"a": 1, "b": 2}
+
+
+def test_wrong_model_is_refused_naming_the_gallery_model(gallery):
+    gallery.add("a", np.ones((1, 8)), model_sha256=SHA, model_name="mobilenet_v2_int8")
+    with pytest.raises(ModelMismatchError, match="belongs to model mobilenet_v2_int8"):
+        gallery.add("b", np.ones((1, 8)), model_sha256=OTHER_SHA, model_name="other")
+    assert gallery.count() == (1, 1)
+
+
+def test_exception_mid_enrol_leaves_the_file_unchanged(tmp_path):
+    path = tmp_path / "g.db"
+    rng = np.random.default_rng(2)
+    with Gallery(path) as g:
+        g.add("keep", unit(rng, 2), model_sha256=SHA)
+    before = snapshot(path)
+    with Gallery(path) as g:
+        with pytest.raises(RuntimeError):
+            with g.transaction():
+                g.add("new1", unit(rng, 1), model_sha256=SHA)
+                g.add("keep", unit(rng, 1), model_sha256=SHA, metadata={"changed": True})
+                raise RuntimeError("crash half-way")
+        with pytest.raises(GalleryError):
+            g.add("bad", np.full((1, 64), np.nan), model_sha256=SHA)
+        with pytest.raises(GalleryError):
+            g.add("wrong-dim", np.ones((1, 32)), model_sha256=SHA)
+        assert [i.label for i in g.items()] == ["keep"]
+    assert snapshot(path) == before
+
+
+def test_remove_by_label_and_id(gallery):
+    rng = np.random.default_rng(3)
+    a = gallery.add("a", unit(rng, 2), model_sha256=SHA)
+    gallery.add("b", unit(rng, 1), model_sha256=SHA)
+    assert gallery.remove("b").label == "b"
+    assert gallery.remove(a).embeddings == 2
+    assert gallery.count() == (0, 0)
+    with pytest.raises(GalleryError, match="no item"):
+        gallery.remove("b")
+
+
+def test_other_connection_sees_changes_without_reopen(tmp_path):
+    path = tmp_path / "g.db"
+    rng = np.random.default_rng(4)
+    v = unit(rng, 2)
+    with Gallery(path) as reader, Gallery(path) as writer:
+        writer.add("a", v[:1], model_sha256=SHA)
+        assert list(reader.search(v, 1).labels[:, 0]) == ["a", "a"]
+        writer.add("b", v[1:], model_sha256=SHA)
+        assert list(reader.search(v, 1).labels[:, 0]) == ["a", "b"]
+        writer.remove("a")
+        assert list(reader.search(v, 1).labels[:, 0]) == ["b", "b"]
+
+
+def test_export_import_roundtrip(tmp_path):
+    rng = np.random.default_rng(5)
+    v = unit(rng, 3)
+    with Gallery(tmp_path / "src.db") as src:
+        src.add("a", v[:2], model_sha256=SHA, metadata={"k": "v"})
+        src.add("b", v[2:], model_sha256=SHA)
+        src.export(tmp_path / "out.gallery")
+    with Gallery(tmp_path / "dst.db") as dst:
+        dst.add("b", v[2:], model_sha256=SHA)
+        assert dst.import_from(tmp_path / "out.gallery") == {"items": 2, "embeddings": 3}
+        assert {i.label: i.embeddings for i in dst.items()} == {"a": 2, "b": 2}
+        assert dst.item("a").metadata == {"k": "v"}
+
+
+def test_bad_import_changes_nothing(tmp_path):
+    junk = tmp_path / "junk.gallery"
+    junk.write_bytes(b"not a database at all" * 100)
+    rng = np.random.default_rng(6)
+    with Gallery(tmp_path / "other.db") as other:
+        other.add("z", unit(rng, 1), model_sha256=OTHER_SHA)
+        other.export(tmp_path / "other.gallery")
+    with Gallery(tmp_path / "g.db") as g:
+        g.add("a", unit(rng, 1), model_sha256=SHA)
+        with pytest.raises(GalleryError, match="junk.gallery"):
+            g.import_from(junk)
+        with pytest.raises(ModelMismatchError):
+            g.import_from(tmp_path / "other.gallery")
+        assert g.count() == (1, 1)
+
+
+def test_not_a_database_and_newer_schema_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_text("hello")
+    with pytest.raises(GalleryError, match="bad.db"):
+        Gallery(bad)
+    newer = tmp_path / "newer.db"
+    con = sqlite3.connect(newer)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(GalleryError, match="newer"):
+        Gallery(newer)
+
+
+def test_wal_and_migrations(tmp_path):
+    with Gallery(tmp_path / "g.db") as g:
+        assert g.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert g.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
