@@ -34,15 +34,20 @@ def input_lut(scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
     return q.clip(info.min, info.max).astype(dtype)
 
 
-def to_input(frame: np.ndarray, width: int, height: int, color_order: str, lut: np.ndarray) -> np.ndarray:
-    """One BGR uint8 frame → an (H, W, 3) tensor in the model's dtype (stretch-resize)."""
+def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Stretch a 3-channel (or grey / 4-channel, converted) uint8 image to width×height, as the converter does."""
     if frame.ndim == 2:
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     elif frame.shape[2] == 4:
         frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
     h, w = frame.shape[:2]
     interp = cv2.INTER_AREA if (w > width or h > height) else cv2.INTER_LINEAR
-    img = cv2.resize(frame, (width, height), interpolation=interp)
+    return cv2.resize(frame, (width, height), interpolation=interp)
+
+
+def to_input(frame: np.ndarray, width: int, height: int, color_order: str, lut: np.ndarray) -> np.ndarray:
+    """One BGR uint8 frame → an (H, W, 3) tensor in the model's dtype (stretch-resize)."""
+    img = resize(frame, width, height)
     if color_order == "RGB":
         img = img[:, :, ::-1]
     return lut[img]

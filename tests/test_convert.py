@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from edge_retrieval import descriptors  # noqa: E402
 from edge_retrieval.modelcard import DEFAULT_MODEL, ModelCard, sha256_file  # noqa: E402
 from tools import convert, fetch_weights  # noqa: E402
 
@@ -34,14 +35,6 @@ def v2_weights() -> Path:
 
 
 # ---------------------------------------------------------------- fast, no torch
-
-
-def test_gem_golden_numbers():
-    fmap = np.array([[[1.0, 0.0], [2.0, 4.0]], [[3.0, 0.0], [0.0, 4.0]]], dtype=np.float32)  # H=2, W=2, C=2
-    # channel 0: (1 + 8 + 27 + 0) / 4 = 9 → 9^(1/3); channel 1: (0 + 64 + 0 + 64) / 4 = 32 → 32^(1/3)
-    np.testing.assert_allclose(convert.gem(fmap, 3.0), [9 ** (1 / 3), 32 ** (1 / 3)], rtol=_EPSILON)
-    np.testing.assert_allclose(convert.gem(fmap[None], 1.0), [[1.5, 2.0]], rtol=_EPSILON)
-    np.testing.assert_allclose(convert.avg_pool(fmap), [1.5, 2.0], rtol=_EPSILON)
 
 
 def test_cosine():
@@ -213,7 +206,7 @@ def test_v2_int8_descriptor_agrees_with_float_on_heldout_photos(v2_converted, v2
         interp.set_tensor(inp["index"], q)
         interp.invoke()
         got = (interp.get_tensor(outp["index"]).astype(np.float32) - out_zero) * out_scale
-        cosines.append(convert.cosine(convert.gem(ref, 3.0), convert.gem(got, 3.0)))
+        cosines.append(convert.cosine(descriptors.gem(ref, 3.0), descriptors.gem(got, 3.0)))
     assert np.mean(cosines) >= MIN_COSINE, cosines
     assert np.mean(cosines) == pytest.approx(card.validation["descriptor_cosine_mean"], abs=1e-3)
 

@@ -47,20 +47,21 @@ REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python tools/convert.py`: make `tools` and `edge_retrieval` importable
     sys.path.insert(0, str(REPO))
 
+from edge_retrieval import preprocess  # noqa: E402
+from edge_retrieval.descriptors import pool  # noqa: E402
+from edge_retrieval.enroll import list_images as _images_under  # noqa: E402
 from edge_retrieval.errors import BadImageError, ModelError  # noqa: E402
 from edge_retrieval.modelcard import ModelCard, sha256_file  # noqa: E402
 from tools import fetch_weights  # noqa: E402  (standard library only)
 
 ARCHITECTURES = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 OUTPUT_KINDS = ("feature_map", "vector")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MIN_CALIBRATION_SAMPLES = 64  # photos are topped up with random crops/flips to this many
 AUGMENT_SEED = 0
 INPUT_RANGE = (0.0, 255.0)  # RGB pixels; the int8 input covers exactly this range
 DEFAULT_MIN_COSINE = 0.98  # float-vs-int8 descriptor agreement below which nothing is written
 LATENCY_RUNS = 20
 LATENCY_THREADS = 2
-GEM_EPS = 1e-6
 CONVERT_EXTRA_HINT = "the converter needs the [convert] extra: pip install -e '.[convert]'"
 
 
@@ -91,16 +92,13 @@ def _interpreter(model_path: str | Path, num_threads: int = LATENCY_THREADS):
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Every .jpg/.jpeg/.png under `folder` (recursive), sorted by relative path."""
+    """Every image under `folder` (recursive, as `enroll` finds them); an error if there is none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BadImageError(str(folder), "is not a folder of images")
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
+    files = _images_under(folder)
     if not files:
-        raise BadImageError(str(folder), f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise BadImageError(str(folder), "holds no images")
     return files
 
 
@@ -116,18 +114,12 @@ def split_heldout(files: list[Path], heldout: int) -> tuple[list[Path], list[Pat
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as an RGB uint8 array (H, W, 3)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise BadImageError(str(path))
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(preprocess.read_image(path), cv2.COLOR_BGR2RGB)
 
 
 def to_input(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Stretch an RGB image to the model input: float32 (1, height, width, 3), values 0..255."""
-    h, w = rgb.shape[:2]
-    interpolation = cv2.INTER_AREA if (h > height or w > width) else cv2.INTER_LINEAR
-    resized = cv2.resize(rgb, (width, height), interpolation=interpolation)
-    return resized.astype(np.float32)[None]
+    """Stretch an RGB image to the model input exactly as the runtime does: float32 (1, height, width, 3), 0..255."""
+    return preprocess.resize(rgb, width, height).astype(np.float32)[None]
 
 
 def calibration_samples(
@@ -159,17 +151,6 @@ def calibration_samples(
 
 
 # ---------------------------------------------------------------- descriptors
-
-
-def gem(feature_map: np.ndarray, p: float = 3.0) -> np.ndarray:
-    """Generalized-mean pooling of an NHWC (or HWC) map over its spatial axes: (N, C) or (C,)."""
-    x = np.maximum(np.asarray(feature_map, dtype=np.float64), GEM_EPS)
-    axes = (-3, -2)
-    return (np.mean(x**p, axis=axes) ** (1.0 / p)).astype(np.float32)
-
-
-def avg_pool(feature_map: np.ndarray) -> np.ndarray:
-    return np.asarray(feature_map, dtype=np.float32).mean(axis=(-3, -2))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -352,7 +333,7 @@ def measure_latency(model_path: Path, height: int, width: int, runs: int = LATEN
 def _describe(output_kind: str, pooling: str, gem_p: float, out: np.ndarray) -> np.ndarray:
     if output_kind == "vector":
         return out.reshape(out.shape[0], -1)
-    return gem(out, gem_p) if pooling == "gem" else avg_pool(out)
+    return pool(out, pooling, gem_p)
 
 
 def _descriptor_label(output_kind: str, pooling: str, gem_p: float) -> str:
