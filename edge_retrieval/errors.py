@@ -29,3 +29,11 @@ class GalleryError(EdgeRetrievalError):
 
 class ConfigError(EdgeRetrievalError):
     """A configuration value is wrong; the message names the key path."""
+
+
+class EventError(EdgeRetrievalError):
+    """An event is malformed, or it or its snapshot cannot be stored."""
+
+
+class DeliveryError(EdgeRetrievalError):
+    """A sink did not acknowledge an event (the outbox will try again)."""

@@ -2,8 +2,8 @@
 
 Schema changes only through `MIGRATIONS` (a `PRAGMA user_version` ladder). Every change is
 one transaction: an exception half-way leaves the file exactly as it was. The search
-matrix is cached in memory and reloaded when another connection changed the tables
-(`PRAGMA data_version`) or this one did.
+matrix is cached in memory and reloaded when the generation counter in `meta` (bumped in the
+same transaction as every gallery change, by any process) moves.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ class Matches:
 
 @dataclass
 class _Cache:
-    stamp: tuple[int, int] = (-1, -1)
+    stamp: int = -1
     matrix: CodeMatrix | None = None
     labels: dict[int, str] = field(default_factory=dict)
     max_per_item: int = 1
@@ -146,7 +146,6 @@ class Gallery:
             migrate(self.db)
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"{self.path}: not a gallery database ({e})") from None
-        self._writes = 0
         self._cache = _Cache()
 
     # -- model binding --------------------------------------------------------
@@ -190,7 +189,8 @@ class Gallery:
         """Group several changes into one transaction (nested calls use savepoints)."""
         with self.db.atomic():
             yield self
-        self._writes += 1
+            self.db.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+                            "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     def add(
         self,
@@ -246,6 +246,34 @@ class Gallery:
             self.db.execute("DELETE FROM items WHERE id = ?", [found.id])
         return found
 
+    def update(self, item: int | str, *, label: str | None = None, metadata: dict[str, Any] | None = None) -> Item:
+        """Rename an item and/or replace its metadata; returns it as it is now."""
+        found = self.item(item)
+        if label is not None:
+            label = label.strip() if isinstance(label, str) else label
+            if not label or not isinstance(label, str):
+                raise GalleryError("label must be a non-empty string")
+            other = self.db.execute("SELECT id FROM items WHERE label = ?", [label]).fetchone()
+            if other is not None and other[0] != found.id:
+                raise GalleryError(f"{self.path}: there is already an item {label!r}")
+        if metadata is not None:
+            try:
+                text = json.dumps(dict(metadata))
+            except (TypeError, ValueError) as e:
+                raise GalleryError(f"item {found.label!r}: metadata is not JSON ({e})") from None
+        with self.transaction():
+            if label is not None:
+                self.db.execute("UPDATE items SET label = ? WHERE id = ?", [label, found.id])
+            if metadata is not None:
+                self.db.execute("UPDATE items SET metadata = ? WHERE id = ?", [text, found.id])
+        return self.item(found.id)
+
+    def sources(self, item: int | str) -> list[str]:
+        """Where an item's embeddings came from (file paths as enrolled), oldest first."""
+        found = self.item(item)
+        rows = self.db.execute("SELECT source FROM embeddings WHERE item_id = ? ORDER BY id", [found.id])
+        return [r[0] for r in rows if r[0]]
+
     # -- reading ---------------------------------------------------------------
     def _item_from_row(self, row) -> Item:
         return Item(id=row[0], label=row[1], metadata=json.loads(row[2]), embeddings=row[3], created=row[4])
@@ -287,15 +315,16 @@ class Gallery:
         }
 
     # -- search ----------------------------------------------------------------
-    def _stamp(self) -> tuple[int, int]:
-        return (self.db.execute("PRAGMA data_version").fetchone()[0], self._writes)
+    def generation(self) -> int:
+        """A counter bumped by every committed gallery change, from any process (not by events)."""
+        return int(self._meta("generation") or 0)
 
     def matrix(self) -> CodeMatrix:
         """The cached int8 matrix (keys = item ids), reloaded if the tables changed."""
-        stamp = self._stamp()
+        stamp = self.generation()
         cache = self._cache
         if cache.matrix is None or stamp != cache.stamp:
-            dim = self.dim or 0
+            dim = self.dim or 1
             rows = self.db.execute("SELECT item_id, scale, vector FROM embeddings ORDER BY id").fetchall()
             matrix = CodeMatrix(dim, capacity=max(len(rows), 1))
             if rows:
@@ -314,8 +343,11 @@ class Gallery:
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if k < 1:
             raise GalleryError(f"k must be at least 1, not {k}")
+        if self.dim is None:  # nothing enrolled yet
+            empty = np.empty((len(queries), 0))
+            return Matches(empty.astype(np.int64), empty.astype(object), empty.astype(np.float32))
         matrix = self.matrix()
-        if matrix.size and queries.shape[1] != matrix.dim:
+        if queries.shape[1] != matrix.dim:
             raise GalleryError(f"{self.path}: queries have {queries.shape[1]} dimensions, the gallery {matrix.dim}")
         n_items = len(self._cache.labels)
         k = min(k, n_items)
@@ -340,8 +372,8 @@ class Gallery:
             self.db.execute("VACUUM INTO ?", [str(tmp)])
             out = sqlite_utils.Database(str(tmp))
             for table in out.table_names():
-                if table not in GALLERY_TABLES:
-                    out[table].drop()
+                if table not in GALLERY_TABLES:  # events, outbox: the schema stays, the rows don't travel
+                    out.execute(f"DELETE FROM [{table}]")
             out.execute("PRAGMA journal_mode = DELETE")
             out.close()
             os.replace(tmp, path)

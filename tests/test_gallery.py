@@ -154,3 +154,15 @@ def test_wal_and_migrations(tmp_path):
     with Gallery(tmp_path / "g.db") as g:
         assert g.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert g.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_event_writes_do_not_reload_the_matrix_but_gallery_changes_do(tmp_path):
+    path = tmp_path / "g.db"
+    rng = np.random.default_rng(7)
+    with Gallery(path) as reader, Gallery(path) as writer:
+        writer.add("a", unit(rng, 1), model_sha256=SHA)
+        first = reader.matrix()
+        writer.db.execute("INSERT INTO events(time, source, kind, score) VALUES (1, 'cam', 'unknown', 0.1)")
+        assert reader.matrix() is first
+        writer.add("b", unit(rng, 1), model_sha256=SHA)
+        assert reader.matrix() is not first and len(reader.matrix().keys) == 2

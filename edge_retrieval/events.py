@@ -1,0 +1,251 @@
+"""Events: every decision becomes a row in the gallery file, and optionally a JPEG snapshot.
+
+`EventLog.record` writes the event and one outbox row per configured sink in one
+transaction; the dispatcher (`outbox.py`) delivers those rows. Snapshots are written
+atomically (temporary file, then rename) and kept within a count and an age: the oldest
+files go and their events' `snapshot` becomes NULL.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import EventError
+from .gallery import Gallery
+from .sinks import SnapshotConfig
+
+KINDS = ("match", "unknown")
+SNAPSHOT_GLOB = "event-*.jpg"  # retention only ever touches files named like this
+EVENT_COLUMNS = "id, time, source, kind, label, item_id, score, snapshot, data"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One decision. Coordinates are frame pixels; `id` is set once recorded."""
+
+    time: float  # seconds since the epoch
+    source: str  # the camera / frame source
+    kind: str  # 'match' | 'unknown'
+    score: float  # cosine similarity of the best item
+    label: str | None = None  # the matched item's label (None for 'unknown')
+    item_id: int | None = None
+    snapshot: str | None = None  # absolute path of the JPEG, None if none (or deleted by retention)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the matched item's metadata
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
+    polygon: tuple[tuple[float, float], ...] | None = None  # closed outline, (x, y) points
+    details: dict[str, Any] = field(default_factory=dict)  # anything else from the decision (margin, votes...)
+    id: int | None = None
+
+    def data(self) -> dict[str, Any]:
+        """What goes into the `data` JSON column."""
+        return {"metadata": self.metadata, "details": self.details,
+                "box": list(self.box) if self.box is not None else None,
+                "polygon": [list(p) for p in self.polygon] if self.polygon is not None else None}
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON every sink receives."""
+        return {
+            "event_id": self.id,
+            "time": self.time,
+            "time_iso": datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds"),
+            "source": self.source,
+            "kind": self.kind,
+            "label": self.label,
+            "item_id": self.item_id,
+            "score": self.score,
+            "snapshot": self.snapshot,
+            **self.data(),
+        }
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> "Event":
+        """From a row of `SELECT {EVENT_COLUMNS} FROM events`."""
+        event_id, t, source, kind, label, item_id, score, snapshot, data = row
+        data = json.loads(data or "{}")
+        box = data.get("box")
+        polygon = data.get("polygon")
+        return cls(id=event_id, time=t, source=source, kind=kind, label=label, item_id=item_id, score=score,
+                   snapshot=snapshot, metadata=data.get("metadata") or {}, details=data.get("details") or {},
+                   box=tuple(box) if box is not None else None,
+                   polygon=tuple(tuple(p) for p in polygon) if polygon is not None else None)
+
+
+class EventLog:
+    """The events table of one gallery file, with an outbox row per event and sink.
+
+    >>> log = EventLog("gallery.db", [s.name for s in sinks])
+    >>> event_id = log.record(Event(time=time.time(), source="cam0", kind="match", label="cat", score=0.9))
+    >>> dispatcher.wake()
+    """
+
+    def __init__(self, gallery_db_path: str | Path, sink_names: Sequence[str]):
+        if str(gallery_db_path) == ":memory:":
+            raise EventError("events need a gallery file (the dispatcher reads it over its own connection)")
+        self.sink_names = tuple(sink_names)
+        if len(set(self.sink_names)) != len(self.sink_names):
+            raise EventError(f"sink names must be unique: {self.sink_names}")
+        self._gallery = Gallery(gallery_db_path)
+        self.path = self._gallery.path
+
+    def record(self, event: Event) -> int:
+        """Store the event and its outbox rows in one transaction; returns the event id."""
+        if event.kind not in KINDS:
+            raise EventError(f"event kind must be one of {KINDS}, not {event.kind!r}")
+        if not math.isfinite(event.score) or not math.isfinite(event.time):
+            raise EventError(f"event time and score must be finite numbers ({event.time}, {event.score})")
+        try:
+            data = json.dumps(event.data())
+        except (TypeError, ValueError) as e:
+            raise EventError(f"event data is not JSON ({e})") from None
+        db = self._gallery.db
+        try:
+            with self._gallery.transaction():
+                event_id = db.execute(
+                    "INSERT INTO events(time, source, kind, label, item_id, score, snapshot, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [event.time, event.source, event.kind, event.label, event.item_id, float(event.score),
+                     event.snapshot, data]).lastrowid
+                db.conn.executemany("INSERT INTO outbox(event_id, sink, attempts, next_try) VALUES (?, ?, 0, 0)",
+                                    [(event_id, sink) for sink in self.sink_names])
+        except sqlite3.Error as e:
+            raise EventError(f"{self.path}: cannot record the event ({e})") from None
+        return int(event_id)
+
+    def recent(self, n: int = 20) -> list[Event]:
+        """The last n events, newest first."""
+        rows = self._gallery.db.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", [n])
+        return [Event.from_row(r) for r in rows.fetchall()]
+
+    def event(self, event_id: int) -> Event:
+        row = self._gallery.db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", [event_id]).fetchone()
+        if row is None:
+            raise EventError(f"{self.path}: no event {event_id}")
+        return Event.from_row(row)
+
+    def save_snapshot(self, frame_bgr: np.ndarray, event: Event, config: SnapshotConfig,
+                      draw: Callable[[np.ndarray, Event], None] | None = None) -> str:
+        """Write the frame as a JPEG (`draw`s on a copy first; None = `draw_event`), then enforce retention.
+
+        Returns the snapshot's absolute path, for `replace(event, snapshot=path)` before
+        `record`. Files removed by retention have their events' `snapshot` set to NULL.
+        """
+        path = write_snapshot(frame_bgr, event, config.folder, draw=draw or draw_event,
+                              jpeg_quality=config.jpeg_quality)
+        removed = prune_snapshots(config.folder, max_count=config.max_count, max_age_days=config.max_age_days)
+        if removed:
+            with self._gallery.transaction():
+                self._gallery.db.conn.executemany("UPDATE events SET snapshot = NULL WHERE snapshot = ?",
+                                                  [(str(p),) for p in removed])
+        return str(path)
+
+    def close(self) -> None:
+        self._gallery.close()
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- snapshots -----------------------------------------------------------------
+def draw_event(image: np.ndarray, event: Event) -> None:
+    """Draw the box or polygon and "label score" on a BGR image, in place."""
+    height, width = image.shape[:2]
+    color = (60, 200, 60) if event.kind == "match" else (40, 40, 230)
+    thick = max(2, round(width / 400))
+    if event.box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in event.box)
+        cv2.rectangle(image, (x0, y0), (x1, y1), color, thick)
+    if event.polygon is not None and len(event.polygon) >= 2:
+        points = np.round(np.asarray(event.polygon, np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(image, [points], True, color, thick)
+    text = f"{event.label or event.kind} {event.score:.2f}"
+    scale = max(0.5, width / 900)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    cv2.rectangle(image, (0, 0), (tw + 2 * thick, th + base + 2 * thick), color, -1)
+    cv2.putText(image, text, (thick, th + thick), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
+                cv2.LINE_AA)
+
+
+def snapshot_name(event: Event) -> str:
+    stamp = datetime.fromtimestamp(event.time, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", event.label or event.kind)[:40]
+    return f"event-{stamp}-{label}.jpg"
+
+
+def write_snapshot(frame_bgr: np.ndarray, event: Event, folder: str | Path, *,
+                   draw: Callable[[np.ndarray, Event], None] | None = draw_event, jpeg_quality: int = 85) -> Path:
+    """Write the frame (drawn on a copy) as `folder/event-<utc time>-<label>.jpg`, atomically."""
+    frame = np.asarray(frame_bgr)
+    if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or frame.size == 0:
+        raise EventError(f"snapshot: expected a uint8 BGR image, got {frame.dtype} {frame.shape}")
+    if not 1 <= jpeg_quality <= 100:
+        raise EventError(f"snapshot: jpeg_quality must be 1-100, not {jpeg_quality}")
+    image = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame.copy()
+    if draw is not None:
+        draw(image, event)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    if not ok:
+        raise EventError(f"snapshot: cannot encode a {image.shape} image as JPEG")
+    folder = Path(os.path.abspath(folder))
+    name = snapshot_name(event)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path, n = folder / name, 1
+        while path.exists():
+            path, n = folder / name.replace(".jpg", f"-{n}.jpg"), n + 1
+        tmp = folder / f".{path.name}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(jpeg.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise EventError(f"snapshot: cannot write to {folder} ({e.strerror or e})") from None
+    return path
+
+
+def prune_snapshots(folder: str | Path, *, max_count: int = 0, max_age_days: float = 0,
+                    now: float | None = None) -> list[Path]:
+    """Delete snapshots older than max_age_days, then the oldest beyond max_count (0 = no limit).
+
+    Only files named `event-*.jpg` are considered; returns the absolute paths removed.
+    """
+    folder = Path(os.path.abspath(folder))
+    now = time.time() if now is None else now
+    files = []
+    for path in folder.glob(SNAPSHOT_GLOB):
+        try:
+            files.append((path.stat().st_mtime, path.name, path))
+        except FileNotFoundError:
+            continue
+    files.sort()  # oldest first
+    doomed = []
+    if max_age_days > 0:
+        cutoff = now - max_age_days * 86400
+        while files and files[0][0] < cutoff:
+            doomed.append(files.pop(0)[2])
+    if max_count > 0 and len(files) > max_count:
+        doomed += [f[2] for f in files[:len(files) - max_count]]
+    removed = []
+    for path in doomed:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        removed.append(path)
+    return removed

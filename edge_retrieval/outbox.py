@@ -1,0 +1,175 @@
+"""The outbox dispatcher: delivers recorded events to every sink until each acknowledges.
+
+One daemon thread per sink, each with its own SQLite connection, takes that sink's oldest
+undelivered outbox row, delivers it, and marks it delivered, so a sink sees events in
+order and never an event again once it acknowledged it. A refusal (the sink raised) is
+retried after a capped exponential backoff with jitter; the next event waits behind it.
+A sink that is down or hangs holds up only its own thread, never another sink nor the frame
+loop. Rows left by a previous run are delivered on start (at once: a restart resets backoff).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import GalleryError
+from .events import EVENT_COLUMNS, Event
+from .gallery import Gallery
+from .sinks import Sink
+
+log = logging.getLogger(__name__)
+
+_NEXT_ROW = (
+    "SELECT o.id, o.attempts, o.next_try, "
+    + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+    + " FROM outbox o JOIN events e ON e.id = o.event_id"
+    " WHERE o.sink = ? AND o.delivered IS NULL ORDER BY o.event_id, o.id LIMIT 1"
+)
+
+
+def backoff(attempts: int, base_s: float, max_s: float) -> float:
+    """Seconds to wait after the `attempts`-th failure: base·2^(n-1), capped, times a jitter in [0.5, 1]."""
+    return min(max_s, base_s * 2.0 ** min(attempts - 1, 40)) * random.uniform(0.5, 1.0)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+
+
+class _Worker(threading.Thread):
+    def __init__(self, dispatcher: "Dispatcher", sink: Sink):
+        super().__init__(name=f"outbox-{sink.name}", daemon=True)
+        self.d = dispatcher
+        self.sink = sink
+        self.wake = threading.Event()
+        self.failing = False
+
+    def run(self) -> None:
+        try:
+            conn = _connect(self.d.path)
+            try:
+                while not self.d._stopping.is_set():
+                    try:
+                        self.step(conn)
+                    except sqlite3.Error as e:
+                        log.warning("outbox %s: database error (%s); trying again", self.sink.name, e)
+                        self.wake.wait(1.0)
+            finally:
+                conn.close()
+        finally:
+            try:
+                self.sink.close()
+            except Exception as e:  # noqa: BLE001 - closing must not raise out of a thread
+                log.warning("outbox %s: close failed (%s)", self.sink.name, e)
+
+    def step(self, conn: sqlite3.Connection) -> None:
+        self.wake.clear()  # before looking, so a wake() after the look is not lost
+        row = conn.execute(_NEXT_ROW, [self.sink.name]).fetchone()
+        if row is None:
+            self.wake.wait(self.d.idle_s)
+            return
+        outbox_id, attempts, next_try = row[:3]
+        wait = next_try - time.time()
+        if 0 < wait <= self.d.retry_max_s:  # (further ahead only if the clock went back: try now)
+            self.wake.wait(wait)
+            return
+        event = Event.from_row(row[3:])
+        try:
+            self.sink.deliver(event.payload())
+        except Exception as e:  # noqa: BLE001 - any failure means "not acknowledged"
+            attempts += 1
+            delay = backoff(attempts, self.d.retry_base_s, self.d.retry_max_s)
+            error = f"{type(e).__name__}: {e}"
+            conn.execute("UPDATE outbox SET attempts = ?, next_try = ?, last_error = ? WHERE id = ?",
+                         [attempts, time.time() + delay, error, outbox_id])
+            level = logging.DEBUG if self.failing else logging.WARNING
+            log.log(level, "outbox %s: event %s not delivered (attempt %d, next in %.1f s): %s",
+                    self.sink.name, event.id, attempts, delay, error)
+            self.failing = True
+            return
+        conn.execute("UPDATE outbox SET attempts = attempts + 1, delivered = ?, last_error = NULL WHERE id = ?",
+                     [time.time(), outbox_id])
+        if self.failing:
+            log.info("outbox %s: delivering again (event %s)", self.sink.name, event.id)
+            self.failing = False
+
+
+class Dispatcher:
+    """Delivers the outbox of one gallery file to `sinks` in the background; owns (closes) the sinks.
+
+    >>> with Dispatcher("gallery.db", sinks) as dispatcher:   # start() ... stop()
+    ...     log.record(event); dispatcher.wake()
+    """
+
+    def __init__(self, gallery_db_path: str | Path, sinks: Sequence[Sink], *, retry_base_s: float = 1.0,
+                 retry_max_s: float = 300.0, idle_s: float = 30.0):
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise GalleryError(f"sink names must be unique: {names}")
+        if str(gallery_db_path) == ":memory:":
+            raise GalleryError("the outbox needs a gallery file, not :memory:")
+        Gallery(gallery_db_path).close()  # create / migrate the file before the threads read it
+        self.path = str(gallery_db_path)
+        self.sinks = list(sinks)
+        self.retry_base_s, self.retry_max_s, self.idle_s = retry_base_s, retry_max_s, idle_s
+        self._stopping = threading.Event()
+        self._workers: list[_Worker] = []
+
+    def start(self) -> "Dispatcher":
+        if self._workers:
+            raise RuntimeError("dispatcher already started")
+        conn = _connect(self.path)
+        try:  # rows from a previous run: no backoff left over
+            conn.executemany("UPDATE outbox SET next_try = 0 WHERE sink = ? AND delivered IS NULL",
+                             [(s.name,) for s in self.sinks])
+        finally:
+            conn.close()
+        self._workers = [_Worker(self, sink) for sink in self.sinks]
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def wake(self) -> None:
+        """Look at the outbox now (call after `EventLog.record`); never blocks."""
+        for worker in self._workers:
+            worker.wake.set()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop after the deliveries in progress; True if every thread ended within `timeout`.
+
+        A thread stuck in a sink is left behind (daemon threads end with the process); its
+        event stays undelivered and is sent again on the next start.
+        """
+        deadline = time.monotonic() + timeout
+        if not self._workers and not self._stopping.is_set():  # never started: close the sinks here
+            for sink in self.sinks:
+                sink.close()
+        self._stopping.set()
+        self.wake()
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        return not any(w.is_alive() for w in self._workers)
+
+    def pending(self, sink: str | None = None) -> int:
+        """Undelivered outbox rows of this dispatcher's sinks (or of one sink)."""
+        names = [sink] if sink is not None else [s.name for s in self.sinks]
+        if not names:
+            return 0
+        conn = _connect(self.path)
+        try:
+            marks = ", ".join("?" * len(names))
+            return conn.execute(f"SELECT count(*) FROM outbox WHERE delivered IS NULL AND sink IN ({marks})",
+                                names).fetchone()[0]
+        finally:
+            conn.close()
+
+    def __enter__(self) -> "Dispatcher":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,71 @@
+"""The command sink: run a program per event, without a shell; exit status 0 is an ack.
+
+The event JSON is the program's standard input and, flattened, its environment:
+EDGE_EVENT_ID, _TIME, _SOURCE, _KIND, _LABEL, _ITEM_ID, _SCORE, _SNAPSHOT (empty when
+absent) and EDGE_EVENT_JSON (the whole payload). On timeout the program's whole process
+group is killed, so a script's children cannot keep the pipe (and the outbox) waiting.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from typing import Any
+
+from ..errors import ConfigError
+from . import CommandSinkConfig, DeliveryError
+
+_ENV_FIELDS = ("event_id", "time", "source", "kind", "label", "item_id", "score", "snapshot")
+
+
+def event_env(payload: dict[str, Any]) -> dict[str, str]:
+    """The EDGE_EVENT_* variables for one payload."""
+    env = {}
+    for key in _ENV_FIELDS:
+        value = payload.get(key)
+        name = "EDGE_EVENT_ID" if key == "event_id" else "EDGE_EVENT_" + key.upper()
+        env[name] = "" if value is None else str(value)
+    env["EDGE_EVENT_JSON"] = json.dumps(payload, ensure_ascii=False)
+    return env
+
+
+class CommandSink:
+    name = "command"
+
+    def __init__(self, config: CommandSinkConfig):
+        if not config.argv or not all(isinstance(a, str) and a for a in config.argv):
+            raise ConfigError("sinks.command.argv: must be a non-empty list of non-empty strings")
+        if not config.timeout_s > 0:
+            raise ConfigError(f"sinks.command.timeout_s: must be positive, not {config.timeout_s}")
+        self.config = config
+
+    def deliver(self, payload: dict[str, Any]) -> None:
+        argv = list(self.config.argv)
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       env={**os.environ, **event_env(payload)}, start_new_session=True)
+        except OSError as e:
+            raise DeliveryError(f"{argv[0]}: cannot run ({e.strerror or e})") from None
+        try:
+            _, stderr = process.communicate(json.dumps(payload).encode() + b"\n", timeout=self.config.timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            raise DeliveryError(f"{argv[0]}: no exit within {self.config.timeout_s:g} s (killed)") from None
+        if process.returncode != 0:
+            tail = stderr.decode(errors="replace").strip().splitlines()[-1:] if stderr else []
+            raise DeliveryError(f"{argv[0]}: exit status {process.returncode}" + (f": {tail[0]}" if tail else ""))
+
+    def close(self) -> None:
+        pass
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    try:
+        process.communicate(timeout=1)
+    except subprocess.TimeoutExpired:
+        pass

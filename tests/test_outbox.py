@@ -1,0 +1,167 @@
+"""The outbox on real parts: a real HTTP server that is down for a while, real commands, restarts."""
+from __future__ import annotations
+
+import json
+import time
+
+from edge_retrieval.events import Event, EventLog
+from edge_retrieval.outbox import Dispatcher, backoff
+from edge_retrieval.sinks import CommandSinkConfig, WebhookSinkConfig
+from edge_retrieval.sinks.command import CommandSink
+from edge_retrieval.sinks.webhook import WebhookSink
+from test_sinks import Receiver, free_port, wait_until
+
+_FAST = dict(retry_base_s=0.02, retry_max_s=0.2)  # backoff for tests: retries every few tens of ms
+_TIMING_SLACK_S = 0.5  # how late stop() may return on a shared 2-core machine
+_RECORD_BUDGET_S = 1.0  # 20 record()+wake() calls while a sink hangs (the frame loop's share)
+
+
+def event(i: int) -> Event:
+    return Event(time=1_700_000_000.0 + i, source="cam0", kind="match", label=f"item{i}", item_id=i, score=0.9)
+
+
+def webhook(url: str, name: str = "webhook") -> WebhookSink:
+    sink = WebhookSink(WebhookSinkConfig(url=url, timeout_s=2.0))
+    sink.name = name
+    return sink
+
+
+def attempts(log: EventLog, sink: str) -> int:
+    return log._gallery.db.execute("SELECT coalesce(sum(attempts), 0) FROM outbox WHERE sink = ?",
+                                   [sink]).fetchone()[0]
+
+
+def test_backoff_grows_to_its_cap_with_jitter():
+    for n, full in [(1, 1.0), (2, 2.0), (3, 4.0), (10, 60.0), (10_000, 60.0)]:
+        delays = [backoff(n, 1.0, 60.0) for _ in range(50)]
+        assert all(full * 0.5 <= d <= full for d in delays)
+        assert len(set(delays)) > 1
+
+
+def test_every_alert_arrives_once_in_order_after_the_webhook_was_down(tmp_path):
+    receiver = Receiver(status=503)
+    db = tmp_path / "gallery.db"
+    with EventLog(db, ["webhook"]) as log, Dispatcher(db, [webhook(receiver.url)], **_FAST) as dispatcher:
+        ids = []
+        for i in range(5):
+            ids.append(log.record(event(i)))
+            dispatcher.wake()
+        assert wait_until(lambda: attempts(log, "webhook") >= 3)  # refused a few times: 503
+        assert receiver.received == [] and dispatcher.pending() == 5
+        receiver.status = 200
+        assert wait_until(lambda: dispatcher.pending() == 0)
+        assert receiver.ids() == ids
+        ids.append(log.record(event(5)))  # a later event lands after them, and nothing came twice
+        dispatcher.wake()
+        assert wait_until(lambda: dispatcher.pending() == 0)
+        assert receiver.ids() == ids
+        last_errors = log._gallery.db.execute("SELECT DISTINCT last_error FROM outbox").fetchall()
+        assert last_errors == [(None,)]
+    receiver.close()
+
+
+def test_a_failing_sink_does_not_hold_up_the_others(tmp_path):
+    receiver = Receiver()
+    db = tmp_path / "gallery.db"
+    sinks = [webhook(f"http://127.0.0.1:{free_port()}/hook", "down"), CommandSink(CommandSinkConfig(argv=["false"])),
+             webhook(receiver.url, "up")]
+    with EventLog(db, [s.name for s in sinks]) as log, Dispatcher(db, sinks, **_FAST) as dispatcher:
+        ids = [log.record(event(i)) for i in range(4)]
+        dispatcher.wake()
+        assert wait_until(lambda: dispatcher.pending("up") == 0)
+        assert receiver.ids() == ids
+        assert dispatcher.pending("down") == dispatcher.pending("command") == 4
+        assert wait_until(lambda: attempts(log, "command") >= 2)
+        first = log._gallery.db.execute("SELECT event_id, last_error FROM outbox WHERE sink = 'command' "
+                                        "AND attempts > 0").fetchall()
+        assert [r[0] for r in first] == [ids[0]]  # only the head is tried: order is kept
+        assert "exit status 1" in first[0][1]
+    receiver.close()
+
+
+def test_restart_delivers_what_a_previous_run_left_once_in_order(tmp_path):
+    port = free_port()  # nothing listens here yet: the webhook is down
+    db = tmp_path / "gallery.db"
+    with EventLog(db, ["webhook"]) as log:
+        first = Dispatcher(db, [webhook(f"http://127.0.0.1:{port}/hook")], **_FAST).start()
+        ids = [log.record(event(i)) for i in range(3)]
+        first.wake()
+        assert wait_until(lambda: attempts(log, "webhook") >= 2)
+        assert first.stop(timeout=2.0)
+        ids += [log.record(event(i)) for i in range(3, 5)]  # recorded while no dispatcher runs
+    receiver = Receiver(port=port)  # the webhook comes back, on the same port
+    second = Dispatcher(db, [webhook(receiver.url)], **_FAST).start()
+    try:
+        assert wait_until(lambda: second.pending() == 0)
+        assert receiver.ids() == ids
+        assert receiver.requests == 5
+    finally:
+        second.stop()
+        receiver.close()
+
+
+def test_stop_returns_in_time_while_a_sink_hangs_and_recording_never_waits(tmp_path):
+    started = tmp_path / "started"
+    hanging = CommandSink(CommandSinkConfig(argv=["sh", "-c", 'touch "$0"; exec sleep 3', str(started)],
+                                            timeout_s=10))
+    db = tmp_path / "gallery.db"
+    with EventLog(db, ["command"]) as log:
+        dispatcher = Dispatcher(db, [hanging], **_FAST).start()
+        log.record(event(0))
+        dispatcher.wake()
+        assert wait_until(started.exists)
+        t0 = time.monotonic()
+        for i in range(1, 21):
+            log.record(event(i))
+            dispatcher.wake()
+        assert time.monotonic() - t0 < _RECORD_BUDGET_S
+        t0 = time.monotonic()
+        assert dispatcher.stop(timeout=0.3) is False  # the sink's thread is still in `sleep`
+        assert time.monotonic() - t0 < 0.3 + _TIMING_SLACK_S
+        assert dispatcher.pending() == 21
+
+
+def test_pending_rows_of_an_unconfigured_sink_stay(tmp_path):
+    receiver = Receiver()
+    db = tmp_path / "gallery.db"
+    with EventLog(db, ["webhook", "mqtt"]) as log:
+        ids = [log.record(event(i)) for i in range(2)]
+    with Dispatcher(db, [webhook(receiver.url)], **_FAST) as dispatcher:
+        assert wait_until(lambda: dispatcher.pending() == 0)
+        assert receiver.ids() == ids
+    with EventLog(db, []) as log:
+        left = log._gallery.db.execute("SELECT count(*) FROM outbox WHERE sink = 'mqtt' AND delivered IS NULL")
+        assert left.fetchone()[0] == 2
+    receiver.close()
+
+
+def test_mqtt_alerts_survive_a_broker_restart(tmp_path):
+    from edge_retrieval.sinks import MqttSinkConfig
+    from edge_retrieval.sinks.mqtt import MqttSink
+    from test_sinks import Subscriber, mosquitto
+    port = free_port()
+    broker = mosquitto(port, tmp_path)  # our own: this one gets killed
+    db = tmp_path / "gallery.db"
+    sink = MqttSink(MqttSinkConfig(port=port, device_id="restart", discovery_prefix="", timeout_s=0.2))
+    sub = Subscriber(port, sink.event_topic)
+    try:
+        with EventLog(db, ["mqtt"]) as log, Dispatcher(db, [sink], **_FAST) as dispatcher:
+            ids = [log.record(event(i)) for i in range(2)]
+            dispatcher.wake()
+            assert wait_until(lambda: dispatcher.pending() == 0 and len(sub.messages) == 2)
+            sub.close()
+            broker.kill()
+            broker.wait(5)
+            ids += [log.record(event(i)) for i in range(2, 4)]
+            dispatcher.wake()
+            assert wait_until(lambda: attempts(log, "mqtt") >= 3)  # refused: broker gone
+            broker = mosquitto(port, tmp_path)
+            sub2 = Subscriber(port, sink.event_topic)  # (the sink reconnects only after a second)
+            assert wait_until(lambda: dispatcher.pending() == 0)
+            assert wait_until(lambda: len(sub.messages) + len(sub2.messages) == 4)
+            sub2.close()
+        got = [json.loads(p)["event_id"] for _, p, _ in sub.messages + sub2.messages]
+        assert got == ids
+    finally:
+        broker.kill()
+        broker.wait(5)
