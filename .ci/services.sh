@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# Services the tests need: a Mosquitto MQTT broker on 127.0.0.1:${MQTT_PORT:-1883}.
-# Idempotent: installs mosquitto if missing, starts it in the background only if the
-# port does not answer yet, and returns once it answers.
+# What the tests need beyond pip: the Debian packages in .ci/apt-packages.txt, and a Mosquitto
+# MQTT broker on 127.0.0.1:${MQTT_PORT:-1883}. Idempotent: installs only what is missing,
+# starts the broker in the background only if the port does not answer yet, and returns once
+# it answers.
 set -euo pipefail
+
+# Debian packages the tests need (systemd-analyze, a browser for the kiosk test, the broker).
+packages=$(grep -v '^#' "$(dirname "$0")/apt-packages.txt" | tr '\n' ' ')
+missing=$(for p in $packages mosquitto; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+    echo "services: installing" $missing
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
 
 PORT="${MQTT_PORT:-1883}"
 port_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
@@ -12,12 +23,6 @@ if port_answers; then
     exit 0
 fi
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    echo "services: installing mosquitto"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
-fi
 MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 
 if ! port_answers; then  # (a package install may have started one already)

@@ -268,5 +268,128 @@ def convert(args):
     sys.exit(main(list(args)))
 
 
+# -- the service -------------------------------------------------------------------
+def setup_logging(level: str):
+    """Log lines on stderr (no timestamps under systemd: the journal adds them); returns the handler."""
+    import logging
+    import os
+
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+@cli.command()
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_CONFIG",
+              help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it.")
+@click.option("--source", "-s", help="V4L2 device index (0), video file, rtsp/http URL or image folder.")
+@click.option("--fps", type=click.FloatRange(min=0), help="Target rate of processed frames (0 = as fast as frames come).")
+@click.option("--gallery", "-g", "gallery_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_GALLERY",
+              help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY).")
+@click.option("--model", "-m", "model_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_MODEL",
+              help="The .tflite model (default: the built-in one).")
+@click.option("--threads", type=click.IntRange(1, 64), help="Interpreter threads.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set decision.votes.m=2 (repeatable).")
+@click.option("--stats", is_flag=True, help="Print fps and per-stage timings while running and a table at the end.")
+@click.option("--demo", is_flag=True, help="Play the built-in demo clip against the built-in demo gallery "
+                                           "(also the default when no source and no gallery are configured).")
+def run(config_path, source, fps, gallery_path, model_path, threads, settings, stats, demo):
+    """Watch a camera (or file, stream, folder) and alert on gallery items: the on-device service."""
+    import logging
+    import signal
+    import threading
+
+    from .config import load_config, parse_assignment
+    from .daemon import Daemon
+
+    overrides = dict(parse_assignment(text) for text in settings)
+    for key, value in (("source.uri", source), ("source.fps", fps), ("gallery.path", gallery_path),
+                       ("model.path", model_path), ("model.threads", threads)):
+        if value is not None:
+            overrides[key] = value
+    config = load_config(config_path, overrides)
+    handler = setup_logging(config.service.log_level)
+    demo = demo or (not config.source.uri and not config.gallery.path)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):  # only sets the stop event: the loop does the rest
+        stop.set()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    on_stats = (lambda metrics: click.echo(metrics.line(), err=True)) if stats else None
+    try:
+        summary = Daemon(config, stop=stop, demo=demo, on_stats=on_stats).run()
+    finally:
+        for signum, previous_handler in previous.items():
+            signal.signal(signum, previous_handler)
+        logging.getLogger().removeHandler(handler)
+    alerts = len(summary.decisions)
+    click.echo(f"{summary.reason}: {summary.frames} frame(s) processed, {summary.embedded} embedded, "
+               f"{alerts} alert(s)", err=True)
+    if stats and summary.metrics is not None:
+        click.echo(summary.metrics.table(), err=True)
+
+
+@cli.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--show", is_flag=True, help="Print the effective configuration (defaults filled in) as TOML.")
+def check_config(path, show):
+    """Validate a TOML config file; errors name the key path (e.g. decision.votes.m)."""
+    from .config import load_config, to_toml
+
+    config = load_config(path)
+    if show:
+        click.echo(to_toml(config), nl=False)
+    else:
+        click.echo(f"{path}: ok")
+
+
+
+# -- the kiosk -------------------------------------------------------------------------
+@cli.command()
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_CONFIG",
+              help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it.")
+@click.option("--source", "-s", help="V4L2 device index (0), video file, rtsp/http URL or image folder.")
+@click.option("--gallery", "-g", "gallery_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_GALLERY",
+              help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY); created if missing.")
+@click.option("--model", "-m", "model_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_MODEL",
+              help="The .tflite model (default: the built-in one).")
+@click.option("--host", help="Address to serve on (default 127.0.0.1; 0.0.0.0 = the network too).")
+@click.option("--port", "-p", type=click.IntRange(0, 65535), help="TCP port (default 8080; 0 = any free port).")
+@click.option("--token", envvar="EDGE_RETRIEVAL_KIOSK_TOKEN",
+              help="Staff token (env EDGE_RETRIEVAL_KIOSK_TOKEN; default: kiosk.token, else a new random one).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set kiosk.hold=5 (repeatable).")
+@click.option("--demo", is_flag=True, help="The built-in demo clip and gallery (also the default when no source "
+                                           "and no gallery are configured).")
+def kiosk(config_path, source, gallery_path, model_path, host, port, token, settings, demo):
+    """Serve the kiosk page: the live camera and the record of the item held up to it; /admin for staff."""
+    from .config import load_config, parse_assignment
+    from .kiosk import Kiosk, Server
+
+    overrides = dict(parse_assignment(text) for text in settings)
+    for key, value in (("source.uri", source), ("gallery.path", gallery_path), ("model.path", model_path),
+                       ("kiosk.host", host), ("kiosk.port", port), ("kiosk.token", token)):
+        if value is not None:
+            overrides[key] = value
+    config = load_config(config_path, overrides)
+    handler = setup_logging(config.service.log_level)
+    demo = demo or (not config.source.uri and not config.gallery.path)
+    if demo:
+        click.echo("preparing the built-in demo (clip and gallery)…", err=True)
+    with Kiosk(config, demo=demo) as kiosk:
+        kiosk.open()
+        server = Server(kiosk, config.kiosk.host, config.kiosk.port)
+        click.echo(f"kiosk page:  {server.url}", err=True)
+        click.echo(f"staff page:  {server.admin_url}", err=True)
+        server.run()
+
+
 if __name__ == "__main__":
     cli()

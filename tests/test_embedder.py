@@ -69,3 +69,24 @@ def test_threads_do_not_change_results(embedder):
     img = read_image(photo(ITEMS[0]))
     with Embedder(embedder.model_path, num_threads=1) as one:
         assert np.allclose(one.embed(img), embedder.embed(img), atol=_SAME_IMAGE_TOLERANCE)
+
+
+def test_fast_resize_matches_inter_area_within_a_grey_level():
+    import cv2
+
+    from edge_retrieval.preprocess import resize
+
+    frame = cv2.resize(read_image(photo(ITEMS[0])), (640, 480))
+    exact = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(resize(frame, 224, 224).astype(int) - exact).mean() < 1.0
+
+
+def test_input_lut_matches_the_formula(embedder):
+    frame = read_image(photo(ITEMS[1]))
+    q = embedder.input_quant
+    rgb = embedder.prepare(frame).astype(np.float64)
+    w, h = embedder.input_size
+    from edge_retrieval.preprocess import resize
+
+    expected = np.rint(resize(frame, w, h)[:, :, ::-1] / q.scale + q.zero_point)
+    assert np.array_equal(rgb, expected.clip(-128, 127))

@@ -1,0 +1,607 @@
+"""Frame sources: V4L2 devices, video files, stream URLs and folders of images.
+
+Every source speaks the small `FrameSource` protocol: `read(timeout)` hands over the next
+`Frame` to process, or None when none is due within `timeout`; a finite source raises
+`SourceEnded` at its end and any source raises `SourceError` when it fails.
+
+Live sources (devices, URLs, watched folders) always hand over their *newest* frame: a
+`Grabber` thread drains the capture continuously and keeps only the latest frame, so latency
+never builds up however slow the processing is. `Reconnecting` wraps a live source and
+reopens it after a failure with a capped exponential backoff that waits on the stop event.
+Files and folders play every frame (or, at a target fps, one frame per 1/fps of media time)
+and give each frame its media time, so what follows (votes, cooldowns) does not depend on
+how fast the machine is.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import cv2
+import numpy as np
+
+from .errors import EdgeRetrievalError
+
+log = logging.getLogger(__name__)
+if "OPENCV_LOG_LEVEL" not in os.environ:  # our own log says when a source fails, once
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+URL_TIMEOUT_MS = 5000  # FFmpeg's own open and read timeouts for stream URLs
+FALLBACK_FPS = 25.0  # a file whose frame rate OpenCV cannot read
+FOLDER_INTERVAL = 1.0  # media seconds between the images of a folder played without a target fps
+
+
+class SourceError(EdgeRetrievalError):
+    """A frame source cannot be opened or stopped delivering frames."""
+
+
+class SourceEnded(Exception):
+    """A finite source (file, folder) has no more frames. Not an error."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured frame."""
+
+    image: np.ndarray  # BGR uint8 (H, W, 3)
+    time: float  # seconds: media time for files and folders, time.monotonic() for live sources
+    index: int  # the source's own frame number (frames skipped or dropped still count)
+    captured: float = field(default_factory=time.monotonic)  # monotonic time it was decoded
+
+
+class FrameSource(Protocol):
+    name: str
+    live: bool
+
+    def read(self, timeout: float = 0.5) -> Frame | None:
+        """The next frame to process; None if none within `timeout`. SourceEnded / SourceError."""
+
+    def close(self) -> None: ...
+
+
+class Capture(Protocol):
+    """The part of cv2.VideoCapture the sources use (fakes in tests implement the same)."""
+
+    def isOpened(self) -> bool: ...
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+    def grab(self) -> bool: ...
+    def retrieve(self) -> tuple[bool, np.ndarray | None]: ...
+    def get(self, prop: int) -> float: ...
+    def set(self, prop: int, value: float) -> bool: ...
+    def release(self) -> None: ...
+
+
+def kind_of(uri: str) -> str:
+    """"device", "url", "folder" or "file"."""
+    uri = uri.strip()
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        return "device"
+    if uri.lower().startswith(STREAM_SCHEMES) or "://" in uri:
+        return "url"
+    if Path(uri).is_dir():
+        return "folder"
+    return "file"
+
+
+def open_capture(uri: str, width: int = 0, height: int = 0) -> Capture:
+    """cv2.VideoCapture for a device index/path, URL or file; SourceError if it cannot be opened."""
+    kind = kind_of(uri)
+    if kind == "device":
+        target: Any = int(uri) if uri.isdigit() else uri
+        backend = cv2.CAP_V4L2 if os.name == "posix" else cv2.CAP_ANY
+        cap = cv2.VideoCapture(target, backend)
+    elif kind == "url":
+        cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS,
+                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS])
+    else:
+        if not Path(uri).is_file():
+            raise SourceError(f"{uri}: no such file, folder or device")
+        cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"{uri}: cannot open {kind}")
+    if kind == "device":
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        if height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+    return cap
+
+
+# -- rate -------------------------------------------------------------------
+
+class Pacer:
+    """Hands out due times one 1/fps apart (fps 0: everything is due at once)."""
+
+    def __init__(self, fps: float):
+        self.interval = 1.0 / fps if fps > 0 else 0.0
+        self.next_due = -math.inf
+
+    def due(self, t: float) -> bool:
+        return t >= self.next_due - 1e-9
+
+    def wait(self, t: float) -> float:
+        """Seconds from t until the next due time (0 if due)."""
+        return max(0.0, self.next_due - t)
+
+    def taken(self, t: float) -> None:
+        """A frame at time t was handed over: the next is due one interval later on the same grid,
+        or one interval after t if the source fell behind (no catch-up burst)."""
+        if not self.interval:
+            return
+        if math.isfinite(self.next_due) and t - self.next_due < self.interval:
+            self.next_due += self.interval
+        else:
+            self.next_due = t + self.interval
+
+
+# -- files ------------------------------------------------------------------
+
+class FileSource:
+    """A video file, frame by frame; at a target fps one frame per 1/fps of media time.
+
+    The next frame is decoded in a thread while the current one is processed (`prefetch`),
+    as a camera's grabber does, so decoding stays off the pipeline's critical path.
+    `realtime` plays the file at its own speed as a camera would: frames whose time has
+    passed while the pipeline was busy are dropped (no prefetch then).
+    """
+
+    live = False
+
+    def __init__(self, path: str, *, fps: float = 0.0, loop: bool = False, realtime: bool = False,
+                 name: str = "", open_fn: Callable[[str], Capture] | None = None, prefetch: bool = True):
+        self.path = str(path)
+        self.name = name or self.path
+        self.loop, self.realtime = loop, realtime
+        self.prefetch = prefetch and not realtime
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._open = open_fn or (lambda uri: open_capture(uri))
+        self._cap = self._open(self.path)
+        media_fps = self._cap.get(cv2.CAP_PROP_FPS)
+        if not (0 < media_fps < 1000):
+            log.warning("%s: frame rate unknown, assuming %g fps", self.path, FALLBACK_FPS)
+            media_fps = FALLBACK_FPS
+        self.media_fps = float(media_fps)
+        self._pacer = Pacer(fps)
+        self._index = 0  # next frame number in the file
+        self._offset = 0.0  # media time of the earlier loops
+        self._base = 0  # frames in the earlier loops
+        self._start: float | None = None  # monotonic time of media time 0 (realtime)
+        self.frames_read = 0
+        self.frames_skipped = 0
+
+    def _media_time(self, index: int) -> float:
+        return self._offset + index / self.media_fps
+
+    def _rewind(self) -> None:
+        self._offset = self._media_time(self._index)
+        self._base += self._index
+        self._cap.release()
+        self._cap = self._open(self.path)
+        self._index = 0
+
+    def _advance(self, keep: bool) -> np.ndarray | None:
+        """Grab the next frame; decode it only if kept. SourceEnded at the end."""
+        for attempt in (0, 1):
+            if self._cap.grab():
+                break
+            if not self.loop or attempt or self._index == 0:
+                raise SourceEnded(self.path)
+            self._rewind()
+        self._index += 1
+        if not keep:
+            self.frames_skipped += 1
+            return None
+        ok, image = self._cap.retrieve()
+        if not ok or image is None:
+            raise SourceEnded(self.path)
+        return image
+
+    def _next(self) -> Frame:
+        """The next frame due by media time (skipped ones are grabbed, not decoded)."""
+        while not self._pacer.due(self._media_time(self._index)):
+            self._advance(keep=False)
+        t = self._media_time(self._index)
+        image = self._advance(keep=True)
+        self._pacer.taken(t)
+        self.frames_read += 1
+        return Frame(image, t, self._base + self._index - 1)
+
+    def _prefetch(self) -> None:
+        while self._running:
+            try:
+                item: Any = self._next()
+            except SourceEnded as e:
+                item = e
+            except Exception as e:  # a decoder failure ends the file like its end does
+                log.warning("%s: %s", self.path, e)
+                item = SourceEnded(self.path)
+            while self._running:
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, SourceEnded):
+                return
+
+    def read(self, timeout: float = 0.5) -> Frame | None:
+        if self._cap is None:
+            raise SourceEnded(self.path)
+        if self.prefetch:
+            if self._thread is None:
+                self._queue, self._running = queue.Queue(maxsize=1), True
+                self._thread = threading.Thread(target=self._prefetch, name=f"decode {self.name}", daemon=True)
+                self._thread.start()
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            if isinstance(item, SourceEnded):
+                self._queue.put(item)  # stays ended
+                raise item
+            return item
+        now = time.monotonic()
+        if self.realtime:
+            if self._start is None:
+                self._start = now - self._media_time(self._index)
+            # drop the frames whose time has passed (keep the newest one that is due)
+            while self._media_time(self._index + 1) <= now - self._start:
+                self._advance(keep=False)
+            wait = self._media_time(self._index) - (now - self._start)
+            if wait > timeout:
+                time.sleep(timeout)
+                return None
+            if wait > 0:
+                time.sleep(wait)
+        return self._next()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._running = False
+            self._thread.join(2.0)
+            self._thread = None
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+# -- folders ----------------------------------------------------------------
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+class FolderSource:
+    """A folder of images as a slow camera.
+
+    By default the images play in name order, one per 1/fps of media time (1 s apart without
+    a target fps), and the source ends after the last one (or starts again with `loop`).
+    With `watch` it is live: it waits for new image files and hands over the newest one
+    (older unseen ones are dropped), as from a time-lapse camera writing into the folder.
+    Unreadable files are logged and skipped (a file being written is retried once).
+    """
+
+    def __init__(self, path: str, *, fps: float = 0.0, loop: bool = False, watch: bool = False,
+                 realtime: bool = False, name: str = "", poll: float = 0.2):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SourceError(f"{path}: no such folder")
+        self.name = name or str(path)
+        self.live = watch
+        self.loop, self.realtime, self.poll = loop, realtime, poll
+        self.interval = 1.0 / fps if fps > 0 else FOLDER_INTERVAL
+        self._pacer = Pacer(fps if watch else 0.0)
+        self._files = list_images(self.path)
+        if not self._files and not watch:
+            raise SourceError(f"{path}: no images in the folder")
+        self._pos = 0
+        self._index = 0
+        self._start: float | None = None
+        self._seen: dict[str, float] = {} if not watch else {str(p): p.stat().st_mtime for p in self._files}
+        self._retry: set[str] = set()
+
+    def _next_played(self, timeout: float) -> Frame | None:
+        if self._pos >= len(self._files):
+            if not self.loop:
+                raise SourceEnded(str(self.path))
+            self._pos = 0
+        t = self._index * self.interval
+        if self.realtime:
+            now = time.monotonic()
+            if self._start is None:
+                self._start = now - t
+            wait = t - (now - self._start)
+            if wait > timeout:
+                time.sleep(timeout)
+                return None
+            if wait > 0:
+                time.sleep(wait)
+        path = self._files[self._pos]
+        self._pos += 1
+        self._index += 1
+        image = read_image(path)
+        if image is None:
+            log.warning("%s: not a readable image, skipped", path)
+            return None
+        return Frame(image, t, self._index - 1)
+
+    def _newest_unseen(self, now: float) -> Frame | None:
+        fresh = []
+        for p in list_images(self.path):
+            try:
+                mtime = p.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if self._seen.get(str(p)) != mtime:
+                fresh.append((mtime, str(p)))
+        fresh.sort(reverse=True)
+        for i, (mtime, key) in enumerate(fresh):  # newest first; older unseen ones are dropped
+            image = read_image(Path(key))
+            if image is None and key not in self._retry:
+                self._retry.add(key)  # maybe still being written: look again at the next poll
+                continue
+            self._retry.discard(key)
+            for m, k in fresh[i:]:
+                self._seen[k] = m
+            if image is None:
+                log.warning("%s: not a readable image, skipped", key)
+                return None
+            self._pacer.taken(now)
+            self._index += 1
+            return Frame(image, now, self._index - 1)
+        return None
+
+    def _next_watched(self, timeout: float) -> Frame | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if self._pacer.due(now):
+                frame = self._newest_unseen(now)
+                if frame is not None:
+                    return frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(self.poll, left))
+
+    def read(self, timeout: float = 0.5) -> Frame | None:
+        return self._next_watched(timeout) if self.live else self._next_played(timeout)
+
+    def close(self) -> None:
+        pass
+
+
+# -- live captures ----------------------------------------------------------
+
+class Grabber:
+    """Opens a capture and drains it in a thread, keeping only the newest frame.
+
+    Opening happens in the thread too, so a stream that takes long to connect never blocks
+    the caller (who waits at most its own timeout and can stop at once)."""
+
+    def __init__(self, open_fn: Callable[[], Capture], name: str):
+        self._open = open_fn
+        self._cond = threading.Condition()
+        self._image: np.ndarray | None = None
+        self._stamp = 0.0
+        self._seq = 0
+        self._error: str | None = None
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name=f"grab {name}", daemon=True)
+        self._thread.start()
+
+    def _set_error(self, error: str) -> None:
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            cap = self._open()
+        except SourceError as e:
+            self._set_error(str(e))
+            return
+        try:
+            while self._running:
+                ok, image = cap.read()
+                if not ok or image is None:
+                    self._set_error("the capture returned no frame")
+                    break
+                with self._cond:
+                    self._image, self._seq, self._stamp = image, self._seq + 1, time.monotonic()
+                    self._cond.notify_all()
+        except Exception as e:  # a backend failure ends this capture, not the process
+            self._set_error(f"capture failed ({e})")
+        finally:
+            cap.release()
+
+    def latest(self, after: int, timeout: float) -> tuple[int, np.ndarray, float] | None:
+        """(seq, image, monotonic time) of the newest frame with seq > after, waiting up to timeout;
+        SourceError once the capture failed (after its last frame was handed over)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._seq > after or self._error, timeout):
+                return None
+            if self._seq > after:
+                return self._seq, self._image, self._stamp
+            raise SourceError(self._error or "capture failed")
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._running = False
+        self._thread.join(timeout)  # a capture stuck in read() is left to its daemon thread
+
+
+class LiveSource:
+    """A V4L2 device or a stream URL: always the newest frame, at most `fps` per second."""
+
+    live = True
+
+    def __init__(self, uri: str, *, fps: float = 0.0, width: int = 0, height: int = 0,
+                 read_timeout: float = 5.0, name: str = "",
+                 open_fn: Callable[[str], Capture] | None = None):
+        self.uri = uri
+        self.name = name or uri
+        self.read_timeout = read_timeout
+        open_fn = open_fn or (lambda u: open_capture(u, width, height))
+        self._grabber = Grabber(lambda: open_fn(uri), self.name)
+        self._pacer = Pacer(fps)
+        self._seq = 0
+        self._last_frame_at = time.monotonic()
+        self.frames_read = 0
+        self.frames_dropped = 0
+
+    def read(self, timeout: float = 0.5) -> Frame | None:
+        now = time.monotonic()
+        wait = self._pacer.wait(now)
+        if wait >= timeout:
+            time.sleep(timeout)
+            return None
+        if wait:
+            time.sleep(wait)
+        got = self._grabber.latest(self._seq, timeout - wait)
+        now = time.monotonic()
+        if got is None:
+            if now - self._last_frame_at > self.read_timeout:
+                raise SourceError(f"no frame for {now - self._last_frame_at:.1f} s")
+            return None
+        seq, image, stamp = got
+        self.frames_dropped += seq - self._seq - 1
+        self._seq = seq
+        self._last_frame_at = now
+        self._pacer.taken(now)
+        self.frames_read += 1
+        return Frame(image, stamp, seq - 1, captured=stamp)
+
+    def close(self) -> None:
+        self._grabber.close()
+
+
+# -- reconnecting -----------------------------------------------------------
+
+class Backoff:
+    """Capped exponential backoff: initial, 2×initial, … up to maximum; reset() after success."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 30.0, factor: float = 2.0):
+        self.initial, self.maximum, self.factor = initial, maximum, factor
+        self.failures = 0
+
+    def next(self) -> float:
+        delay = min(self.maximum, self.initial * self.factor ** self.failures)
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Reconnecting:
+    """A live source that reopens itself after failures, waiting with a capped backoff.
+
+    `read` never blocks longer than its timeout and returns None while the source is down;
+    the waits end early when `stop` is set. `attempts` counts reopen attempts (the daemon
+    shows progress with it even while no frame comes).
+    """
+
+    live = True
+
+    def __init__(self, open_fn: Callable[[], FrameSource], name: str, *, backoff: Backoff | None = None,
+                 stop: threading.Event | None = None, clock: Callable[[], float] = time.monotonic):
+        self._open = open_fn
+        self.name = name
+        self.backoff = backoff or Backoff()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self._source: FrameSource | None = None
+        self._retry_at = clock()
+        self.attempts = 0
+        self.failures = 0
+        self.last_error = ""
+        self._fresh = False
+
+    @property
+    def connected(self) -> bool:
+        return self._source is not None
+
+    def _fail(self, error: Exception) -> None:
+        self.failures += 1
+        self.last_error = str(error)
+        delay = self.backoff.next()
+        self._retry_at = self.clock() + delay
+        message = self.last_error if self.last_error.startswith(self.name) else f"{self.name}: {self.last_error}"
+        log.warning("%s; reconnecting in %.1f s", message, delay)
+
+    def read(self, timeout: float = 0.5) -> Frame | None:
+        if self._source is None:
+            wait = self._retry_at - self.clock()
+            if wait > 0:
+                if self.stop.wait(min(wait, timeout)) or wait > timeout:
+                    return None
+            self.attempts += 1
+            try:
+                self._source = self._open()
+            except SourceError as e:
+                self._fail(e)
+                return None
+            self._fresh = True
+        try:
+            frame = self._source.read(timeout)
+        except (SourceError, SourceEnded) as e:
+            self._source.close()
+            self._source = None
+            self._fail(e if isinstance(e, SourceError) else SourceError("the stream ended"))
+            return None
+        if frame is not None:
+            self.backoff.reset()
+            if self._fresh:
+                self._fresh = False
+                log.info("%s: receiving frames%s", self.name,
+                         f" again (after {self.attempts} attempts)" if self.failures else "")
+        return frame
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+
+# -- the factory ------------------------------------------------------------
+
+def open_source(config, stop: threading.Event | None = None,
+                open_fn: Callable[[str], Capture] | None = None) -> FrameSource:
+    """The source a `SourceConfig` describes. Live ones come wrapped in `Reconnecting`
+    (and so open lazily, on the first read); files and folders open now (SourceError)."""
+    uri = config.uri.strip()
+    if not uri:
+        raise SourceError("no source configured (source.uri)")
+    kind = kind_of(uri)
+    name = config.name or uri
+    if kind == "folder":
+        return FolderSource(uri, fps=config.fps, loop=config.loop, watch=config.watch,
+                            realtime=config.realtime, name=name)
+    if kind == "file":
+        return FileSource(uri, fps=config.fps, loop=config.loop, realtime=config.realtime, name=name,
+                          open_fn=open_fn)
+    opener = open_fn or (lambda u: open_capture(u, config.width, config.height))
+    return Reconnecting(
+        lambda: LiveSource(uri, fps=config.fps, read_timeout=config.read_timeout, name=name, open_fn=opener),
+        name, backoff=Backoff(config.reconnect_initial, config.reconnect_max), stop=stop)

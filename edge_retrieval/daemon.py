@@ -1,0 +1,344 @@
+"""The service loop: frames from a source through the pipeline to decisions and events.
+
+`Pipeline.process(frame)` is one frame's whole journey (ROI → motion gate → model →
+gallery scan → decision) and has no threads, timers or signals: tests call it directly.
+`Daemon` only wires the parts together: it opens them, reads frames until the stop event
+is set or a file ends, records decisions as events for the sinks, and speaks sd_notify
+(READY once loaded, WATCHDOG after every processed frame, STATUS, STOPPING).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from . import democlip
+from .camera import Frame, FrameSource, SourceEnded, SourceError, open_source
+from .config import Config
+from .decide import Candidate, Decider, Decision
+from .embedder import Embedder
+from .errors import ConfigError, EdgeRetrievalError
+from .gallery import Gallery
+from .metrics import Metrics
+from .motion import Motion, MotionGate, crop_roi
+from .systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 0.25  # the longest the loop waits for a frame before looking at the stop event
+STOP_TIMEOUT = 0.8  # what the sinks' dispatcher gets to finish when stopping (exit within 2 s)
+DRAIN_TIMEOUT = 5.0  # what the sinks get to deliver pending events when a file or folder ended
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    frame: Frame
+    motion: Motion
+    embedded: bool  # the model ran on this frame (else the last descriptor was searched again)
+    candidate: Candidate
+    decision: Decision | None
+
+
+class Pipeline:
+    """One frame's journey: ROI → motion gate → model → gallery scan → decision."""
+
+    def __init__(self, embedder, gallery: Gallery, decider: Decider, gate: MotionGate, *, roi=None,
+                 metrics: Metrics | None = None, source: str = "camera"):
+        self.embedder, self.gallery, self.decider, self.gate = embedder, gallery, decider, gate
+        self.roi, self.source = roi, source
+        self.metrics = metrics or Metrics()
+        self.decider.item_threshold = self._item_threshold
+        self._descriptor: np.ndarray | None = None
+        self._matrix: Any = None
+        self._items: dict[int, dict] = {}
+
+    # -- the gallery's item metadata, reloaded with its matrix ------------------------
+    def items(self) -> dict[int, dict]:
+        matrix = self.gallery.matrix()
+        if matrix is not self._matrix:
+            self._items = {item.id: item.metadata for item in self.gallery.items()}
+            self._matrix = matrix
+            log.debug("gallery (re)loaded: %d item(s)", len(self._items))
+        return self._items
+
+    def _item_threshold(self, item_id: int) -> float | None:
+        value = self._items.get(item_id, {}).get("threshold")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    def box(self, frame: Frame) -> tuple[float, float, float, float] | None:
+        """The ROI in frame pixels (x0, y0, x1, y1), None for the whole frame."""
+        if self.roi is None:
+            return None
+        h, w = frame.image.shape[:2]
+        return (self.roi.x * w, self.roi.y * h, (self.roi.x + self.roi.width) * w,
+                (self.roi.y + self.roi.height) * h)
+
+    def process(self, frame: Frame) -> FrameResult:
+        stage = self.metrics.stage
+        image = crop_roi(frame.image, self.roi)
+        with stage("motion"):
+            motion = self.gate.check(image, frame.time)
+        embedded = motion.changed or self._descriptor is None
+        if embedded:
+            emb = self.embedder
+            with stage("preprocess"):
+                tensor = emb.prepare(image)
+            with stage("invoke"):
+                output = emb.invoke(tensor)
+            with stage("pool"):
+                self._descriptor = emb.describe(output)
+        with stage("scan"):
+            matches = self.gallery.search(self._descriptor, k=2)
+            self.items()
+        with stage("decide"):
+            candidate = self.decider.candidate(matches.item_ids[0], matches.labels[0], matches.scores[0],
+                                               moving=motion.reason == "motion")
+            decision = self.decider.update(self.source, candidate, frame.time)
+        return FrameResult(frame, motion, embedded, candidate, decision)
+
+
+@dataclass
+class RunSummary:
+    reason: str  # "stopped" or "ended"
+    frames: int = 0
+    embedded: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+    metrics: Metrics | None = None
+
+
+def describe_decision(d: Decision) -> str:
+    margin = f"{d.margin:.3f}" if math.isfinite(d.margin) else "-"
+    what = d.label if d.kind == "match" else "unknown object"
+    return (f"alert: {what} (score {d.score:.3f}, margin {margin}, votes {d.votes}/{d.window}) "
+            f"at {d.time:.1f} s from {d.source}")
+
+
+class Daemon:
+    """Opens the parts a Config describes (or takes them ready-made, for tests) and runs the loop."""
+
+    def __init__(self, config: Config, *, stop: threading.Event | None = None, notifier: Notifier | None = None,
+                 embedder=None, gallery: Gallery | None = None, source: FrameSource | None = None,
+                 sinks: list | None = None, demo: bool = False, demo_seed: int = 0,
+                 on_decision: Callable[[Decision, FrameResult], None] | None = None,
+                 on_stats: Callable[[Metrics], None] | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.notifier = notifier or Notifier.from_env()
+        self.demo, self.demo_seed = demo, demo_seed
+        self.on_decision, self.on_stats = on_decision, on_stats
+        self.metrics = metrics or Metrics()
+        self.clock, self.wall_clock = clock, wall_clock
+        self._embedder, self._gallery, self._source, self._sinks = embedder, gallery, source, sinks
+        self._owned: list[Any] = []  # closed in reverse order
+        self.event_log = None
+        self.dispatcher = None
+        self.pipeline: Pipeline | None = None
+        self.last_decision: Decision | None = None
+        self.last_result: FrameResult | None = None
+        self._last_decision_at = 0.0
+        self._ready = False
+
+    # -- setup ---------------------------------------------------------------------
+    def _own(self, thing):
+        self._owned.append(thing)
+        return thing
+
+    def open(self) -> None:
+        """Load the model and the gallery, start the sinks and open the source."""
+        config = self.config
+        if self._embedder is None:
+            self._embedder = self._own(Embedder(config.model.path or None, config.model.threads))
+        card = getattr(self._embedder, "card", None)
+        if self.demo:
+            folder = self._own(tempfile.TemporaryDirectory(prefix="edge-retrieval-demo-"))
+            try:
+                clip, db = democlip.prepare(self._embedder, folder.name, self.demo_seed, self.stop)
+            except InterruptedError:
+                return
+            config = replace(config, source=replace(config.source, uri=str(clip), name=config.source.name or
+                                                    "demo-clip"),
+                             gallery=replace(config.gallery, path=str(db)))
+            log.info("built-in demo: clip %s (items %s; %s shown but not enrolled), gallery %s", clip,
+                     ", ".join(democlip.SEQUENCE), ", ".join(democlip.HELD_OUT), db)
+        elif self._source is None and self._gallery is None:
+            missing = [k for k, v in (("source.uri", config.source.uri), ("gallery.path", config.gallery.path))
+                       if not v]
+            if missing:
+                raise ConfigError(f"{missing[0]}: not set (set both source.uri and gallery.path, or neither "
+                                  "for the built-in demo)")
+        self.config = config
+        if self._gallery is None:
+            self._gallery = self._own(Gallery(config.gallery.path))
+        gallery = self._gallery
+        if card is not None:
+            gallery.check_model(self._embedder.sha256, card.name)
+        items, embeddings = gallery.count()
+        if not items:
+            log.warning("%s: the gallery is empty; enrol items with `edge-retrieval enroll` (no restart needed)",
+                        gallery.path)
+        self._open_events()
+        source_name = config.source.name or config.source.uri or "camera"
+        if self._source is None:
+            self._source = self._own(open_source(config.source, self.stop))
+        source_name = getattr(self._source, "name", source_name)
+        self.pipeline = Pipeline(self._embedder, gallery, Decider.from_config(config.decision),
+                                 MotionGate.from_config(config.motion), roi=config.roi, source=source_name,
+                                 metrics=self.metrics)
+        log.info("model %s, gallery %s (%d item(s), %d embedding(s)), source %s",
+                 card.name if card else type(self._embedder).__name__, gallery.path, items, embeddings, source_name)
+
+    def _open_events(self) -> None:
+        from .events import EventLog
+        from .outbox import Dispatcher
+        from .sinks import build_sinks
+
+        if self._gallery.path == ":memory:":
+            log.warning("in-memory gallery: events are not recorded")
+            return
+        sinks = self._sinks if self._sinks is not None else build_sinks(self.config.sinks)
+        self.event_log = self._own(EventLog(self._gallery.path, [s.name for s in sinks]))
+        if sinks:
+            self.dispatcher = Dispatcher(self._gallery.path, sinks).start()
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        """Open everything, send READY, process frames until stopped or the source ends."""
+        summary = RunSummary("stopped")
+        try:
+            self.open()
+            if self.stop.is_set() or self.pipeline is None:
+                return summary
+            pipeline = self.pipeline
+            summary.metrics = pipeline.metrics
+            self.notifier.ready(f"running: {self._source.name}")
+            self._ready = True
+            summary.reason = self._loop(pipeline, summary)
+            if summary.reason == "ended":
+                self._drain()
+            return summary
+        finally:
+            self.close()
+
+    def _loop(self, pipeline: Pipeline, summary: RunSummary) -> str:
+        metrics, source, service = pipeline.metrics, self._source, self.config.service
+        next_status = next_log = self.clock()
+        attempts = getattr(source, "attempts", 0)
+        capture_stage = "wait" if source.live else "capture"
+        while not self.stop.is_set():
+            start = time.perf_counter()
+            try:
+                frame = source.read(READ_TIMEOUT)
+            except SourceEnded:
+                log.info("%s: end of the source after %d frame(s)", source.name, summary.frames)
+                return "ended"
+            except SourceError as e:
+                if source.live:
+                    raise
+                log.warning("%s: %s; finishing", source.name, e)
+                return "ended"
+            if frame is None:
+                if getattr(source, "attempts", 0) != attempts:  # a reconnect attempt: the loop is alive
+                    attempts = source.attempts
+                    self.notifier.notify(WATCHDOG=1, STATUS=f"reconnecting to {source.name} "
+                                         f"(attempt {attempts}): {getattr(source, 'last_error', '')}")
+                continue
+            metrics.add(capture_stage, time.perf_counter() - start)
+            result = self.last_result = pipeline.process(frame)
+            if result.decision is not None:
+                with metrics.stage("emit"):
+                    self._emit(result)
+                summary.decisions.append(result.decision)
+            metrics.frame_done(result.embedded, latency=time.monotonic() - frame.captured)
+            summary.frames += 1
+            summary.embedded += result.embedded
+            self.notifier.watchdog()
+            now = self.clock()
+            if now >= next_status:
+                next_status = now + service.status_interval
+                self.notifier.status(self.status_text(metrics))
+                if self.on_stats is not None:
+                    self.on_stats(metrics)
+            if service.log_interval and now >= next_log:
+                if summary.frames > 1:
+                    log.info("%s", metrics.line())
+                next_log = now + service.log_interval
+        return "stopped"
+
+    def status_text(self, metrics: Metrics) -> str:
+        s = metrics.summary()
+        stages = " ".join(f"{k} {v:.1f}" for k, v in s["stages_ms"].items() if k != "wait")
+        text = f"{s['fps']:.1f} fps, {s['frame_ms'] or 0:.1f} ms/frame ({stages} ms)"
+        d = self.last_decision
+        if d is not None:
+            ago = self.clock() - self._last_decision_at
+            text += f"; last match {d.label or 'unknown'} {d.score:.2f} {ago:.0f} s ago"
+        else:
+            text += "; no match yet"
+        return text
+
+    def _emit(self, result: FrameResult) -> None:
+        decision = result.decision
+        self.last_decision, self._last_decision_at = decision, self.clock()
+        log.info("%s", describe_decision(decision))
+        if self.on_decision is not None:
+            self.on_decision(decision, result)
+        if self.event_log is None:
+            return
+        from .events import Event
+
+        metadata = self.pipeline.items().get(decision.item_id, {}) if decision.item_id is not None else {}
+        details = {"margin": decision.margin if math.isfinite(decision.margin) else None,
+                   "votes": decision.votes, "window": decision.window, "threshold": result.candidate.threshold,
+                   "frame": result.frame.index, "source_time": round(result.frame.time, 3)}
+        event = Event(time=self.wall_clock(), source=decision.source, kind=decision.kind, score=decision.score,
+                      label=decision.label, item_id=decision.item_id, metadata=metadata,
+                      box=self.pipeline.box(result.frame), details=details)
+        if self.config.snapshot.enabled:
+            try:
+                event = replace(event, snapshot=self.event_log.save_snapshot(result.frame.image, event,
+                                                                             self.config.snapshot))
+            except EdgeRetrievalError as e:  # a full disk loses the picture, never the alert
+                log.error("snapshot not saved: %s", e)
+        try:
+            self.event_log.record(event)
+        except EdgeRetrievalError as e:  # a broken database must not stop detection
+            log.error("event not recorded: %s", e)
+            return
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    def _drain(self) -> None:
+        """A finite source ended: give the sinks a few seconds to deliver what is pending
+        (what is left is delivered on the next start, like after a stop)."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while self.dispatcher is not None and not self.stop.is_set() and time.monotonic() < deadline:
+            if not self.dispatcher.pending():
+                return
+            self.stop.wait(0.05)
+
+    def close(self) -> None:
+        if self._ready:
+            self.notifier.stopping("stopping")
+            self._ready = False
+        if self.dispatcher is not None:
+            if not self.dispatcher.stop(STOP_TIMEOUT):
+                log.warning("sinks still busy at exit; undelivered events are retried at the next start")
+            self.dispatcher = None
+        while self._owned:
+            thing = self._owned.pop()
+            try:
+                (getattr(thing, "close", None) or thing.cleanup)()
+            except Exception as e:  # closing must not hide the reason we are closing
+                log.debug("closing %r: %s", thing, e)

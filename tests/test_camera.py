@@ -1,0 +1,249 @@
+"""Frame sources: a real video file and image folder, fake captures for live ones (dying and coming back)."""
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from conftest import FakeCapture, fake_frame
+
+from edge_retrieval.camera import (Backoff, FileSource, FolderSource, LiveSource, Pacer, Reconnecting, SourceEnded,
+                                   SourceError, kind_of, open_source)
+from edge_retrieval.config import SourceConfig
+
+N_FRAMES = 12
+
+
+def brightness(frame) -> int:
+    return int(round(float(frame.image.mean()) / 20))
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """12 frames at 10 fps; frame i has brightness 20·i."""
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(N_FRAMES):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def read_all(source, limit=100):
+    frames = []
+    with pytest.raises(SourceEnded):
+        for _ in range(limit):
+            frame = source.read()
+            if frame is not None:
+                frames.append(frame)
+    return frames
+
+
+def test_kind_of(tmp_path):
+    assert kind_of("0") == kind_of("/dev/video2") == "device"
+    assert kind_of("rtsp://cam/stream") == kind_of("http://cam:8080/video.mjpg") == "url"
+    assert kind_of(str(tmp_path)) == "folder"
+    assert kind_of("clip.mp4") == "file"
+
+
+def test_pacer_keeps_a_grid_without_catch_up_bursts():
+    p = Pacer(4.0)
+    taken = []
+    for t in np.arange(0, 2.0, 0.1).round(2):
+        if p.due(t):
+            taken.append(float(t))
+            p.taken(t)
+    assert taken == [0.0, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8]
+    p.taken(10.0)  # fell far behind: the next is due one interval later, not at once
+    assert not p.due(10.1) and p.due(10.25)
+    assert Pacer(0).due(0) and Pacer(0).wait(5) == 0
+
+
+def test_video_file_every_frame_with_media_time(video):
+    source = FileSource(str(video))
+    frames = read_all(source)
+    source.close()
+    assert [f.index for f in frames] == list(range(N_FRAMES))
+    assert [brightness(f) for f in frames] == list(range(N_FRAMES))
+    assert [f.time for f in frames] == pytest.approx([i / 10 for i in range(N_FRAMES)])
+
+
+def test_video_file_at_a_target_fps_and_looping(video):
+    source = FileSource(str(video), fps=5)
+    assert [f.index for f in read_all(source)] == list(range(0, N_FRAMES, 2))
+    source = FileSource(str(video), loop=True)
+    frames = [source.read() for _ in range(2 * N_FRAMES + 3)]
+    assert [f.index for f in frames] == list(range(2 * N_FRAMES + 3))  # numbers keep counting
+    assert frames[N_FRAMES].time == pytest.approx(1.2) and brightness(frames[N_FRAMES]) == 0
+    assert np.all(np.diff([f.time for f in frames]) > 0)
+
+
+def test_video_file_in_realtime_drops_what_a_slow_pipeline_missed(video):
+    source = FileSource(str(video), realtime=True)
+    first = source.read()
+    time.sleep(0.35)  # a slow frame: 3 frames went by meanwhile
+    second = source.read()
+    assert first.index == 0 and second.index == 3
+    assert source.frames_skipped == 2
+
+
+def test_missing_file_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="no such file"):
+        open_source(SourceConfig(uri=str(tmp_path / "nope.mp4")))
+
+
+def test_image_folder_plays_in_order_and_skips_bad_files(tmp_path):
+    for i in (2, 0, 1):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), np.full((48, 64, 3), 20 * i, np.uint8))
+    (tmp_path / "img1b.jpg").write_bytes(b"not an image")
+    (tmp_path / "notes.txt").write_text("ignored")
+    source = open_source(SourceConfig(uri=str(tmp_path), fps=2.0))
+    assert isinstance(source, FolderSource) and not source.live
+    frames = read_all(source)
+    assert [brightness(f) for f in frames] == [0, 1, 2]
+    assert [f.time for f in frames] == [0.0, 0.5, 1.5]  # the bad file took its slot
+
+
+def test_watched_folder_hands_over_the_newest_new_image(tmp_path):
+    cv2.imwrite(str(tmp_path / "old.png"), fake_frame(1))
+    source = FolderSource(str(tmp_path), watch=True, poll=0.01)
+    assert source.live and source.read(0.05) is None  # files present at start are not new
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        cv2.imwrite(str(tmp_path / name), np.full((48, 64, 3), 20 * (i + 2), np.uint8))
+        t = time.time() + i
+        import os
+        os.utime(tmp_path / name, (t, t))
+    frame = source.read(1.0)
+    assert brightness(frame) == 4  # c.png, the newest; a and b are dropped
+    assert source.read(0.05) is None
+
+
+def test_live_source_hands_over_the_newest_frame():
+    cap = FakeCapture(interval=0.005)
+    source = LiveSource("0", open_fn=lambda uri: cap)
+    first = source.read(1.0)
+    deadline = time.monotonic() + 5
+    while cap.reads < first.index + 12 and time.monotonic() < deadline:  # the pipeline is busy meanwhile
+        time.sleep(0.01)
+    reads = cap.reads
+    second = source.read(1.0)
+    assert second.index >= reads - 1  # the newest (or one just after), not the next in a queue
+    assert source.frames_dropped == second.index - first.index - 1 >= 10
+    source.close()
+    assert cap.released
+
+
+def test_live_source_at_a_target_fps():
+    source = LiveSource("0", fps=20, open_fn=lambda uri: FakeCapture(interval=0.002))
+    start = time.monotonic()
+    frames = [source.read(1.0) for _ in range(6)]
+    elapsed = time.monotonic() - start
+    source.close()
+    assert all(frames) and 0.2 <= elapsed < 0.6
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets():
+    b = Backoff(0.5, 4.0)
+    assert [b.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    b.reset()
+    assert b.next() == 0.5
+
+
+def test_a_live_source_that_dies_mid_stream_comes_back():
+    """The camera delivers 5 frames and dies; reopening fails twice; then it delivers again."""
+    opened = []
+
+    def open_fn(uri):
+        opened.append(time.monotonic())
+        n = len(opened)
+        if n in (2, 3):
+            raise SourceError(f"{uri}: cannot open device")
+        return FakeCapture(codes=[n] * 1000, fail_after=5 if n == 1 else None, interval=0.002)
+
+    stop = threading.Event()
+    source = Reconnecting(lambda: LiveSource("0", open_fn=open_fn, read_timeout=1.0), "cam",
+                          backoff=Backoff(0.05, 0.2), stop=stop)
+    got = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len([c for c in got if c == 4]) < 3:
+        frame = source.read(0.1)
+        if frame is not None:
+            got.append(int(frame.image[0, 0, 0]) // 30)
+    source.close()
+    assert got[0] == 1 and got[-1] == 4 and set(got) == {1, 4}
+    assert source.failures == 3 and source.attempts == 4  # died, 2 failed opens, then back
+    waits = np.diff(opened)
+    assert waits[1] == pytest.approx(0.1, abs=0.05) and waits[2] == pytest.approx(0.2, abs=0.05)  # backoff
+    assert source.backoff.failures == 0  # reset by the frames after reconnecting
+
+
+def test_reconnect_wait_ends_at_once_on_stop():
+    stop = threading.Event()
+    source = Reconnecting(lambda: (_ for _ in ()).throw(SourceError("down")), "cam",
+                          backoff=Backoff(30, 30), stop=stop)
+    assert source.read(0.01) is None  # first attempt fails: next in 30 s
+    threading.Timer(0.05, stop.set).start()
+    start = time.monotonic()
+    assert source.read(5.0) is None
+    assert time.monotonic() - start < 0.5
+
+
+def test_open_source_wraps_devices_and_urls_in_reconnecting():
+    source = open_source(SourceConfig(uri="rtsp://127.0.0.1:1/none", reconnect_initial=0.1, reconnect_max=0.1))
+    assert isinstance(source, Reconnecting) and source.live and not source.connected
+    source.close()
+
+
+def mjpeg_avi(path, code, frames=40):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for _ in range(frames):
+        writer.write(fake_frame(code))
+    writer.release()
+    return path.read_bytes()
+
+
+def test_a_real_http_stream_that_dies_mid_stream_comes_back(tmp_path):
+    """Over real HTTP through OpenCV/FFmpeg: the first connection breaks off half-way, the
+    second is refused (503), the third streams again."""
+    import http.server
+    import socketserver
+
+    first, third = mjpeg_avi(tmp_path / "a.avi", 1), mjpeg_avi(tmp_path / "b.avi", 4)
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(time.monotonic())
+            if len(requests) == 2:
+                self.send_error(503)
+                return
+            body = first[: len(first) // 2] if len(requests) == 1 else third
+            self.send_response(200)
+            self.send_header("Content-Type", "video/x-msvideo")
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/stream.avi"
+    source = open_source(SourceConfig(uri=url, reconnect_initial=0.05, reconnect_max=0.1, read_timeout=2.0))
+    codes = []
+    try:
+        deadline = time.monotonic() + 20
+        while 4 not in codes and time.monotonic() < deadline:
+            frame = source.read(0.2)
+            if frame is not None:
+                codes.append(round(float(frame.image.mean()) / 30))
+    finally:
+        source.close()
+        server.shutdown()
+        server.server_close()
+    assert codes[0] == 1 and codes[-1] == 4
+    assert len(requests) >= 3 and source.failures >= 2

@@ -1,0 +1,110 @@
+"""The config: defaults, the example file, key-path errors, CLI overrides and check-config."""
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge_retrieval.cli import cli
+from edge_retrieval.config import (Config, DecisionConfig, documented_keys, example_toml, from_dict, load_config,
+                                   parse_assignment, to_toml)
+from edge_retrieval.errors import ConfigError
+from edge_retrieval.sinks import SinksConfig, WebhookSinkConfig
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "edge-retrieval.toml"
+
+
+def test_defaults_round_trip_through_toml():
+    assert from_dict(Config, tomllib.loads(to_toml())) == Config()
+    assert load_config(None) == Config()
+
+
+def test_every_field_is_documented():
+    from edge_retrieval.config import DecisionConfig, RoiConfig, VotesConfig
+    from edge_retrieval.sinks import CommandSinkConfig, MqttSinkConfig
+
+    classes = [Config, RoiConfig, VotesConfig, DecisionConfig, WebhookSinkConfig, MqttSinkConfig, CommandSinkConfig]
+    classes += [f.default_factory for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING]
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("doc"), f"{cls.__name__}.{f.name} has no doc"
+
+
+def test_the_example_file_is_current_and_holds_every_option():
+    text = EXAMPLE.read_text()
+    assert text == example_toml(), "regenerate systemd/edge-retrieval.toml (command in its header)"
+    config = load_config(EXAMPLE)
+    assert config.source.uri == "0" and config.gallery.path.startswith("/var/lib/edge-retrieval/")
+    for key in documented_keys():
+        last = key.rsplit(".", 1)[-1]
+        assert f"\n{last} = " in text or f"\n# {last} = " in text, key
+    for table in ("sinks.webhook", "sinks.mqtt", "sinks.command", "roi"):  # optional ones, commented out
+        assert f"# [{table}]" in text
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[decision.votes]\nm = 7", "decision.votes.m: 7 is more than n (5)"),
+    ("[decision.votes]\nk = 2", "decision.votes.k: unknown key"),
+    ("[decision]\nthreshold = 'high'", "decision.threshold: expected a number"),
+    ("[decision]\nthreshold = 1.5", "decision.threshold: 1.5 is above the maximum 1"),
+    ("[decision.thresholds]\ncat = true", "decision.thresholds.cat: expected a number"),
+    ("[source]\nfps = -1", "source.fps: -1 is below the minimum 0"),
+    ("[source]\nloop = 1", "source.loop: expected true or false"),
+    ("[model]\nthreads = 2.5", "model.threads: expected an integer"),
+    ("[roi]\nx = 0.6\nwidth = 0.5", "roi.width: the region ends at 1.1"),
+    ("[sinks.webhook]\ntimeout_s = 1", "sinks.webhook.url: required"),
+    ("[sinks.command]\nargv = ['ok', 3]", "sinks.command.argv[1]: expected a string"),
+    ("[service]\nlog_level = 'LOUD'", "service.log_level: 'LOUD' is not one of"),
+    ("camera = 0", "camera: unknown key"),
+    ("source = 3", "source: expected a table"),
+])
+def test_errors_name_the_key_path(tmp_path, toml, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in str(err.value)
+
+
+def test_nested_optional_and_sink_dataclasses():
+    config = from_dict(Config, {"roi": {"x": 0.25, "width": 0.5},
+                                "sinks": {"stdout": True, "webhook": {"url": "http://x/", "headers": {"A": "b"}}},
+                                "decision": {"thresholds": {"my cat": 0.8}}})
+    assert config.roi.x == 0.25 and config.roi.height == 1.0
+    assert config.sinks == SinksConfig(stdout=True, webhook=WebhookSinkConfig(url="http://x/", headers={"A": "b"}))
+    assert config.decision.thresholds == {"my cat": 0.8}
+    assert 'thresholds = { "my cat" = 0.8 }' in to_toml(config)
+    assert from_dict(Config, tomllib.loads(to_toml(config))) == config
+    assert isinstance(from_dict(DecisionConfig, {"threshold": 1}).threshold, float)  # ints are numbers
+
+
+def test_overrides_beat_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[source]\nuri = "0"\nfps = 5.0\n[decision.votes]\nm = 2\n')
+    config = load_config(path, {"source.fps": 2.0, "decision.votes.n": 3, "gallery.path": "g.db"})
+    assert (config.source.uri, config.source.fps, config.decision.votes.m, config.decision.votes.n,
+            config.gallery.path) == ("0", 2.0, 2, 3, "g.db")
+    assert parse_assignment("decision.votes.m=4") == ("decision.votes.m", 4)
+    assert parse_assignment("source.uri=rtsp://cam/1") == ("source.uri", "rtsp://cam/1")
+    assert parse_assignment("decision.thresholds={cat=0.8}") == ("decision.thresholds", {"cat": 0.8})
+    with pytest.raises(ConfigError, match="decision.votes.x: unknown key"):
+        load_config(path, {"decision.votes.x": 1})
+
+
+def test_check_config_command(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["check-config", str(EXAMPLE)])
+    assert result.exit_code == 0 and result.output.strip().endswith(": ok")
+    result = runner.invoke(cli, ["check-config", "--show", str(EXAMPLE)])
+    assert result.exit_code == 0 and 'uri = "0"' in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[decision.votes]\nm = 9\n")
+    result = runner.invoke(cli, ["check-config", str(bad)])
+    assert result.exit_code == 1
+    assert "decision.votes.m: 9 is more than n (5)" in result.stderr
+    result = runner.invoke(cli, ["check-config", str(tmp_path / "missing.toml")])
+    assert result.exit_code == 1 and "no such config file" in result.stderr
+    bad.write_text("[source\n")
+    assert "not valid TOML" in runner.invoke(cli, ["check-config", str(bad)]).stderr
