@@ -32,3 +32,18 @@ def camera_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img = cv2.GaussianBlur(img, (5, 5), rng.uniform(0.3, 1.2))
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 80))])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+# What a kiosk shows about each demo photo (from SOURCE.md): the built-in demo's item metadata.
+DETAILS = {
+    "astronaut": {"title": "Eileen Collins, astronaut", "credit": "NASA", "rights": "public domain"},
+    "cat": {"title": "Chelsea the cat", "credit": "Stefan van der Walt", "rights": "CC0"},
+    "coffee": {"title": "A cup of coffee", "credit": "Rachel Michetti", "rights": "CC0"},
+    "rocket": {"title": "DSCOVR launch", "credit": "SpaceX", "rights": "public domain"},
+    "galaxies": {"title": "Hubble Deep Field", "credit": "NASA", "rights": "public domain"},
+    "retina": {"title": "A human retina", "credit": "Wikimedia Commons", "rights": "CC0"},
+    "coins": {"title": "Greek coins from Pompeii", "credit": "Brooklyn Museum",
+              "rights": "no known copyright restrictions"},
+    "cameraman": {"title": "The cameraman", "credit": "Lav Varshney", "rights": "CC0"},
+    "tissue": {"title": "Immunohistochemistry stain", "credit": "scikit-image sample data",
+               "rights": "no known copyright restrictions"},
+}
