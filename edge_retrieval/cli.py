@@ -14,6 +14,7 @@ import numpy as np
 from . import demo as demo_data
 from .embedder import Embedder
 from .enroll import enroll as enroll_pairs
+from .enroll import enroll_negatives
 from .enroll import list_images, plan
 from .errors import BadImageError, EdgeRetrievalError
 from .gallery import Gallery
@@ -39,6 +40,9 @@ gallery_option = click.option(
 model_option = click.option(
     "--model", "-m", "model_path", default=str(DEFAULT_MODEL), show_default=True, envvar="EDGE_RETRIEVAL_MODEL",
     type=click.Path(dir_okay=False), help="The .tflite model; its .json card must sit beside it.")
+preset_option = click.option(
+    "--preset", default="default", show_default=True, type=click.Choice(["default", "fast"]),
+    help="default: regions + geometric verification of the shortlist; fast: regions only.")
 threads_option = click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
                               help="Interpreter threads.")
 
@@ -76,17 +80,32 @@ def progress(items):
 @click.option("--label", "-l", help="Label for every image given (default: sub-folder name or file name).")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata for the enrolled items (repeatable).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and report how many) instead of stopping.")
+@click.option("--augment", default=0, show_default=True, type=click.IntRange(0, 64),
+              help="Also enrol this many camera-like views (tilt, crop, light, blur) of every photo.")
+@click.option("--not", "not_item", metavar="LABEL",
+              help="Enrol the images as negatives of item LABEL (\"this is NOT LABEL\"): they veto its matches.")
 @gallery_option
 @model_option
 @threads_option
-def enroll(paths, label, meta, skip_bad, gallery_path, model_path, threads):
-    """Enrol image files or folders (sub-folder names become labels)."""
+def enroll(paths, label, meta, skip_bad, augment, not_item, gallery_path, model_path, threads):
+    """Enrol image files or folders (sub-folder names become labels).
+
+    Warns (on stderr) about tiny, blurry or dark photos and photos nearly identical to
+    another item's."""
+    if not_item:
+        with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
+            n = enroll_negatives(gallery, emb, not_item, [p for _, p in plan(paths, not_item)])
+        click.echo(f"enrolled {n} negative image(s) of {not_item} in {gallery_path}")
+        return
     metadata = parse_meta(meta)
     pairs = plan(paths, label)
     with Embedder(model_path, threads) as emb, Gallery(gallery_path) as gallery:
-        report = enroll_pairs(gallery, emb, pairs, metadata=metadata, skip_bad=skip_bad, progress=progress)
+        report = enroll_pairs(gallery, emb, pairs, metadata=metadata, skip_bad=skip_bad, progress=progress,
+                              augment=augment)
     for e in report.skipped:
         click.echo(f"skipped {e}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     skipped = f", skipped {len(report.skipped)} bad file(s)" if report.skipped else ""
     click.echo(f"enrolled {report.images} image(s) as {report.items} item(s) in {gallery_path}{skipped}")
 
@@ -101,28 +120,98 @@ def expand_queries(paths) -> list[Path]:
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per query: query, matches[label, score, item_id, metadata].")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per query: query, match (label or null), score (calibrated), "
+                   "matches[label, score, item_id, metadata].")
+@click.option("--explain", type=click.Path(dir_okay=False),
+              help="Draw where the item was found into this image (several queries: NAME-0.jpg, NAME-1.jpg, …).")
+@preset_option
 @gallery_option
 @model_option
 @threads_option
-def search(images, top_k, as_json, gallery_path, model_path, threads):
-    """Look up one or many images (or folders of them) in the gallery."""
+def search(images, top_k, as_json, explain, preset, gallery_path, model_path, threads):
+    """Look up one or many images (or folders of them): which item it is, or unknown.
+
+    "matches" rank items by whole-image cosine; "match" and "score" come from regions,
+    geometric verification and the gallery's calibrated thresholds (see `calibrate`)."""
+    from .explain import draw
+    from .identify import Identifier
+    from .preprocess import read_image
+
     queries = expand_queries(images)
     with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
         gallery.check_model(emb.sha256, emb.card.name)
-        vectors = emb.embed_files(queries)
-        matches = gallery.search(vectors, top_k)
+        identifier = Identifier(emb, gallery, preset)
         meta = {item.id: item.metadata for item in gallery.items()}
-    for q, path in enumerate(queries):
-        found = [
+        results = []
+        for q, path in enumerate(queries):
+            frame = read_image(path)
+            result = identifier.identify(frame)
+            matches = gallery.search(result.regions.vectors[:1], top_k) if result.regions is not None else None
+            results.append((path, result, matches))
+            if explain:
+                out = Path(explain)
+                if len(queries) > 1:
+                    out = out.with_name(f"{out.stem}-{q}{out.suffix or '.jpg'}")
+                if not cv2.imwrite(str(out), draw(frame, result)):
+                    raise click.ClickException(f"{out}: cannot write the explanation image")
+    for path, result, matches in results:
+        found = [] if matches is None else [
             {"label": str(label), "score": round(float(score), 4), "item_id": int(item_id), "metadata": meta[item_id]}
-            for item_id, label, score in zip(matches.item_ids[q], matches.labels[q], matches.scores[q])
+            for item_id, label, score in zip(matches.item_ids[0], matches.labels[0], matches.scores[0])
         ]
+        score = round(float(result.score), 4) if np.isfinite(result.score) else None
         if as_json:
-            click.echo(json.dumps({"query": str(path), "matches": found}))
+            best = result.best
+            click.echo(json.dumps({"query": str(path), "match": result.match, "score": score,
+                                   "threshold": result.threshold,
+                                   "inliers": best.inliers if best else 0, "matches": found}))
         else:
-            best = ", ".join(f"{m['label']} {m['score']:.3f}" for m in found)
-            click.echo(f"{path}: {best}")
+            verdict = result.match or "unknown"
+            ranked = ", ".join(f"{m['label']} {m['score']:.3f}" for m in found)
+            click.echo(f"{path}: {verdict} (score {result.score:.3f}); {ranked}")
+
+
+@cli.command()
+@click.option("--positives", type=click.Path(exists=True, file_okay=False),
+              help="Labelled captures: a folder with one sub-folder per item label.")
+@click.option("--negatives", type=click.Path(exists=True, file_okay=False),
+              help="Captures of nothing enrolled (default: a built-in bank of bundled photos and enrolled negatives).")
+@click.option("--fpir", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Target false-alarm rate: the share of non-enrolled captures allowed to match.")
+@click.option("--dry-run", is_flag=True, help="Report, but do not store the thresholds.")
+@click.option("--json", "as_json", is_flag=True)
+@preset_option
+@gallery_option
+@model_option
+@threads_option
+def calibrate(positives, negatives, fpir, dry_run, as_json, preset, gallery_path, model_path, threads):
+    """Set the thresholds that say "unknown" for a target false-alarm rate, and report the expected detection rate."""
+    from . import calibrate as cal
+    from .identify import Identifier
+    from .preprocess import read_image
+
+    with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
+        gallery.check_model(emb.sha256, emb.card.name)
+        identifier = Identifier(emb, gallery, preset)
+        pos = cal.labelled_frames(Path(positives)) if positives else []
+        neg = [read_image(p) for p in list_images(Path(negatives))] if negatives else None
+        result = cal.calibrate(identifier, pos, neg, fpir=fpir, progress=progress)
+        if not dry_run:
+            cal.store(identifier, result)
+    if as_json:
+        click.echo(json.dumps(result.report()))
+        return
+    click.echo(f"preset {result.preset}: threshold {result.threshold:.4f} for FPIR {fpir:g} "
+               f"({result.negatives} negatives, {result.negatives_source}; measured FPIR {result.fpir:.3f})")
+    if result.dir is not None:
+        click.echo(f"expected detection rate (DIR) {result.dir:.3f}, recall@1 {result.recall_at_1:.3f} "
+                   f"on {result.positives} positives; {len(result.per_item)} per-item threshold(s)")
+    else:
+        click.echo("no positives given: the detection rate is not known (pass --positives)")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo("not stored (--dry-run)" if dry_run else f"stored in {gallery_path}")
 
 
 @cli.command("list")

@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import descriptors, preprocess
+from . import descriptors, preprocess, regions
 from .errors import ModelError
 from .modelcard import DEFAULT_MODEL, ModelCard, sha256_file
 
@@ -74,10 +74,25 @@ class Embedder:
             raise ModelError(f"{self.model_path}: input is {self.input_quant.dtype}, expected a full-integer model")
         self._lut = preprocess.input_lut(self.input_quant.scale, self.input_quant.zero_point, self.input_quant.dtype)
         self.input_size = (w, h)
+        self.whitening = self._load_whitening()
+
+    def _load_whitening(self) -> "regions.Whitening | None":
+        spec = self.card.whitening
+        if not spec:
+            return None
+        path = self.model_path.parent / spec["file"]
+        if not path.is_file():
+            raise ModelError(f"{path}: whitening file named by the model card not found")
+        if spec.get("sha256") and sha256_file(path) != spec["sha256"]:
+            raise ModelError(f"{path}: sha256 does not match the model card")
+        whitening = regions.Whitening.load(path)
+        if whitening.proj.shape[1] != self.card.output_dim:
+            raise ModelError(f"{path}: whitens {whitening.proj.shape[1]} channels, the model has {self.card.output_dim}")
+        return whitening
 
     @property
     def dim(self) -> int:
-        return self.card.output_dim
+        return self.whitening.dim if self.whitening is not None else self.card.output_dim
 
     # -- the model ------------------------------------------------------------
     def prepare(self, frame: np.ndarray) -> np.ndarray:
@@ -99,7 +114,17 @@ class Embedder:
         """Model output → L2-normalized descriptor (pooling a feature map as the card says)."""
         if self.card.output_kind == "feature_map":
             output = descriptors.pool(output, self.card.pooling, self.card.gem_p)
+        if self.whitening is not None:
+            return self.whitening(output.reshape(1, -1))[0]
         return descriptors.l2_normalize(output.reshape(-1))
+
+    def regions(self, frame: np.ndarray, levels: int = 3, boxes=()) -> "regions.Regions":
+        """One forward pass → the whole-frame descriptor (row 0, equal to `embed`'s) and the
+        descriptors of the R-MAC grid regions and of `boxes` (frame fractions x0, y0, x1, y1)."""
+        output = self.invoke(self.prepare(frame))
+        if self.card.output_kind != "feature_map":
+            raise ModelError(f"{self.model_path}: regional descriptors need a feature-map model")
+        return regions.describe(output, self.card.gem_p, levels, self.whitening, boxes)
 
     # -- public API -----------------------------------------------------------
     def embed(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:

@@ -7,9 +7,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from . import augment as augment_mod
+from . import verify
 from .embedder import Embedder
 from .errors import BadImageError, GalleryError
 from .gallery import Gallery
+from .preprocess import read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -39,6 +42,7 @@ class EnrollReport:
     images: int = 0
     items: int = 0
     skipped: list[BadImageError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # "path: blurry (…)", "path: nearly identical to …"
 
 
 def enroll(
@@ -49,31 +53,78 @@ def enroll(
     metadata: dict | None = None,
     skip_bad: bool = False,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
+    augment: int = 0,
+    features: bool = True,
 ) -> EnrollReport:
     """Embed every image first, then add them all in one transaction.
 
     A bad image raises BadImageError before anything is written, unless `skip_bad`.
+    `augment` adds that many camera-like views (tilt, crop, light, blur) of every photo;
+    `features` stores the photo's local features for geometric verification. Photos that are
+    tiny, blurry or dark, or nearly identical to another item's, are reported in `warnings`.
     """
     gallery.check_model(embedder.sha256, embedder.card.name)
     report = EnrollReport()
-    by_label: dict[str, tuple[list[np.ndarray], list[str]]] = {}
+    by_label: dict[str, tuple[list[np.ndarray], list[str], list]] = {}
+    firsts: list[tuple[str, str, np.ndarray]] = []  # (label, path, descriptor of the photo itself)
     for label, path in progress(pairs):
         try:
-            vector = embedder.embed_files([path])[0]
+            image = read_image(path)
         except BadImageError as e:
             if not skip_bad:
                 raise
             report.skipped.append(e)
             continue
-        vectors, sources = by_label.setdefault(label, ([], []))
-        vectors.append(vector)
-        sources.append(str(path))
+        report.warnings.extend(f"{path}: {w}" for w in augment_mod.check(image).warnings)
+        views = [image] + (augment_mod.views(image, augment, seed=len(firsts)) if augment else [])
+        vecs = embedder.embed(views)
+        vectors, sources, feats = by_label.setdefault(label, ([], [], []))
+        vectors.extend(vecs)
+        sources.extend([str(path)] + [f"{path}#view{i + 1}" for i in range(len(views) - 1)])
+        if features:
+            feats.append((str(path), verify.extract(image, verify.GALLERY_FEATURES, verify.GALLERY_SIDE)))
+        firsts.append((label, str(path), vecs[0]))
     if not by_label:
         raise GalleryError("nothing to enroll: no readable images")
+    report.warnings.extend(near_duplicates(gallery, firsts))
     with gallery.transaction():
-        for label, (vectors, sources) in by_label.items():
-            gallery.add(label, np.stack(vectors), model_sha256=embedder.sha256, model_name=embedder.card.name,
-                        metadata=metadata, sources=sources)
-            report.images += len(vectors)
+        for label, (vectors, sources, feats) in by_label.items():
+            item_id = gallery.add(label, np.stack(vectors), model_sha256=embedder.sha256,
+                                  model_name=embedder.card.name, metadata=metadata, sources=sources)
+            for source, f in feats:
+                gallery.add_features(item_id, verify.KIND, f.size, f.keypoints, f.descriptors, source)
+            report.images += len(feats) if features else sum(1 for s in sources if "#view" not in s)
     report.items = len(by_label)
     return report
+
+
+def near_duplicates(gallery: Gallery, firsts: list[tuple[str, str, np.ndarray]]) -> list[str]:
+    """Warnings for photos nearly identical (cosine ≥ MAX_COSINE_OTHER) to another item's photo,
+    in this batch or already in the gallery."""
+    if not firsts:
+        return []
+    warnings = []
+    vecs = np.stack([f[2] for f in firsts])
+    sims = vecs @ vecs.T
+    for i, (label, path, _) in enumerate(firsts):
+        for j in range(i):
+            if firsts[j][0] != label and sims[i, j] >= augment_mod.MAX_COSINE_OTHER:
+                warnings.append(f"{path}: nearly identical to {firsts[j][1]} of item {firsts[j][0]!r} "
+                                f"(cosine {sims[i, j]:.3f})")
+    if gallery.count()[1] and gallery.dim == vecs.shape[1]:
+        m = gallery.search(vecs, 1)
+        for (label, path, _), other, score in zip(firsts, m.labels[:, 0], m.scores[:, 0]):
+            if other != label and score >= augment_mod.MAX_COSINE_OTHER:
+                warnings.append(f"{path}: nearly identical to enrolled item {other!r} (cosine {score:.3f})")
+    return warnings
+
+
+def enroll_negatives(gallery: Gallery, embedder: Embedder, item: str, paths: Iterable[str | Path]) -> int:
+    """Enrol photos that are NOT `item` (a look-alike, the empty shelf): they veto its matches
+    and raise its calibrated threshold. Returns how many."""
+    gallery.check_model(embedder.sha256, embedder.card.name)
+    paths = list(paths)
+    if not paths:
+        raise GalleryError("nothing to enroll: no negative images")
+    gallery.add_negatives(item, embedder.embed_files(paths), [str(p) for p in paths])
+    return len(paths)

@@ -69,6 +69,36 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_pending ON outbox(sink, event_id) WHERE delivered IS NULL;
     CREATE INDEX outbox_event ON outbox(event_id);
     """,
+    # 3: local features per enrolled image (geometric verification), negatives ("this is NOT
+    #    item X"), calibrated per-item thresholds (the global one and its report live in meta)
+    """
+    CREATE TABLE features (
+        id INTEGER PRIMARY KEY,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        keypoints BLOB NOT NULL,
+        descriptors BLOB NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL
+    );
+    CREATE INDEX features_item ON features(item_id);
+    CREATE TABLE negatives (
+        id INTEGER PRIMARY KEY,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        vector BLOB NOT NULL,
+        scale REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL
+    );
+    CREATE INDEX negatives_item ON negatives(item_id);
+    CREATE TABLE thresholds (
+        item_id INTEGER PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE,
+        threshold REAL NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 GALLERY_TABLES = ("meta", "items", "embeddings")
@@ -361,6 +391,86 @@ class Gallery:
             ids[q], best[q] = keys[q][first], scores[q][first]
         labels = np.vectorize(self._cache.labels.__getitem__, otypes=[object])(ids) if ids.size else ids.astype(object)
         return Matches(ids, labels, best)
+
+    # -- verification features, negatives, calibrated thresholds --------------
+    def add_features(self, item_id: int, kind: str, size: tuple[int, int], keypoints: np.ndarray,
+                     descriptors: np.ndarray, source: str = "") -> None:
+        """Store one enrolled image's local features: (n, 2) float32 points in an image of
+        `size` (width, height) and (n, bytes) uint8 descriptors."""
+        keypoints = np.ascontiguousarray(keypoints, "<f4").reshape(-1, 2)
+        descriptors = np.ascontiguousarray(descriptors, np.uint8)
+        if len(keypoints) != len(descriptors):
+            raise GalleryError(f"item {item_id}: {len(keypoints)} keypoints for {len(descriptors)} descriptors")
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO features(item_id, kind, width, height, keypoints, descriptors, source, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [int(item_id), kind, int(size[0]), int(size[1]), keypoints.tobytes(), descriptors.tobytes(),
+                 str(source), time.time()])
+
+    def features(self, item_id: int) -> list[tuple[str, tuple[int, int], np.ndarray, np.ndarray]]:
+        """An item's stored local features: [(kind, (width, height), keypoints, descriptors)]."""
+        out = []
+        for kind, w, h, kp, desc in self.db.execute(
+                "SELECT kind, width, height, keypoints, descriptors FROM features WHERE item_id = ? ORDER BY id",
+                [int(item_id)]):
+            points = np.frombuffer(kp, "<f4").reshape(-1, 2)
+            out.append((kind, (w, h), points, np.frombuffer(desc, np.uint8).reshape(len(points), -1)))
+        return out
+
+    def add_negatives(self, item: int | str, vectors: np.ndarray, sources: Sequence[str] | None = None) -> int:
+        """Enrol descriptors of images that are NOT `item` (they veto and calibrate its matches)."""
+        found = self.item(item)
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        if self.dim is not None and vectors.shape[1] != self.dim:
+            raise GalleryError(f"{self.path}: vectors have {vectors.shape[1]} dimensions, the gallery {self.dim}")
+        sources = list(sources) if sources is not None else [""] * len(vectors)
+        codes, scales = quantize.quantize(vectors)
+        now = time.time()
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT INTO negatives(item_id, vector, scale, source, created) VALUES (?, ?, ?, ?, ?)",
+                [(found.id, quantize.to_blob(c), float(sc), str(src), now) for c, sc, src in zip(codes, scales, sources)])
+        return found.id
+
+    def negatives(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids (n,), float32 vectors (n, dim)) of every enrolled negative."""
+        rows = self.db.execute("SELECT item_id, scale, vector FROM negatives ORDER BY id").fetchall()
+        dim = self.dim or 0
+        if not rows:
+            return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+        codes = np.frombuffer(b"".join(r[2] for r in rows), np.int8).reshape(len(rows), -1)
+        scales = np.array([r[1] for r in rows], np.float32)
+        return np.array([r[0] for r in rows], np.int64), codes.astype(np.float32) * scales[:, None]
+
+    def set_thresholds(self, threshold: float, per_item: dict[int, float] | None = None,
+                       report: dict[str, Any] | None = None) -> None:
+        """Replace the calibrated global threshold, the per-item ones and the calibration report."""
+        now = time.time()
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('threshold', ?), ('calibration', ?)",
+                            [repr(float(threshold)), json.dumps(report or {})])
+            self.db.execute("DELETE FROM thresholds")
+            self.db.conn.executemany("INSERT INTO thresholds(item_id, threshold, created) VALUES (?, ?, ?)",
+                                     [(int(i), float(t), now) for i, t in (per_item or {}).items()])
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated global threshold on the final score (None until `calibrate` ran)."""
+        value = self._meta("threshold")
+        return float(value) if value is not None else None
+
+    def calibration(self) -> dict[str, Any]:
+        return json.loads(self._meta("calibration") or "{}")
+
+    def thresholds(self) -> dict[int, float]:
+        """Calibrated per-item thresholds {item id: threshold} (items without one use the global)."""
+        return dict(self.db.execute("SELECT item_id, threshold FROM thresholds").fetchall())
+
+    def threshold_for(self, item_id: int) -> float | None:
+        """The threshold that applies to an item: its own, else the global one, else None."""
+        row = self.db.execute("SELECT threshold FROM thresholds WHERE item_id = ?", [int(item_id)]).fetchone()
+        return float(row[0]) if row else self.threshold
 
     # -- export / import -------------------------------------------------------
     def export(self, path: str | Path) -> dict[str, int]:

@@ -51,6 +51,9 @@ class ModelCard:
     validation: dict[str, Any] = field(default_factory=dict)
     converter: dict[str, Any] = field(default_factory=dict)
     reproduce: str = ""
+    # learned PCA-whitening applied after pooling: {"file": "<beside the model>.npz", "dim", "sha256",
+    # "source", "reproduce"}; empty = none (descriptors are the pooled channels)
+    whitening: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.output_kind not in OUTPUT_KINDS:

@@ -1,0 +1,101 @@
+"""Geometric verification of a shortlist: ORB features of the frame matched against the
+features stored for each candidate (Hamming, Lowe's ratio test), then a homography fitted with
+USAC-MAGSAC; the inliers are the evidence that the item is really there and where.
+
+ORB because it is fast (≈ 5 ms for 1000 features on a 640×480 frame here) and binary (32 bytes
+a feature in the gallery); SIFT was ≈ 10× slower on this machine (≈ 200 ms a frame).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+KIND = "orb"
+GALLERY_FEATURES = 500  # per enrolled image, detected at ≤ GALLERY_SIDE px
+GALLERY_SIDE = 512
+QUERY_FEATURES = 1000  # per frame, at its own size (640×480)
+QUERY_SIDE = 640
+RATIO = 0.8  # Lowe's ratio test
+REPROJECTION_PX = 5.0  # in the frame
+MIN_MATCHES = 8  # fewer ratio-test matches: no homography is tried
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    keypoints: np.ndarray  # (n, 2) float32 x, y in an image of `size`
+    descriptors: np.ndarray  # (n, 32) uint8
+    size: tuple[int, int]  # (width, height) of the image the points live in
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+def extract(image: np.ndarray, max_features: int = QUERY_FEATURES, max_side: int = QUERY_SIDE) -> LocalFeatures:
+    """ORB keypoints and descriptors of a BGR or grey image, shrunk to at most `max_side` px
+    (points are in the shrunk image; `size` says which)."""
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    scale = max_side / max(gray.shape[:2])
+    if scale < 1:
+        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    keypoints, descriptors = cv2.ORB_create(max_features).detectAndCompute(gray, None)
+    if descriptors is None:
+        descriptors = np.empty((0, 32), np.uint8)
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    return LocalFeatures(points, descriptors, (gray.shape[1], gray.shape[0]))
+
+
+@dataclass(frozen=True)
+class Verification:
+    inliers: int  # 0 when there is no plausible homography
+    matches: int  # ratio-test matches
+    homography: np.ndarray | None  # 3×3, candidate image → frame
+    quad: np.ndarray | None  # (4, 2) the candidate image's outline in the frame
+    points: np.ndarray  # (inliers, 2) inlier points in the frame
+
+
+NOTHING = Verification(0, 0, None, None, np.empty((0, 2), np.float32))
+
+
+def plausible(quad: np.ndarray, frame_size: tuple[int, int]) -> bool:
+    """A convex outline of a sensible size: rejects the folded or degenerate homographies a
+    random set of matches can produce."""
+    if not cv2.isContourConvex(quad.astype(np.float32).reshape(-1, 1, 2)):
+        return False
+    area = cv2.contourArea(quad.astype(np.float32))
+    w, h = frame_size
+    return 0.01 * w * h <= area <= 4 * w * h
+
+
+class Verifier:
+    """Matches a frame's features against a candidate's.
+
+    >>> v = Verifier()
+    >>> frame = extract(image)
+    >>> v.verify(frame, candidate_features).inliers
+    """
+
+    def __init__(self, ratio: float = RATIO, reprojection: float = REPROJECTION_PX, min_matches: int = MIN_MATCHES):
+        self.ratio, self.reprojection, self.min_matches = ratio, reprojection, min_matches
+        self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+
+    def verify(self, frame: LocalFeatures, candidate: LocalFeatures) -> Verification:
+        if len(frame) < self.min_matches or len(candidate) < 2:
+            return NOTHING
+        pairs = self._matcher.knnMatch(frame.descriptors, candidate.descriptors, k=2)
+        good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
+        if len(good) < self.min_matches:
+            return Verification(0, len(good), None, None, NOTHING.points)
+        src = candidate.keypoints[[m.trainIdx for m in good]]
+        dst = frame.keypoints[[m.queryIdx for m in good]]
+        H, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, self.reprojection)
+        if H is None or mask is None:
+            return Verification(0, len(good), None, None, NOTHING.points)
+        w, h = candidate.size
+        corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]]).reshape(-1, 1, 2)
+        quad = cv2.perspectiveTransform(corners, H).reshape(4, 2)
+        if not plausible(quad, frame.size):
+            return Verification(0, len(good), None, None, NOTHING.points)
+        inside = mask.ravel().astype(bool)
+        return Verification(int(inside.sum()), len(good), H, quad, dst[inside])

@@ -1,0 +1,101 @@
+"""Geometric verification and the identification of a frame, on the repo's real photos."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_retrieval import verify
+from edge_retrieval.demo import ITEMS, photo
+from edge_retrieval.embedder import Embedder
+from edge_retrieval.enroll import enroll
+from edge_retrieval.explain import draw
+from edge_retrieval.gallery import Gallery
+from edge_retrieval.identify import Identifier
+from edge_retrieval.modelcard import REPO_MODELS
+from edge_retrieval.preprocess import read_image
+
+CORNER_TOLERANCE_PX = 8.0
+MIN_INLIERS_SAME = 30
+MAX_INLIERS_OTHER = 12
+
+SRC_QUAD = np.float32([[300, 70], [610, 100], [600, 400], [320, 430]])
+
+
+def scene_with(item: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`item` warped onto a 640×480 frame of `scene`; returns the frame and the outline."""
+    frame = cv2.resize(scene, (640, 480))
+    h, w = item.shape[:2]
+    H = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), SRC_QUAD)
+    warped = cv2.warpPerspective(item, H, (640, 480))
+    mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (640, 480)) > 0
+    frame[mask] = warped[mask]
+    return frame, SRC_QUAD
+
+
+@pytest.fixture(scope="module")
+def regional():
+    with Embedder(REPO_MODELS / "mobilenet_v2_240x320_int8.tflite") as emb:
+        yield emb
+
+
+def test_extract_caps_features(photos):
+    f = verify.extract(read_image(photos / "astronaut.jpg"), 300, 256)
+    assert 0 < len(f) <= 300 and f.descriptors.dtype == np.uint8 and f.descriptors.shape[1] == 32
+    assert max(f.size) == 256 and (f.keypoints >= 0).all()
+
+
+def test_verify_finds_the_outline_and_rejects_another_photo(photos):
+    item = read_image(photos / "astronaut.jpg")
+    frame, quad = scene_with(item, read_image(photos / "grass.jpg"))
+    query = verify.extract(frame)
+    enrolled = verify.extract(item, verify.GALLERY_FEATURES, verify.GALLERY_SIDE)
+    v = verify.Verifier().verify(query, enrolled)
+    assert v.inliers >= MIN_INLIERS_SAME and len(v.points) == v.inliers
+    assert np.abs(v.quad - quad).max() < CORNER_TOLERANCE_PX
+    other = verify.extract(read_image(photos / "coffee.jpg"), verify.GALLERY_FEATURES, verify.GALLERY_SIDE)
+    assert verify.Verifier().verify(query, other).inliers <= MAX_INLIERS_OTHER
+
+
+def test_features_are_stored_per_item_and_removed_with_it(gallery, photos):
+    f = verify.extract(read_image(photos / "cat.jpg"), 100, 256)
+    item_id = gallery.add("cat", np.ones((1, 8)), model_sha256="a" * 64)
+    gallery.add_features(item_id, verify.KIND, f.size, f.keypoints, f.descriptors, "cat.jpg")
+    [(kind, size, kp, desc)] = gallery.features(item_id)
+    assert kind == "orb" and size == f.size
+    assert np.array_equal(kp, f.keypoints) and np.array_equal(desc, f.descriptors)
+    gallery.remove("cat")
+    assert gallery.features(item_id) == []
+
+
+@pytest.fixture(scope="module")
+def demo_gallery(regional, tmp_path_factory):
+    with Gallery(tmp_path_factory.mktemp("g") / "g.db") as g:
+        enroll(g, regional, [(name, photo(name)) for name in ITEMS], augment=2)
+        yield g
+
+
+def test_identify_an_item_in_a_scene_and_explain_it(regional, demo_gallery, photos, tmp_path):
+    frame, quad = scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))
+    ident = Identifier(regional, demo_gallery)
+    result = ident.identify(frame)
+    assert result.match == "cameraman" and result.best.inliers >= MIN_INLIERS_SAME
+    assert result.score > result.threshold
+    assert np.abs(result.best.quad - quad).max() < 3 * CORNER_TOLERANCE_PX
+    picture = draw(frame, result)
+    assert picture.shape == frame.shape and (picture != frame).any()
+    fast = Identifier(regional, demo_gallery, "fast").identify(frame)
+    assert fast.best.label == "cameraman" and fast.best.inliers == 0
+
+
+def test_identify_says_unknown_for_a_scene_without_an_item(regional, demo_gallery, photos):
+    frame = cv2.resize(read_image(photos / "brick.jpg"), (640, 480))
+    result = Identifier(regional, demo_gallery).identify(frame)
+    assert result.match is None and result.item_id is None
+    assert draw(frame, result).shape == frame.shape
+
+
+def test_identify_on_an_empty_gallery(regional, tmp_path, photos):
+    with Gallery(tmp_path / "empty.db") as g:
+        result = Identifier(regional, g).identify(read_image(photos / "cat.jpg"))
+    assert result.match is None and result.best is None
