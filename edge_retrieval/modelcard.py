@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ModelError
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = REPO_MODELS / "mobilenet_v2_int8.tflite"
+DEFAULT_MODEL = REPO_MODELS / "mobilenet_v2_240x320_int8.tflite"
 
 OUTPUT_KINDS = ("vector", "feature_map")
 
