@@ -101,7 +101,15 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-GALLERY_TABLES = ("meta", "items", "embeddings")
+GALLERY_TABLES = ("meta", "items", "embeddings")  # what makes a file a gallery
+# Per-item rows that travel with an export/import (item_id first); thresholds are calibrated for
+# one gallery and do not (run `calibrate` again after an import).
+ITEM_TABLES = {
+    "embeddings": ("item_id", "vector", "scale", "source", "created"),
+    "features": ("item_id", "kind", "width", "height", "keypoints", "descriptors", "source", "created"),
+    "negatives": ("item_id", "vector", "scale", "source", "created"),
+}
+LOCAL_TABLES = ("events", "outbox")  # the device's own history: the schema is exported, the rows are not
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -482,7 +490,7 @@ class Gallery:
             self.db.execute("VACUUM INTO ?", [str(tmp)])
             out = sqlite_utils.Database(str(tmp))
             for table in out.table_names():
-                if table not in GALLERY_TABLES:  # events, outbox: the schema stays, the rows don't travel
+                if table in LOCAL_TABLES:
                     out.execute(f"DELETE FROM [{table}]")
             out.execute("PRAGMA journal_mode = DELETE")
             out.close()
@@ -507,7 +515,9 @@ class Gallery:
                     raise GalleryError(f"{path}: not an exported gallery (schema {version}, tables {sorted(tables)})")
                 meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
                 items = src.execute("SELECT id, label, metadata, created FROM items").fetchall()
-                embeddings = src.execute("SELECT item_id, vector, scale, source, created FROM embeddings").fetchall()
+                rows = {table: src.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+                        for table, cols in ITEM_TABLES.items() if table in tables}
+                embeddings = rows["embeddings"]
             finally:
                 src.close()
         except sqlite3.DatabaseError as e:
@@ -529,10 +539,12 @@ class Gallery:
                     row = [self.db.execute("INSERT INTO items(label, metadata, created) VALUES (?, ?, ?)",
                                            [label, metadata, created]).lastrowid]
                 new_ids[old_id] = row[0]
-            self.db.conn.executemany(
-                "INSERT INTO embeddings(item_id, vector, scale, source, created) VALUES (?, ?, ?, ?, ?)",
-                [(new_ids[e[0]], *e[1:]) for e in embeddings],
-            )
+            for table, table_rows in rows.items():
+                cols = ITEM_TABLES[table]
+                self.db.conn.executemany(
+                    f"INSERT INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    [(new_ids[r[0]], *r[1:]) for r in table_rows],
+                )
         return {"items": len(items), "embeddings": len(embeddings)}
 
     # -- lifecycle -------------------------------------------------------------

@@ -94,3 +94,20 @@ def test_demo_runs_on_built_in_photos(embedder):
     out = run("demo").output
     total = len(ITEMS) + len(UNKNOWN)
     assert f"{total}/{total} right" in out
+
+
+def test_an_imported_gallery_identifies_like_the_original(tmp_path, folder, embedder):
+    """Local features and negatives travel with export/import, so verification still works."""
+    from edge_retrieval import Gallery
+
+    db, db2, exported = tmp_path / "g.db", tmp_path / "g2.db", tmp_path / "out.gallery"
+    run("enroll", folder, "-g", db)
+    run("enroll", photo(ITEMS[2]), "--not", ITEMS[0], "-g", db)
+    run("export", exported, "-g", db)
+    run("import", exported, "-g", db2)
+    with Gallery(db) as a, Gallery(db2) as b:
+        for label in ITEMS[:3]:
+            assert len(b.features(b.item(label).id)) == len(a.features(a.item(label).id)) > 0
+        assert len(b.negatives()[0]) == len(a.negatives()[0]) == 1
+    out = [json.loads(line) for line in run("search", photo(ITEMS[1]), "--json", "-g", db2).output.splitlines()]
+    assert out[0]["match"] == ITEMS[1]
