@@ -21,9 +21,11 @@ import sqlite_utils
 
 from . import quantize
 from .errors import GalleryError, ModelMismatchError
+from . import store
 from .scan import CodeMatrix
 
-MIGRATIONS: list[str] = [
+# A step is one SQL script (split on ';') or a list of statements (which may hold ';' themselves).
+MIGRATIONS: list[str | list[str]] = [
     # 1: items, embeddings, meta
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -100,6 +102,7 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
+MIGRATIONS.append(store.STATEMENTS)  # 4: the packed vector blocks that make start-up fast (store.py)
 SCHEMA_VERSION = len(MIGRATIONS)
 GALLERY_TABLES = ("meta", "items", "embeddings")  # what makes a file a gallery
 # Per-item rows that travel with an export/import (item_id first); thresholds are calibrated for
@@ -118,11 +121,14 @@ def migrate(db: sqlite_utils.Database) -> None:
     if version > SCHEMA_VERSION:
         raise GalleryError(f"{db_path(db)}: schema version {version} is newer than this program's ({SCHEMA_VERSION})")
     for number in range(version, SCHEMA_VERSION):
+        step = MIGRATIONS[number]
         with db.atomic():
-            for statement in MIGRATIONS[number].split(";"):
+            for statement in step.split(";") if isinstance(step, str) else step:
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {number + 1}")
+            if number + 1 == SCHEMA_VERSION:
+                store.pack(db.conn)
 
 
 def db_path(db: sqlite_utils.Database) -> str:
@@ -155,8 +161,7 @@ class Matches:
 class _Cache:
     stamp: int = -1
     matrix: CodeMatrix | None = None
-    labels: dict[int, str] = field(default_factory=dict)
-    max_per_item: int = 1
+    state: store.StoreState | None = None
 
 
 class Gallery:
@@ -227,6 +232,7 @@ class Gallery:
         """Group several changes into one transaction (nested calls use savepoints)."""
         with self.db.atomic():
             yield self
+            store.pack(self.db.conn)  # a count query until a block's worth of rows is waiting
             self.db.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
                             "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
@@ -358,47 +364,57 @@ class Gallery:
         return int(self._meta("generation") or 0)
 
     def matrix(self) -> CodeMatrix:
-        """The cached int8 matrix (keys = item ids), reloaded if the tables changed."""
+        """The cached int8 matrix (keys = item ids): loaded from packed blocks once, then brought
+        up to date when the generation moves (new rows appended in place, a reload after removals)."""
         stamp = self.generation()
         cache = self._cache
-        if cache.matrix is None or stamp != cache.stamp:
-            dim = self.dim or 1
-            rows = self.db.execute("SELECT item_id, scale, vector FROM embeddings ORDER BY id").fetchall()
-            matrix = CodeMatrix(dim, capacity=max(len(rows), 1))
-            if rows:
-                keys = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-                scales = np.fromiter((r[1] for r in rows), np.float32, len(rows))
-                codes = np.frombuffer(b"".join(r[2] for r in rows), np.int8).reshape(len(rows), dim)
-                matrix.append(codes, scales, keys)
-            cache.labels = dict(self.db.execute("SELECT id, label FROM items").fetchall())
-            per_item = self.db.execute("SELECT max(c) FROM (SELECT count(*) c FROM embeddings GROUP BY item_id)")
-            cache.max_per_item = per_item.fetchone()[0] or 1
-            cache.matrix, cache.stamp = matrix, stamp
+        if cache.matrix is None:
+            cache.matrix, cache.state = store.load_matrix(self.db.conn, self.dim)
+        elif stamp != cache.stamp:
+            cache.matrix, cache.state = store.refresh(self.db.conn, cache.matrix, cache.state)
+        cache.stamp = stamp
         return cache.matrix
+
+    def labels(self, item_ids: np.ndarray) -> np.ndarray:
+        """The labels of these item ids (any shape), read now: renames show at once."""
+        ids = np.asarray(item_ids, np.int64)
+        unique = [int(i) for i in np.unique(ids)]
+        found: dict[int, str] = {}
+        for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
+            part = unique[start : start + 900]
+            found.update(self.db.execute(
+                f"SELECT id, label FROM items WHERE id IN ({', '.join('?' * len(part))})", part).fetchall())
+        out = np.empty(ids.shape, object)
+        out.flat[:] = [found.get(int(i), "") for i in ids.flat]
+        return out
 
     def search(self, queries: np.ndarray, k: int = 5) -> Matches:
         """Top-k *items* per query (an item scores by its best embedding)."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if k < 1:
             raise GalleryError(f"k must be at least 1, not {k}")
-        if self.dim is None:  # nothing enrolled yet
+        dim = self.dim
+        if dim is None:  # nothing enrolled yet
             empty = np.empty((len(queries), 0))
             return Matches(empty.astype(np.int64), empty.astype(object), empty.astype(np.float32))
+        if queries.shape[1] != dim:
+            raise GalleryError(f"{self.path}: queries have {queries.shape[1]} dimensions, the gallery {dim}")
         matrix = self.matrix()
-        if queries.shape[1] != matrix.dim:
-            raise GalleryError(f"{self.path}: queries have {queries.shape[1]} dimensions, the gallery {matrix.dim}")
-        n_items = len(self._cache.labels)
-        k = min(k, n_items)
-        rows, scores = matrix.topk(queries, k * self._cache.max_per_item)
-        keys = matrix.keys[rows] if rows.size else rows
-        ids = np.empty((len(queries), k), np.int64)
-        best = np.empty((len(queries), k), np.float32)
-        for q in range(len(queries)):
-            _, first = np.unique(keys[q], return_index=True)
-            first = np.sort(first)[:k]  # first occurrence of each item = its best score
-            ids[q], best[q] = keys[q][first], scores[q][first]
-        labels = np.vectorize(self._cache.labels.__getitem__, otypes=[object])(ids) if ids.size else ids.astype(object)
-        return Matches(ids, labels, best)
+        n = matrix.size
+        # Rows ranked best first hold each item's best score at its first occurrence: take
+        # enough rows for k distinct items (several photos per item), widening when short.
+        wanted = min(n, 4 * k)
+        while True:
+            rows, scores = matrix.topk(queries, wanted)
+            keys = matrix.keys[rows]
+            firsts = [np.sort(np.unique(row, return_index=True)[1]) for row in keys]
+            if wanted == n or min(len(f) for f in firsts) >= k:
+                break
+            wanted = min(n, 4 * wanted)
+        k = min([k] + [len(f) for f in firsts])
+        ids = np.stack([keys[q][f[:k]] for q, f in enumerate(firsts)]) if k else np.empty((len(queries), 0), np.int64)
+        best = np.stack([scores[q][f[:k]] for q, f in enumerate(firsts)]) if k else np.empty((len(queries), 0), np.float32)
+        return Matches(ids, self.labels(ids), best)
 
     # -- verification features, negatives, calibrated thresholds --------------
     def add_features(self, item_id: int, kind: str, size: tuple[int, int], keypoints: np.ndarray,

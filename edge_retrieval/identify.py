@@ -80,13 +80,13 @@ class Identifier:
         self.preset = PRESETS[preset] if isinstance(preset, str) else preset
         self.verifier = verify_mod.Verifier()
         self._features: dict[int, list[verify_mod.LocalFeatures]] = {}
-        self._matrix_id = None
+        self._generation = -1
 
     # -- pieces ------------------------------------------------------------------
     def item_features(self, item_id: int) -> list[verify_mod.LocalFeatures]:
-        matrix = self.gallery.matrix()
-        if id(matrix) != self._matrix_id:  # the gallery changed: forget cached features
-            self._features, self._matrix_id = {}, id(matrix)
+        generation = self.gallery.generation()
+        if generation != self._generation:  # the gallery changed: forget cached features
+            self._features, self._generation = {}, generation
         if item_id not in self._features:
             self._features[item_id] = [verify_mod.LocalFeatures(kp, desc, size)
                                        for _kind, size, kp, desc in self.gallery.features(item_id)]

@@ -165,4 +165,6 @@ def test_event_writes_do_not_reload_the_matrix_but_gallery_changes_do(tmp_path):
         writer.db.execute("INSERT INTO events(time, source, kind, score) VALUES (1, 'cam', 'unknown', 0.1)")
         assert reader.matrix() is first
         writer.add("b", unit(rng, 1), model_sha256=SHA)
-        assert reader.matrix() is not first and len(reader.matrix().keys) == 2
+        assert reader.matrix() is first and len(first.keys) == 2  # appended in place
+        writer.remove("a")
+        assert list(reader.matrix().keys) == [reader.item("b").id]  # a removal reloads
