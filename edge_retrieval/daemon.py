@@ -55,15 +55,15 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.decider.item_threshold = self._item_threshold
         self._descriptor: np.ndarray | None = None
-        self._matrix: Any = None
+        self._generation = -1
         self._items: dict[int, dict] = {}
 
-    # -- the gallery's item metadata, reloaded with its matrix ------------------------
+    # -- the gallery's item metadata, reloaded when the gallery changes ----------------
     def items(self) -> dict[int, dict]:
-        matrix = self.gallery.matrix()
-        if matrix is not self._matrix:
+        generation = self.gallery.generation()
+        if generation != self._generation:
             self._items = {item.id: item.metadata for item in self.gallery.items()}
-            self._matrix = matrix
+            self._generation = generation
             log.debug("gallery (re)loaded: %d item(s)", len(self._items))
         return self._items
 

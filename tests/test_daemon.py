@@ -122,7 +122,7 @@ ENROL = textwrap.dedent("""
     from edge_retrieval.gallery import Gallery
     with Gallery(sys.argv[1]) as g:
         v = np.zeros(8, np.float32); v[int(sys.argv[2])] = 1
-        g.add(sys.argv[3], v, model_sha256="f" * 64)
+        g.add(sys.argv[3], v, model_sha256="f" * 64, metadata={"owner": "enrolled live"})
 """)
 
 
@@ -154,6 +154,7 @@ def test_enrol_and_remove_while_running_take_effect_within_a_second(fake_gallery
         while not alerts and time.monotonic() < deadline:
             time.sleep(0.01)
         assert alerts and alerts[0][0] == "item5" and alerts[0][1] - enrolled < 1.0
+        assert {"owner": "enrolled live"} in daemon.pipeline.items().values()  # its record came along
         result = CliRunner().invoke(cli, ["remove", "item5", "--gallery", fake_gallery.path])
         assert result.exit_code == 0, result.output
         removed = time.monotonic()
