@@ -110,7 +110,7 @@ class EventLog:
             raise EventError(f"event data is not JSON ({e})") from None
         db = self._gallery.db
         try:
-            with self._gallery.transaction():
+            with self._gallery.db.atomic():  # not a gallery change: the generation stays
                 event_id = db.execute(
                     "INSERT INTO events(time, source, kind, label, item_id, score, snapshot, data) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -144,7 +144,7 @@ class EventLog:
                               jpeg_quality=config.jpeg_quality)
         removed = prune_snapshots(config.folder, max_count=config.max_count, max_age_days=config.max_age_days)
         if removed:
-            with self._gallery.transaction():
+            with self._gallery.db.atomic():  # not a gallery change: the generation stays
                 self._gallery.db.conn.executemany("UPDATE events SET snapshot = NULL WHERE snapshot = ?",
                                                   [(str(p),) for p in removed])
         return str(path)

@@ -162,8 +162,12 @@ def test_event_writes_do_not_reload_the_matrix_but_gallery_changes_do(tmp_path):
     with Gallery(path) as reader, Gallery(path) as writer:
         writer.add("a", unit(rng, 1), model_sha256=SHA)
         first = reader.matrix()
-        writer.db.execute("INSERT INTO events(time, source, kind, score) VALUES (1, 'cam', 'unknown', 0.1)")
-        assert reader.matrix() is first
+        generation = reader.generation()
+        from edge_retrieval.events import Event, EventLog
+
+        with EventLog(path, ["stdout"]) as log:
+            log.record(Event(time=1.0, source="cam", kind="unknown", score=0.1))
+        assert reader.generation() == generation and reader.matrix() is first
         writer.add("b", unit(rng, 1), model_sha256=SHA)
         assert reader.matrix() is first and len(first.keys) == 2  # appended in place
         writer.remove("a")
