@@ -17,7 +17,7 @@ from .config import DEMO_MARGIN, DEMO_THRESHOLD
 from .enroll import enroll as enroll_pairs
 from .enroll import enroll_negatives
 from .enroll import list_images, plan
-from .errors import BadImageError, EdgeRetrievalError
+from .errors import EdgeRetrievalError
 from .gallery import Gallery
 from .modelcard import DEFAULT_MODEL
 
@@ -377,6 +377,17 @@ def setup_logging(level: str):
     return handler
 
 
+def service_config(config_path, settings, demo: bool, flags: dict):
+    """The config file, then `--set key=value`, then the flags given; and whether to play the demo
+    (asked for, or nothing to watch configured)."""
+    from .config import load_config, parse_assignment
+
+    overrides = dict(parse_assignment(text) for text in settings)
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    config = load_config(config_path, overrides)
+    return config, demo or (not config.source.uri and not config.gallery.path)
+
+
 @cli.command()
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_CONFIG",
               help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it.")
@@ -398,17 +409,12 @@ def run(config_path, source, fps, gallery_path, model_path, threads, settings, s
     import signal
     import threading
 
-    from .config import load_config, parse_assignment
     from .daemon import Daemon
 
-    overrides = dict(parse_assignment(text) for text in settings)
-    for key, value in (("source.uri", source), ("source.fps", fps), ("gallery.path", gallery_path),
-                       ("model.path", model_path), ("model.threads", threads)):
-        if value is not None:
-            overrides[key] = value
-    config = load_config(config_path, overrides)
+    config, demo = service_config(config_path, settings, demo, {
+        "source.uri": source, "source.fps": fps, "gallery.path": gallery_path, "model.path": model_path,
+        "model.threads": threads})
     handler = setup_logging(config.service.log_level)
-    demo = demo or (not config.source.uri and not config.gallery.path)
     stop = threading.Event()
 
     def on_signal(signum, frame):  # only sets the stop event: the loop does the rest
@@ -463,17 +469,12 @@ def check_config(path, show):
                                            "and no gallery are configured).")
 def kiosk(config_path, source, gallery_path, model_path, host, port, token, settings, demo):
     """Serve the kiosk page: the live camera and the record of the item held up to it; /admin for staff."""
-    from .config import load_config, parse_assignment
     from .kiosk import Kiosk, Server
 
-    overrides = dict(parse_assignment(text) for text in settings)
-    for key, value in (("source.uri", source), ("gallery.path", gallery_path), ("model.path", model_path),
-                       ("kiosk.host", host), ("kiosk.port", port), ("kiosk.token", token)):
-        if value is not None:
-            overrides[key] = value
-    config = load_config(config_path, overrides)
-    handler = setup_logging(config.service.log_level)
-    demo = demo or (not config.source.uri and not config.gallery.path)
+    config, demo = service_config(config_path, settings, demo, {
+        "source.uri": source, "gallery.path": gallery_path, "model.path": model_path, "kiosk.host": host,
+        "kiosk.port": port, "kiosk.token": token})
+    setup_logging(config.service.log_level)
     if demo:
         click.echo("preparing the built-in demo (clip and gallery)…", err=True)
     with Kiosk(config, demo=demo) as kiosk:
