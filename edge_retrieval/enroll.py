@@ -98,6 +98,9 @@ def enroll(
     return report
 
 
+NEAR_DUPLICATE_BLOCK = 1024  # photos compared at once: memory stays O(block × n)
+
+
 def near_duplicates(gallery: Gallery, firsts: list[tuple[str, str, np.ndarray]]) -> list[str]:
     """Warnings for photos nearly identical (cosine ≥ MAX_COSINE_OTHER) to another item's photo,
     in this batch or already in the gallery."""
@@ -105,12 +108,16 @@ def near_duplicates(gallery: Gallery, firsts: list[tuple[str, str, np.ndarray]])
         return []
     warnings = []
     vecs = np.stack([f[2] for f in firsts])
-    sims = vecs @ vecs.T
-    for i, (label, path, _) in enumerate(firsts):
-        for j in range(i):
-            if firsts[j][0] != label and sims[i, j] >= augment_mod.MAX_COSINE_OTHER:
-                warnings.append(f"{path}: nearly identical to {firsts[j][1]} of item {firsts[j][0]!r} "
-                                f"(cosine {sims[i, j]:.3f})")
+    labels = np.array([f[0] for f in firsts], dtype=object)
+    for start in range(0, len(vecs), NEAR_DUPLICATE_BLOCK):  # rows against earlier rows, in blocks
+        stop = start + NEAR_DUPLICATE_BLOCK
+        sims = vecs[start:stop] @ vecs[:stop].T
+        rows, cols = np.nonzero(sims >= augment_mod.MAX_COSINE_OTHER)
+        for r, j in zip(rows, cols):
+            i = start + r
+            if j < i and labels[j] != labels[i]:
+                warnings.append(f"{firsts[i][1]}: nearly identical to {firsts[j][1]} of item {labels[j]!r} "
+                                f"(cosine {sims[r, j]:.3f})")
     if gallery.count()[1] and gallery.dim == vecs.shape[1]:
         m = gallery.search(vecs, 1)
         for (label, path, _), other, score in zip(firsts, m.labels[:, 0], m.scores[:, 0]):
