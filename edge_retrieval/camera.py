@@ -27,13 +27,14 @@ from typing import Any, Callable, Protocol
 import cv2
 import numpy as np
 
-from .errors import EdgeRetrievalError
+from . import preprocess
+from .errors import BadImageError, EdgeRetrievalError
+from .preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 if "OPENCV_LOG_LEVEL" not in os.environ:  # our own log says when a source fails, once
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 URL_TIMEOUT_MS = 5000  # FFmpeg's own open and read timeouts for stream URLs
 FALLBACK_FPS = 25.0  # a file whose frame rate OpenCV cannot read
@@ -286,10 +287,11 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray | None:
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
+    """The image, or None when it is unreadable (a camera skips such a file)."""
+    try:
+        return preprocess.read_image(path)
+    except BadImageError:
         return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
 class FolderSource:

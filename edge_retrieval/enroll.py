@@ -12,9 +12,7 @@ from . import verify
 from .embedder import Embedder
 from .errors import BadImageError, GalleryError
 from .gallery import Gallery
-from .preprocess import read_image
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from .preprocess import IMAGE_SUFFIXES, read_image
 
 
 def list_images(folder: Path) -> list[Path]:

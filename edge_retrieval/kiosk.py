@@ -46,7 +46,7 @@ from .config import Config
 from .daemon import Daemon, FrameResult
 from .decide import MATCH, Decider
 from .embedder import Embedder
-from .enroll import IMAGE_SUFFIXES
+from .preprocess import IMAGE_SUFFIXES
 from .errors import BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelMismatchError
 from .gallery import Gallery, Item
 from .motion import crop_roi

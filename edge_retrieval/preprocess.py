@@ -8,6 +8,8 @@ import numpy as np
 
 from .errors import BadImageError
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}  # what counts as an image file
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as a BGR uint8 array; BadImageError names the file otherwise."""
