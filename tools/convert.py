@@ -50,6 +50,7 @@ if __package__ in (None, ""):  # run as `python tools/convert.py`: make `tools` 
 from edge_retrieval import preprocess  # noqa: E402
 from edge_retrieval.descriptors import pool  # noqa: E402
 from edge_retrieval.enroll import list_images as _images_under  # noqa: E402
+from edge_retrieval.embedder import load_interpreter  # noqa: E402
 from edge_retrieval.errors import BadImageError, ModelError  # noqa: E402
 from edge_retrieval.modelcard import ModelCard, sha256_file  # noqa: E402
 from tools import fetch_weights  # noqa: E402  (standard library only)
@@ -81,9 +82,7 @@ def require_converter() -> dict[str, Any]:
 
 
 def _interpreter(model_path: str | Path, num_threads: int = LATENCY_THREADS):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(model_path), num_threads=num_threads)
+    interp = load_interpreter(str(model_path), num_threads)  # the runtime's own loader
     interp.allocate_tensors()
     return interp
 
