@@ -118,7 +118,7 @@ class Identifier:
         """One BGR frame (any size) → the identification. `boxes` (frame fractions x0, y0, x1, y1,
         e.g. from the motion mask) are described as extra regions."""
         preset = self.preset
-        if not self.gallery.count()[0]:
+        if not self.gallery.matrix().size:  # nothing enrolled (no count(*) of every item per frame)
             return Identification(None, None, float("-inf"), None)
         regions = self.embedder.regions(frame, preset.levels, boxes)
         candidates = self.shortlist(regions, preset.shortlist)
