@@ -46,6 +46,7 @@ from .config import Config
 from .daemon import Daemon, FrameResult
 from .decide import MATCH, Decider
 from .embedder import Embedder
+from .enroll import enroll
 from .preprocess import IMAGE_SUFFIXES
 from .errors import BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelMismatchError
 from .gallery import Gallery, Item
@@ -527,12 +528,9 @@ class Kiosk:
                 path = self.photos / f"{_slug(label)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.jpg"
                 path.write_bytes(encode_jpeg(image, CAPTURE_QUALITY))
                 paths.append(path)
-            with self._lock:
-                vectors = self.embedder.embed(decoded)
-                item_id = self.gallery.add(label, vectors, model_sha256=self.embedder.sha256,
-                                           model_name=self.embedder.card.name, metadata=metadata,
-                                           sources=[str(p) for p in paths])
-                item = self.gallery.item(item_id)
+            with self._lock:  # the same enrolment as `edge-retrieval enroll`: local features stored too
+                enroll(self.gallery, self.embedder, [(label, p) for p in paths], metadata=metadata)
+                item = self.gallery.item(label)
         except BaseException:
             for path in paths:
                 path.unlink(missing_ok=True)
