@@ -14,10 +14,18 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 def gem(fmap: np.ndarray, p: float = 3.0) -> np.ndarray:
     """Generalized-mean pooling of an (..., H, W, C) map over H, W → (..., C)."""
-    x = np.maximum(np.asarray(fmap, np.float32), EPS)
+    x = np.asarray(fmap, np.float32)
+    if p == 3.0 and x.size and x.min() >= 0:
+        # the default, on a post-ReLU map: two multiplications instead of pow (≈ 4× faster), and
+        # the clamp at EPS moved after the mean (np.maximum over the map costs as much as the
+        # rest): the two differ by at most EPS³ in the mean, far below float32 resolution
+        cube = x * x
+        cube *= x
+        return np.cbrt(np.maximum(cube.mean(axis=(-3, -2)), np.float32(EPS) ** 3))
+    x = np.maximum(x, np.float32(EPS))
     if p == 1.0:
         return x.mean(axis=(-3, -2))
-    if p == 3.0:  # the default: two multiplications instead of pow (≈ 4× faster)
+    if p == 3.0:
         return np.cbrt((x * x * x).mean(axis=(-3, -2)))
     return np.power(np.power(x, p).mean(axis=(-3, -2)), 1.0 / p)
 

@@ -45,6 +45,7 @@ PARALLEL_MIN_CODES = 1 << 23   # below n·d = 8M codes (≈ 1 ms) a scan runs in
                                # handing work to a pool thread costs ≈ 50 µs here
 BLAS_SMALL = 8192              # OpenBLAS threads a product above 9216 elements: limit it above this
 FLOAT_CACHE_CODES = 1 << 22    # up to n·d = 4M codes (16 MB) the matrix keeps a float32 copy
+TINY_CODES = 1 << 14           # up to n·d = 16k codes (64 rows of 256) a full sort beats the kernel's bookkeeping
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 SIGN_BITS = 256                # sign bits per row for the two-stage first pass
@@ -260,6 +261,15 @@ class CodeMatrix:
         n = hi - lo
         if self._f32 is None and self.size * self.dim <= FLOAT_CACHE_CODES:
             self._cache_floats()
+        if n * self.dim <= TINY_CODES:      # a watchlist: one product and a sort of n scores
+            if self._f32 is not None:
+                block = self._f32[lo:hi]
+            else:
+                block = np.concatenate([seg[a:b] for seg, a, b, _ in self._pieces(lo, hi)]).astype(np.float32)
+            scores = np.matmul(block, q.T)
+            np.multiply(scores, self._scales[lo:hi, None], out=scores)
+            rows = np.argsort(-scores.T, axis=1, kind="stable")[:, :k]   # ties: the lower row
+            return rows + lo, np.take_along_axis(scores.T, rows, axis=1)
         if n * self.dim <= BLAS_SMALL:      # OpenBLAS runs these in one thread anyway
             best_s, best_i = _scan(self, q, k, [(lo, hi)])
         elif threads > 1 and n * self.dim >= PARALLEL_MIN_CODES and self._f32 is None:
