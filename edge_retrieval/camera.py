@@ -2,7 +2,14 @@
 
 Every source speaks the small `FrameSource` protocol: `read(timeout)` hands over the next
 `Frame` to process, or None when none is due within `timeout`; a finite source raises
-`SourceEnded` at its end and any source raises `SourceError` when it fails.
+`SourceEnded` at its end and any source raises `SourceError` when it fails. A source's `alive`
+says whether its None means "waiting, as designed" (a watched folder with no new file, a camera
+being reconnected) rather than "no progress" (a decoder or a capture that stopped answering):
+the daemon feeds the systemd watchdog while it waits, never while it is stuck.
+
+A camera can hand over anything: `inspect_image` tells a frame to process from garbage
+(None, empty, tiny, wrong shape or dtype), converts grey and BGRA frames to BGR, and notes
+all-black and all-white ones.
 
 Live sources (devices, URLs, watched folders) always hand over their *newest* frame: a
 `Grabber` thread drains the capture continuously and keeps only the latest frame, so latency
@@ -29,6 +36,7 @@ import numpy as np
 
 from . import preprocess
 from .errors import BadImageError, EdgeRetrievalError
+from .sinks import redact_url  # a stream URL's password and query values never reach a log
 from .preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,8 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 URL_TIMEOUT_MS = 5000  # FFmpeg's own open and read timeouts for stream URLs
 FALLBACK_FPS = 25.0  # a file whose frame rate OpenCV cannot read
 FOLDER_INTERVAL = 1.0  # media seconds between the images of a folder played without a target fps
+DAMAGED_GRABS = 100  # failed grabs in a row that end a file (fewer are damaged frames, skipped)
+MAX_STUCK = 2  # captures hanging in their driver before a reconnecting source gives up (see Reconnecting)
 
 
 class SourceError(EdgeRetrievalError):
@@ -60,6 +70,9 @@ class Frame:
 
 
 class FrameSource(Protocol):
+    """Optionally also `alive` (False when absent): True while a None from `read` means the
+    source is waiting as designed, not stuck (see the module docstring)."""
+
     name: str
     live: bool
 
@@ -109,7 +122,7 @@ def open_capture(uri: str, width: int = 0, height: int = 0) -> Capture:
         cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
-        raise SourceError(f"{uri}: cannot open {kind}")
+        raise SourceError(f"{redact_url(uri) if kind == 'url' else uri}: cannot open {kind}")
     if kind == "device":
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if width:
@@ -117,6 +130,67 @@ def open_capture(uri: str, width: int = 0, height: int = 0) -> Capture:
         if height:
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
     return cap
+
+
+# -- what a camera handed over ----------------------------------------------
+
+MIN_SIDE = 16  # pixels: a frame smaller than this on a side cannot show an item
+BLANK_LEVEL = 4  # a frame whose every pixel is ≤ this is all black (≥ 255 - this: all white)
+# Frames dropped, by kind: what the log says (once per kind; the counts are in STATUS and stats).
+DROPPED = {
+    "none": "no image (None)",
+    "not an array": "not an image array",
+    "empty": "an empty image (no pixels)",
+    "bad shape": "not an image (neither H×W nor H×W×channels)",
+    "bad channels": "neither 1, 3 nor 4 channels",
+    "bad dtype": "not 8-bit pixels",
+    "too small": f"smaller than {MIN_SIDE} px on a side",
+}
+# Frames processed but worth a note (once per kind, counted too).
+NOTED = {
+    "grey": "grey frames, converted to BGR",
+    "bgra": "4-channel (BGRA) frames, converted to BGR",
+    "black": "all-black frames (lens covered, no light or no signal?); processed",
+    "white": "all-white frames (over-exposed or no signal?); processed",
+}
+
+
+def inspect_image(image: Any) -> tuple[np.ndarray | None, str | None, str]:
+    """(image to process, kind, detail) for what a source handed over as a frame's image.
+
+    The image is BGR uint8 (H, W, 3), or None when the frame must be dropped; kind is None for
+    a plain good frame, a key of `DROPPED` when dropped, a key of `NOTED` when processed
+    anyway (grey and BGRA frames are converted; all-black and all-white ones are kept: a dark
+    scene is a real observation, and it lets the votes of an item that was in view run out).
+    `detail` names the shape and dtype for the log. Costs a few µs on a 640×480 frame.
+    """
+    if image is None:
+        return None, "none", "None"
+    if not isinstance(image, np.ndarray):
+        return None, "not an array", type(image).__name__
+    detail = f"{image.dtype} {tuple(image.shape)}"
+    if image.size == 0:
+        return None, "empty", detail
+    if image.ndim not in (2, 3):
+        return None, "bad shape", detail
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, 3, 4):
+        return None, "bad channels", detail
+    if image.dtype != np.uint8:
+        return None, "bad dtype", detail
+    if min(image.shape[:2]) < MIN_SIDE:
+        return None, "too small", detail
+    kind = None
+    if channels == 1:
+        image, kind = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), "grey"
+    elif channels == 4:
+        image, kind = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR), "bgra"
+    grid = image[::4, ::4]  # every 16th pixel tells a blank frame (≈ 2 µs instead of ≈ 60 in the loop)
+    if grid.max() <= BLANK_LEVEL:
+        kind = kind or "black"
+    elif grid.min() >= 255 - BLANK_LEVEL:
+        kind = kind or "white"
+    return image, kind, detail
 
 
 # -- rate -------------------------------------------------------------------
@@ -182,21 +256,49 @@ class FileSource:
         self._start: float | None = None  # monotonic time of media time 0 (realtime)
         self.frames_read = 0
         self.frames_skipped = 0
+        self.frames_damaged = 0  # undecodable frames skipped (a damaged file)
+        self._pass_decoded = self._pass_damaged = 0  # in this pass over the file
+
+    @property
+    def alive(self) -> bool:
+        """In real time a None is a wait for the next frame's time; with the decoder thread a
+        None means the decoder did not deliver in time (it may be stuck)."""
+        return self.realtime
 
     def _media_time(self, index: int) -> float:
         return self._offset + index / self.media_fps
 
     def _rewind(self) -> None:
+        if self._pass_damaged and not self._pass_decoded:
+            log.warning("%s: no decodable frame in the whole file", self.path)
+            raise SourceEnded(self.path)  # looping over it would only spin
+        self._pass_decoded = self._pass_damaged = 0
         self._offset = self._media_time(self._index)
         self._base += self._index
         self._cap.release()
         self._cap = self._open(self.path)
         self._index = 0
 
+    def _grab(self) -> bool:
+        """grab(), going on past damaged frames: FFmpeg fails one grab per undecodable packet
+        and the next grab reads on, so only DAMAGED_GRABS failures in a row are the end
+        (failures at the real end cost microseconds)."""
+        for failures in range(DAMAGED_GRABS):
+            if self._cap.grab():
+                if failures:
+                    if not self.frames_damaged:
+                        log.warning("%s: damaged frame(s) at frame %d skipped (counted; the file plays on)",
+                                    self.path, self._index)
+                    self.frames_damaged += failures
+                    self._pass_damaged += failures
+                    self._index += failures  # each failed grab consumed one frame's packet
+                return True
+        return False
+
     def _advance(self, keep: bool) -> np.ndarray | None:
         """Grab the next frame; decode it only if kept. SourceEnded at the end."""
         for attempt in (0, 1):
-            if self._cap.grab():
+            if self._grab():
                 break
             if not self.loop or attempt or self._index == 0:
                 raise SourceEnded(self.path)
@@ -206,16 +308,21 @@ class FileSource:
             self.frames_skipped += 1
             return None
         ok, image = self._cap.retrieve()
-        if not ok or image is None:
-            raise SourceEnded(self.path)
+        if not ok or image is None:  # grabbed but not decodable: a damaged frame
+            self.frames_damaged += 1
+            self._pass_damaged += 1
+            return None
+        self._pass_decoded += 1
         return image
 
     def _next(self) -> Frame:
         """The next frame due by media time (skipped ones are grabbed, not decoded)."""
-        while not self._pacer.due(self._media_time(self._index)):
-            self._advance(keep=False)
-        t = self._media_time(self._index)
-        image = self._advance(keep=True)
+        image = None
+        while image is None:
+            while not self._pacer.due(self._media_time(self._index)):
+                self._advance(keep=False)
+            t = self._media_time(self._index)
+            image = self._advance(keep=True)
         self._pacer.taken(t)
         self.frames_read += 1
         return Frame(image, t, self._base + self._index - 1)
@@ -302,7 +409,11 @@ class FolderSource:
     With `watch` it is live: it waits for new image files and hands over the newest one
     (older unseen ones are dropped), as from a time-lapse camera writing into the folder.
     Unreadable files are logged and skipped (a file being written is retried once).
+    Reading is done in `read` itself, so a None is always a wait (for a new file or for the
+    next image's time), never a stall: `alive`.
     """
+
+    alive = True
 
     def __init__(self, path: str, *, fps: float = 0.0, loop: bool = False, watch: bool = False,
                  realtime: bool = False, name: str = "", poll: float = 0.2):
@@ -452,6 +563,11 @@ class Grabber:
         self._running = False
         self._thread.join(timeout)  # a capture stuck in read() is left to its daemon thread
 
+    @property
+    def stuck(self) -> bool:
+        """Closed, but the thread still hangs in the capture's open() or read()."""
+        return not self._running and self._thread.is_alive()
+
 
 class LiveSource:
     """A V4L2 device or a stream URL: always the newest frame, at most `fps` per second."""
@@ -497,6 +613,11 @@ class LiveSource:
     def close(self) -> None:
         self._grabber.close()
 
+    @property
+    def stuck(self) -> bool:
+        """Closed, but its capture still hangs inside the driver (a read that never returns)."""
+        return self._grabber.stuck
+
 
 # -- reconnecting -----------------------------------------------------------
 
@@ -520,8 +641,16 @@ class Reconnecting:
     """A live source that reopens itself after failures, waiting with a capped backoff.
 
     `read` never blocks longer than its timeout and returns None while the source is down;
-    the waits end early when `stop` is set. `attempts` counts reopen attempts (the daemon
-    shows progress with it even while no frame comes).
+    the waits end early when `stop` is set. `attempts` counts reopen attempts.
+
+    The watchdog decision (`alive`): while the source is down and being reopened, the loop
+    is alive and doing what it should: a camera unplugged for an hour keeps the service
+    running (and pinging systemd's watchdog), and it picks the camera up again by itself;
+    restarting the service would only reload the model. What is *stuck* is a capture hanging
+    inside its driver: a read that never returns. Such a capture is abandoned to its thread
+    and the source reopened, up to MAX_STUCK hanging captures at once; then nothing more is
+    opened (no thread pile-up) and `alive` turns False, so the daemon stops pinging and
+    systemd's watchdog restarts the process: the one cure for a hung driver.
     """
 
     live = True
@@ -539,10 +668,30 @@ class Reconnecting:
         self.failures = 0
         self.last_error = ""
         self._fresh = False
+        self._abandoned: list[FrameSource] = []  # closed sources whose capture still hangs
+        self._stuck_logged = False
 
     @property
     def connected(self) -> bool:
         return self._source is not None
+
+    @property
+    def stuck(self) -> int:
+        """Closed captures still hanging inside their driver."""
+        return sum(1 for s in self._abandoned if getattr(s, "stuck", False))
+
+    @property
+    def alive(self) -> bool:
+        """A None from `read` is the reconnect wait, as designed (see the class docstring);
+        False while connected (a None is then no frame yet: the live source itself raises
+        after `read_timeout`) and while MAX_STUCK captures hang."""
+        return self._source is None and self.stuck < MAX_STUCK
+
+    def _drop_source(self) -> None:
+        self._source.close()
+        if getattr(self._source, "stuck", False):
+            self._abandoned.append(self._source)
+        self._source = None
 
     def _fail(self, error: Exception) -> None:
         self.failures += 1
@@ -554,6 +703,15 @@ class Reconnecting:
 
     def read(self, timeout: float = 0.5) -> Frame | None:
         if self._source is None:
+            self._abandoned = [s for s in self._abandoned if getattr(s, "stuck", False)]
+            if len(self._abandoned) >= MAX_STUCK:
+                if not self._stuck_logged:
+                    self._stuck_logged = True
+                    log.error("%s: %d captures hang inside the driver (reads that never return); not opening "
+                              "another: the systemd watchdog restarts the service", self.name, len(self._abandoned))
+                self.stop.wait(timeout)
+                return None
+            self._stuck_logged = False
             wait = self._retry_at - self.clock()
             if wait > 0:
                 if self.stop.wait(min(wait, timeout)) or wait > timeout:
@@ -568,8 +726,7 @@ class Reconnecting:
         try:
             frame = self._source.read(timeout)
         except (SourceError, SourceEnded) as e:
-            self._source.close()
-            self._source = None
+            self._drop_source()
             self._fail(e if isinstance(e, SourceError) else SourceError("the stream ended"))
             return None
         if frame is not None:
@@ -596,7 +753,7 @@ def open_source(config, stop: threading.Event | None = None,
     if not uri:
         raise SourceError("no source configured (source.uri)")
     kind = kind_of(uri)
-    name = config.name or uri
+    name = config.name or (redact_url(uri) if kind == "url" else uri)
     if kind == "folder":
         return FolderSource(uri, fps=config.fps, loop=config.loop, watch=config.watch,
                             realtime=config.realtime, name=name)

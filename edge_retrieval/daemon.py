@@ -3,8 +3,9 @@
 `Pipeline.process(frame)` is one frame's whole journey (ROI → motion gate → model →
 gallery scan → decision) and has no threads, timers or signals: tests call it directly.
 `Daemon` only wires the parts together: it opens them, reads frames until the stop event
-is set or a file ends, records decisions as events for the sinks, and speaks sd_notify
-(READY once loaded, WATCHDOG after every processed frame, STATUS, STOPPING).
+is set or a file ends, drops garbage frames (`camera.inspect_image`), records decisions as
+events for the sinks, and speaks sd_notify (READY once loaded, WATCHDOG after every frame
+handled and while a source waits as designed, never while the loop is stuck; STATUS, STOPPING).
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ from typing import Any, Callable
 import numpy as np
 
 from . import democlip
-from .camera import Frame, FrameSource, SourceEnded, SourceError, open_source
+from .camera import DROPPED, NOTED, Frame, FrameSource, SourceEnded, SourceError, inspect_image, open_source
 from .config import Config
 from .decide import Candidate, Decider, Decision
 from .embedder import Embedder
 from .errors import ConfigError, EdgeRetrievalError
 from .gallery import Gallery
-from .metrics import Metrics
+from .metrics import SNAPSHOT_LOST, Metrics
 from .motion import Motion, MotionGate, crop_roi
 from .systemd import Notifier
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 0.25  # the longest the loop waits for a frame before looking at the stop event
 STOP_TIMEOUT = 0.8  # what the sinks' dispatcher gets to finish when stopping (exit within 2 s)
 DRAIN_TIMEOUT = 5.0  # what the sinks get to deliver pending events when a file or folder ended
+IDLE_PING = 1.0  # seconds between watchdog pings while the source waits as designed (see _loop)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ class Daemon:
         self.last_result: FrameResult | None = None
         self._last_decision_at = 0.0
         self._ready = False
+        self._frame_kinds_logged: set[str] = set()
+        self._snapshots_failing_since: int | None = None  # the lost count when snapshots started failing
 
     # -- setup ---------------------------------------------------------------------
     def _own(self, thing):
@@ -232,8 +236,15 @@ class Daemon:
             self.close()
 
     def _loop(self, pipeline: Pipeline, summary: RunSummary) -> str:
+        """Read, process, emit, ping. The watchdog is pinged only here, in the loop's own thread
+        (no timer, no sink thread): after every frame handled (processed, or dropped as
+        garbage), and at most every IDLE_PING s while the source says its None is a wait as
+        designed (`alive`: a camera being reconnected, a watched folder). A read or a stage that
+        never returns, or a source whose None means it stopped answering, pings nothing, and
+        systemd's watchdog restarts the service."""
         metrics, source, service = pipeline.metrics, self._source, self.config.service
         next_status = next_log = self.clock()
+        last_ping = -math.inf
         attempts = getattr(source, "attempts", 0)
         capture_stage = "wait" if source.live else "capture"
         while not self.stop.is_set():
@@ -249,11 +260,25 @@ class Daemon:
                 log.warning("%s: %s; finishing", source.name, e)
                 return "ended"
             if frame is None:
-                if getattr(source, "attempts", 0) != attempts:  # a reconnect attempt: the loop is alive
+                now, fields = time.monotonic(), {}
+                if getattr(source, "alive", False) and now - last_ping >= IDLE_PING:
+                    last_ping, fields["WATCHDOG"] = now, 1
+                if getattr(source, "attempts", 0) != attempts:  # a reconnect attempt (STATUS is no ping)
                     attempts = source.attempts
-                    self.notifier.notify(WATCHDOG=1, STATUS=f"reconnecting to {source.name} "
-                                         f"(attempt {attempts}): {getattr(source, 'last_error', '')}")
+                    fields["STATUS"] = (f"reconnecting to {source.name} (attempt {attempts}): "
+                                        f"{getattr(source, 'last_error', '')}")
+                if fields:
+                    self.notifier.notify(**fields)
                 continue
+            image, kind, detail = inspect_image(frame.image)
+            if kind is not None:
+                self._note_frame(source.name, kind, detail)
+            if image is None:  # garbage: dropped, but the loop made progress
+                last_ping = time.monotonic()
+                self.notifier.watchdog()
+                continue
+            if image is not frame.image:
+                frame = replace(frame, image=image)
             metrics.add(capture_stage, time.perf_counter() - start)
             result = self.last_result = pipeline.process(frame)
             if result.decision is not None:
@@ -263,6 +288,7 @@ class Daemon:
             metrics.frame_done(result.embedded, latency=time.monotonic() - frame.captured)
             summary.frames += 1
             summary.embedded += result.embedded
+            last_ping = time.monotonic()
             self.notifier.watchdog()
             now = self.clock()
             if now >= next_status:
@@ -276,6 +302,19 @@ class Daemon:
                 next_log = now + service.log_interval
         return "stopped"
 
+    def _note_frame(self, source: str, kind: str, detail: str) -> None:
+        """Count a dropped or noted frame; log each kind once (the counts are in STATUS and stats)."""
+        dropped = kind in DROPPED
+        (self.metrics.dropped if dropped else self.metrics.noted)[kind] += 1
+        if kind in self._frame_kinds_logged:
+            return
+        self._frame_kinds_logged.add(kind)
+        if dropped:
+            log.warning("%s: dropping frames that are %s (first: %s); counted, not logged again",
+                        source, DROPPED[kind], detail)
+        else:
+            log.warning("%s: %s (first: %s); counted, not logged again", source, NOTED[kind], detail)
+
     def status_text(self, metrics: Metrics) -> str:
         s = metrics.summary()
         stages = " ".join(f"{k} {v:.1f}" for k, v in s["stages_ms"].items() if k != "wait")
@@ -286,7 +325,8 @@ class Daemon:
             text += f"; last match {d.label or 'unknown'} {d.score:.2f} {ago:.0f} s ago"
         else:
             text += "; no match yet"
-        return text
+        trouble = metrics.trouble()
+        return text + (f"; {trouble}" if trouble else "")
 
     def _emit(self, result: FrameResult) -> None:
         decision = result.decision
@@ -306,11 +346,7 @@ class Daemon:
                       label=decision.label, item_id=decision.item_id, metadata=metadata,
                       box=self.pipeline.box(result.frame), details=details)
         if self.config.snapshot.enabled:
-            try:
-                event = replace(event, snapshot=self.event_log.save_snapshot(result.frame.image, event,
-                                                                             self.config.snapshot))
-            except EdgeRetrievalError as e:  # a full disk loses the picture, never the alert
-                log.error("snapshot not saved: %s", e)
+            event = self._snapshot(result.frame.image, event)
         try:
             self.event_log.record(event)
         except EdgeRetrievalError as e:  # a broken database must not stop detection
@@ -318,6 +354,27 @@ class Daemon:
             return
         if self.dispatcher is not None:
             self.dispatcher.wake()
+
+    def _snapshot(self, image: np.ndarray, event):
+        """The event with its snapshot saved; a snapshot that cannot be written (a full disk) loses
+        the picture, never the alert: one warning when it starts failing, a count in STATUS and
+        stats (`snapshots not saved`), one line when it works again."""
+        try:
+            path = self.event_log.save_snapshot(image, event, self.config.snapshot)
+        except EdgeRetrievalError as e:
+            self.metrics.counts[SNAPSHOT_LOST] += 1
+            if self._snapshots_failing_since is None:
+                self._snapshots_failing_since = self.metrics.counts[SNAPSHOT_LOST] - 1
+                log.warning("snapshot not saved: %s; alerts go on without pictures (counted as '%s', not "
+                            "logged again until it works)", e, SNAPSHOT_LOST)
+            else:
+                log.debug("snapshot not saved: %s", e)
+            return event
+        if self._snapshots_failing_since is not None:
+            lost = self.metrics.counts[SNAPSHOT_LOST] - self._snapshots_failing_since
+            log.warning("snapshots saved again (%d not saved meanwhile)", lost)
+            self._snapshots_failing_since = None
+        return replace(event, snapshot=path)
 
     def _drain(self) -> None:
         """A finite source ended: give the sinks a few seconds to deliver what is pending

@@ -201,6 +201,7 @@ def write_snapshot(frame_bgr: np.ndarray, event: Event, folder: str | Path, *,
         raise EventError(f"snapshot: cannot encode a {image.shape} image as JPEG")
     folder = Path(os.path.abspath(folder))
     name = snapshot_name(event)
+    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path, n = folder / name, 1
@@ -213,6 +214,11 @@ def write_snapshot(frame_bgr: np.ndarray, event: Event, folder: str | Path, *,
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
+        if tmp is not None:  # a partial file on a full disk would hold its space (retention never sees it)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         raise EventError(f"snapshot: cannot write to {folder} ({e.strerror or e})") from None
     return path
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -20,6 +20,7 @@ import numpy as np
 # are decoded in the grabber thread: it is the time spent waiting for the next frame).
 STAGES = ("capture", "wait", "motion", "preprocess", "invoke", "pool", "scan", "decide", "emit")
 WORK_STAGES = tuple(s for s in STAGES if s != "wait")
+SNAPSHOT_LOST = "snapshots not saved"  # a count in `Metrics.counts` (a full disk, say)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Metrics:
         self._latency: deque[float] = deque(maxlen=window)
         self.frames = 0
         self.embedded = 0
+        self.dropped: Counter[str] = Counter()  # frames dropped as garbage, by kind (camera.DROPPED)
+        self.noted: Counter[str] = Counter()  # frames processed but noted, by kind (camera.NOTED)
+        self.counts: Counter[str] = Counter()  # other things that went wrong, e.g. SNAPSHOT_LOST
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -108,7 +112,21 @@ class Metrics:
             "frame_ms": round(total.mean_ms, 2) if total else None,
             "latency_ms": round(latency.mean_ms, 2) if latency else None,
             "stages_ms": {k: round(v.mean_ms, 2) for k, v in self.stages().items()},
+            "dropped": dict(self.dropped),
+            "noted": dict(self.noted),
+            "counts": dict(self.counts),
         }
+
+    def trouble(self) -> str:
+        """What went wrong since the start, in one phrase ("" if nothing): dropped frames by
+        kind, noted frames, other counts."""
+        parts = []
+        if self.dropped:
+            parts.append(f"{sum(self.dropped.values())} frame(s) dropped ("
+                         + ", ".join(f"{k} {n}" for k, n in self.dropped.most_common()) + ")")
+        parts += [f"{n} {k} frame(s)" for k, n in self.noted.most_common()]
+        parts += [f"{n} {k}" for k, n in self.counts.most_common()]
+        return "; ".join(parts)
 
     def line(self) -> str:
         """One line: fps, work per frame and the mean of each stage, in ms."""
@@ -119,7 +137,9 @@ class Metrics:
         stages = ", ".join(f"{k} {v.mean_ms:.1f}" for k, v in self.stages().items())
         skipped = self.frames - self.embedded
         text = ", ".join(parts) + (f" ({stages} ms)" if stages else "")
-        return text + (f", {skipped}/{self.frames} frames skipped by the motion gate" if skipped else "")
+        text += f", {skipped}/{self.frames} frames skipped by the motion gate" if skipped else ""
+        trouble = self.trouble()
+        return text + (f"; {trouble}" if trouble else "")
 
     def table(self) -> str:
         """A per-stage table (mean / p50 / p95 ms) for --stats."""
@@ -132,4 +152,7 @@ class Metrics:
                 rows.append(f"{name:<11}{s.count:>7}{s.mean_ms:>10.2f}{s.p50_ms:>9.2f}{s.p95_ms:>9.2f}")
         rows.append(f"{self.fps():.2f} fps over the last {len(self._frames)} frames; "
                     f"{self.embedded}/{self.frames} frames embedded")
+        trouble = self.trouble()
+        if trouble:
+            rows.append(trouble)
         return "\n".join(rows)

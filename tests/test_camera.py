@@ -5,11 +5,14 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import FakeCapture, fake_frame
+from _conftests import conftest_module
 
 from edge_retrieval.camera import (Backoff, FileSource, FolderSource, LiveSource, Pacer, Reconnecting, SourceEnded,
                                    SourceError, kind_of, open_source)
 from edge_retrieval.config import SourceConfig
+
+_tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
+FakeCapture, fake_frame = _tests.FakeCapture, _tests.fake_frame
 
 N_FRAMES = 12
 
@@ -247,3 +250,30 @@ def test_a_real_http_stream_that_dies_mid_stream_comes_back(tmp_path):
         server.server_close()
     assert codes[0] == 1 and codes[-1] == 4
     assert len(requests) >= 3 and source.failures >= 2
+
+
+@pytest.mark.parametrize("image, kind, converted", [
+    (fake_frame(1), None, False),
+    (np.full((48, 64), 30, np.uint8), "grey", True),
+    (np.full((48, 64, 1), 30, np.uint8), "grey", True),
+    (np.full((48, 64, 4), 30, np.uint8), "bgra", True),
+    (np.zeros((48, 64, 3), np.uint8), "black", False),
+    (np.full((48, 64, 3), 253, np.uint8), "white", False),
+    (None, "none", None),
+    ([[1, 2]], "not an array", None),
+    (np.zeros((0, 0, 3), np.uint8), "empty", None),
+    (np.zeros((2, 48, 64, 3), np.uint8), "bad shape", None),
+    (np.zeros((48, 64, 2), np.uint8), "bad channels", None),
+    (np.zeros((48, 64, 3), np.float32), "bad dtype", None),
+    (np.zeros((48, 8, 3), np.uint8), "too small", None),
+])
+def test_inspect_image_drops_garbage_and_converts_grey_and_bgra(image, kind, converted):
+    from edge_retrieval.camera import DROPPED, NOTED, inspect_image
+
+    out, got, detail = inspect_image(image)
+    assert got == kind and detail
+    if converted is None:
+        assert out is None and kind in DROPPED
+    else:
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3 and out.shape[:2] == (48, 64)
+        assert (out is image) != converted and (kind is None or kind in NOTED)

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 from click.testing import CliRunner
-from conftest import BACKGROUND, FakeEmbedder, FakeSource, fake_vector
+from _conftests import conftest_module
 
 from edge_retrieval import democlip
 from edge_retrieval.cli import cli
@@ -22,6 +22,10 @@ from edge_retrieval.enroll import enroll
 from edge_retrieval.events import EventLog
 from edge_retrieval.gallery import Gallery
 from edge_retrieval.systemd import Notifier
+
+_tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
+BACKGROUND, FakeEmbedder, FakeSource, fake_frame, fake_vector = (
+    _tests.BACKGROUND, _tests.FakeEmbedder, _tests.FakeSource, _tests.fake_frame, _tests.fake_vector)
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = Config(decision=DecisionConfig(threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
@@ -69,8 +73,6 @@ def test_a_snapshot_that_cannot_be_written_loses_the_picture_not_the_alert(fake_
 
 
 def test_the_roi_is_what_the_model_sees(fake_gallery):
-    from conftest import fake_frame
-
     from edge_retrieval.camera import Frame
     from edge_retrieval.config import RoiConfig
     from edge_retrieval.daemon import Pipeline
