@@ -169,7 +169,8 @@ class KioskConfig:
                                      "(every write still needs the token).")
     port: int = setting(8080, "TCP port of the page; 0 = any free port (printed at start).", min=0, max=65535)
     token: str = setting("", "The staff token for /admin and every write (env EDGE_RETRIEVAL_KIOSK_TOKEN); "
-                             "empty = a new random token, printed at each start.")
+                             "empty = a random token kept in <gallery>.kiosk-token (mode 600; delete the file for "
+                             "a new one). Printed only on a terminal, never to a log.")
     photos: str = setting("", "Folder for the photos enrolled from the staff page; empty = a folder named "
                               "after the gallery with \"-photos\" beside it.")
     hold: float = setting(3.0, "Seconds a record (or \"unknown item\") stays on screen after its item was last "
@@ -203,9 +204,19 @@ class Config:
 # -- loading ------------------------------------------------------------------
 
 def _join(path: str, key: str | int) -> str:
+    """A key path as TOML would write it: `a.b`, `a."my key"` (quoted when not bare), `a[0]`."""
     if isinstance(key, int):
         return f"{path}[{key}]"
+    key = _toml_key(key) if isinstance(key, str) else repr(key)
     return f"{path}.{key}" if path else key
+
+
+def _number(value: int | float) -> str:
+    """A number for a message: `0.5`, `1e+30`; never an OverflowError for a huge TOML integer."""
+    try:
+        return f"{value:g}"
+    except OverflowError:
+        return _short(value)
 
 
 def _type_name(tp: Any) -> str:
@@ -271,12 +282,18 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a TOML integer beyond the range of a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {_describe(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {_describe(value)}")
+        if "\0" in value:  # no path, URL, name or token holds one; the OS would refuse it later
+            raise ConfigError(f"{path}: a NUL character is not allowed")
         return value
     if isinstance(tp, type) and isinstance(value, tp):
         return value
@@ -286,8 +303,15 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 def _describe(value: Any) -> str:
     kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
             dict: "a table"}.get(type(value), type(value).__name__)
+    return f"{kind} ({_short(value)})"
+
+
+def _short(value: Any) -> str:
+    """repr(value), at most 40 characters (a huge integer too)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
     text = repr(value)
-    return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check(f: dataclasses.Field, value: Any, path: str) -> None:
@@ -298,9 +322,9 @@ def _check(f: dataclasses.Field, value: Any, path: str) -> None:
         raise ConfigError(f"{path}: {value!r} is not one of " + ", ".join(repr(c) for c in meta["choices"]))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "min" in meta and value < meta["min"]:
-            raise ConfigError(f"{path}: {value:g} is below the minimum {meta['min']:g}")
+            raise ConfigError(f"{path}: {_number(value)} is below the minimum {_number(meta['min'])}")
         if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{path}: {value:g} is above the maximum {meta['max']:g}")
+            raise ConfigError(f"{path}: {_number(value)} is above the maximum {_number(meta['max'])}")
 
 
 T = typing.TypeVar("T")
@@ -361,7 +385,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: no such config file") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read ({e})") from None
-        except tomllib.TOMLDecodeError as e:
+        except ValueError as e:  # TOMLDecodeError, or an integer of more than 4300 digits
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
     for dotted, value in (overrides or {}).items():
         set_path(data, dotted, value)
@@ -390,7 +414,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"{text!r}: expected KEY=VALUE")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or an integer of more than 4300 digits
         value = raw.strip()
     return key, value
 
@@ -403,7 +427,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                             for c in value) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -411,6 +436,9 @@ def _toml_value(value: Any) -> str:
             return "{}"
         return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
 def _example(cls: type) -> Any:

@@ -12,6 +12,11 @@ the loop sees new items through the gallery's change counter).
 
 `create_app` is the Starlette app (pages, static files, the JSON API); `Server` runs it with
 uvicorn. Every asset is served from `kiosk_static/`: the pages work offline.
+
+The staff token is never written to a log: a configured one is only compared, and a generated one
+is kept in `<gallery>.kiosk-token` (mode 600) and shown only on a terminal (`Server.staff_address`).
+A server on a loopback address answers only requests addressed to a loopback name (`Host:`), so a
+web page cannot reach it through DNS rebinding.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import base64
 import binascii
 import contextlib
 import html
+import ipaddress
 import json
 import logging
 import math
@@ -50,6 +56,7 @@ from .enroll import enroll
 from .preprocess import IMAGE_SUFFIXES
 from .errors import BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelMismatchError
 from .gallery import Gallery, Item
+from .sinks import redact_url
 from .motion import crop_roi
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,8 @@ SSE_HEARTBEAT = 2.0  # seconds between state pushes when nothing changed (fps, f
 POLL = 0.05  # seconds between looks at the state in the streaming responses
 DRAIN = 64_000_000  # bytes of a too-large request read and dropped before answering 413
 STALE = 10.0  # seconds without a processed frame before the page says the camera is not available
+TOKEN_SUFFIX = ".kiosk-token"  # the generated staff token is kept beside the gallery, in <gallery>.kiosk-token
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class KioskError(EdgeRetrievalError):
@@ -282,7 +291,11 @@ class Kiosk:
                  stop: threading.Event | None = None, clock: Callable[[], float] = time.time):
         self.config = config
         self.demo, self.demo_seed = demo, demo_seed
-        self.token = token or config.kiosk.token or secrets.token_urlsafe(18)
+        self.token = token or config.kiosk.token
+        self.token_file: Path | None = None  # where a generated token is kept (None: configured, or not kept)
+        self.token_generated = not self.token
+        if self.token_generated:
+            self.token = secrets.token_urlsafe(18)
         self.stop = stop or threading.Event()
         self.clock = clock
         self.screen = Screen(config.decision, config.kiosk.hold, clock)
@@ -343,7 +356,10 @@ class Kiosk:
             self.threshold = float(saved)
             log.info("recognition threshold %.3f (set on the staff page, %s)", saved, self._settings_path())
         self._decider.threshold = self.threshold
-        self.source_name = config.source.name or config.source.uri
+        if self.token_generated:
+            self._keep_token(config.gallery.path)
+        uri = config.source.uri  # shown on the page: a stream URL without its password
+        self.source_name = config.source.name or (redact_url(uri) if kind_of(uri) == "url" else uri)
         self.daemon = KioskDaemon(replace(config, decision=replace(config.decision, threshold=self.threshold)),
                                   stop=self.stop, watch=self._watch)
         return self
@@ -449,6 +465,8 @@ class Kiosk:
 
     def _item(self, item_id: int) -> Item:
         try:
+            if not 0 <= int(item_id) < 2 ** 63:  # beyond SQLite's integers: no such item (not an OverflowError)
+                raise GalleryError(f"no item {item_id}")
             return self.gallery.item(int(item_id))
         except GalleryError:
             raise KioskError(f"no item {item_id}", 404) from None
@@ -611,7 +629,46 @@ class Kiosk:
             raise KioskError(f"{path}: cannot save the setting ({e})", 500) from None
 
     def check_token(self, given: str | None) -> bool:
+        """Whether `given` is the staff token, compared in constant time."""
         return bool(given) and secrets.compare_digest(given.encode(), self.token.encode())
+
+    def _keep_token(self, gallery_path: str) -> None:
+        """The generated token: the one already kept in <gallery>.kiosk-token (mode 600), or this one,
+        written there, so that it never has to be printed to a log and survives restarts."""
+        if not gallery_path or gallery_path == ":memory:":
+            return
+        path = Path(gallery_path + TOKEN_SUFFIX)
+        try:
+            if path.is_file() and path.stat().st_mode & 0o077 == 0:
+                kept = path.read_text(encoding="utf-8").strip()
+                if len(kept) >= 8 and kept.isprintable():
+                    self.token, self.token_file = kept, path
+                    return
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(self.token + "\n")
+            os.replace(tmp, path)
+            self.token_file = path
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("%s: cannot keep the staff token there (%s); set kiosk.token", path,
+                        getattr(e, "strerror", None) or e)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _number(value: Any) -> float | None:
@@ -632,15 +689,56 @@ CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
-class _Headers:
-    """ASGI middleware: security headers on every response (the pages load nothing from elsewhere)."""
+def host_name(host_header: str) -> str:
+    """The host of a Host header, without the port: "127.0.0.1:8080" → "127.0.0.1", "[::1]:80" → "[::1]"."""
+    host = host_header.strip().lower()
+    if host.startswith("[") and "]" in host:
+        name, _, port = host.partition("]")
+        name += "]"
+        port = port[1:] if port.startswith(":") else port
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    else:
+        return host
+    return name if port == "" or port.isdigit() else host  # "host:junk" is no host name
 
-    def __init__(self, app):
+
+def is_loopback(host: str) -> bool:
+    """Whether serving on `host` reaches this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _Headers:
+    """ASGI middleware: security headers on every response (the pages load nothing from elsewhere) and,
+    with `hosts`, 421 for a request addressed to another host name (DNS rebinding)."""
+
+    def __init__(self, app, hosts: tuple[str, ...] = ()):
         self.app = app
+        self.hosts = hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        query = scope.get("query_string", b"")
+        if not query.isascii() or any(b < 0x21 or b == 0x7F for b in query):
+            # percent-encode what a lenient HTTP parser let through: Starlette reads the query string
+            # as UTF-8 in places (redirects, error pages) and would fail with a 500 otherwise
+            scope = {**scope, "query_string": b"".join(bytes([b]) if 0x21 <= b < 0x7F else b"%%%02X" % b
+                                                       for b in query)}
+        if self.hosts:
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), "")
+            if host_name(host) not in self.hosts:
+                body = b"this kiosk answers only requests addressed to 127.0.0.1 or localhost"
+                await send({"type": "http.response.start", "status": 421,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
@@ -656,18 +754,25 @@ class _Headers:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(kiosk: Kiosk):
-    """The Starlette app: `/` (kiosk), `/admin` (staff), `/static/…` and the JSON API under `/api/`."""
+def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
+    """The Starlette app: `/` (kiosk), `/admin` (staff), `/static/…` and the JSON API under `/api/`.
+    `allowed_hosts`: the host names (Host header, no port) it answers; empty = any."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
-    from starlette.responses import (FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response,
-                                     StreamingResponse)
+    from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse as _JSONResponse
     from starlette.routing import Mount, Route
     from starlette.concurrency import run_in_threadpool
     from starlette.staticfiles import StaticFiles
 
     cookie = "kiosk_token"
+
+    class JSONResponse(_JSONResponse):
+        """JSON the page can parse: a NaN or an infinity (metadata enrolled by other means) becomes null."""
+
+        def render(self, content: Any) -> bytes:
+            return super().render(finite(content))
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -680,7 +785,7 @@ def create_app(kiosk: Kiosk):
         return error(status, str(exc))
 
     async def on_http_error(request: Request, exc: HTTPException):
-        if request.url.path.startswith("/api/"):
+        if request.scope["path"].startswith("/api/"):  # (request.url would choke on a query string not in UTF-8)
             return error(exc.status_code, exc.detail)
         return HTMLResponse(f"<h1>{exc.status_code}</h1><p>{html.escape(str(exc.detail))}</p>", exc.status_code)
 
@@ -694,7 +799,7 @@ def create_app(kiosk: Kiosk):
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise KioskError("this needs the staff token: send the header 'Authorization: Bearer <token>' "
-                             "(the token is printed when the kiosk starts)", 401)
+                             "(kiosk.token, or the <gallery>.kiosk-token file)", 401)
         if not kiosk.check_token(given.strip()):
             raise KioskError("wrong staff token", 403)
 
@@ -703,7 +808,7 @@ def create_app(kiosk: Kiosk):
         (up to DRAIN bytes) so that the client, still sending, gets the 413 and not a broken pipe."""
         limit = kiosk.max_upload
         length = request.headers.get("content-length")
-        declared = int(length) if length and length.isdigit() else 0
+        declared = int(length) if length and length.isascii() and length.isdigit() else 0  # (not "²")
         size_text = f" {declared / 1e6:.1f} MB," if declared > limit else ""
         too_big = KioskError(f"the request is{size_text} more than the limit of {limit / 1e6:g} MB "
                              "(kiosk.max_upload_mb)", 413)
@@ -724,9 +829,11 @@ def create_app(kiosk: Kiosk):
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise KioskError("send JSON with 'Content-Type: application/json'", 415)
         try:
-            data = json.loads(await body(request))
-        except (ValueError, UnicodeDecodeError) as e:
+            data = json.loads(await body(request), parse_constant=_not_json)
+        except (ValueError, UnicodeDecodeError) as e:  # (NaN and Infinity are not JSON either)
             raise KioskError(f"the body is not valid JSON ({e})") from None
+        except RecursionError:
+            raise KioskError("the body is not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict):
             raise KioskError("the body must be a JSON object")
         return data
@@ -762,7 +869,7 @@ def create_app(kiosk: Kiosk):
                 if kiosk.screen.version != version or now - sent_at >= SSE_HEARTBEAT:
                     state = await run_in_threadpool(kiosk.state)
                     version, sent_at = state["version"], now
-                    yield f"data: {json.dumps(state)}\n\n"
+                    yield f"data: {json.dumps(finite(state))}\n\n"
                 await asyncio.sleep(POLL)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
@@ -883,15 +990,16 @@ def create_app(kiosk: Kiosk):
                             BadImageError: on_library_error, HTTPException: on_http_error},
         lifespan=lifespan,
     )
-    app.add_middleware(_Headers)
+    app.add_middleware(_Headers, hosts=tuple(allowed_hosts))
     return app
 
 
 def _refusal(reason: str) -> str:
     return ("<!doctype html><html lang=en><meta charset=utf-8><title>Staff page</title>"
             "<link rel=stylesheet href=/static/kiosk.css><body class=refusal><main><h1>Staff page</h1>"
-            f"<p>{html.escape(reason)}</p><p>Open the staff link printed when the kiosk started "
-            "(<code>…/admin?token=…</code>), or ask for the token set in the configuration.</p></main></body></html>")
+            f"<p>{html.escape(reason)}</p><p>Open <code>/admin?token=…</code> with the staff token: the one set "
+            "in the configuration, or the one kept in the <code>.kiosk-token</code> file beside the gallery "
+            "(also shown when the kiosk is started on a terminal).</p></main></body></html>")
 
 
 # -- serving ------------------------------------------------------------------------------
@@ -926,13 +1034,27 @@ class Server:
         self.host, self.port = host, self.socket.getsockname()[1]
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/"
-        self._server = _Uvicorn(uvicorn.Config(create_app(kiosk), log_level=log_level, access_log=False,
+        hosts = LOOPBACK_NAMES if is_loopback(host) else ()  # elsewhere the names it is reached by are unknown
+        self._server = _Uvicorn(uvicorn.Config(create_app(kiosk, hosts), log_level=log_level, access_log=False,
                                                timeout_graceful_shutdown=2, lifespan="on"))
         self._thread: threading.Thread | None = None
 
     @property
     def admin_url(self) -> str:
         return f"{self.url}admin?token={self.kiosk.token}"
+
+    def staff_address(self, show_token: bool) -> str:
+        """The staff page's address for people: with the token only when `show_token` (a terminal,
+        not a log); otherwise where the token is."""
+        if show_token:
+            return self.admin_url
+        if self.kiosk.token_file is not None:
+            where = f"the token is in {self.kiosk.token_file}"
+        elif self.kiosk.token_generated:
+            where = "no token file could be written: set kiosk.token or EDGE_RETRIEVAL_KIOSK_TOKEN"
+        else:
+            where = "the token is kiosk.token or EDGE_RETRIEVAL_KIOSK_TOKEN, as configured"
+        return f"{self.url}admin?token=<token> ({where})"
 
     def run(self) -> None:
         # uvicorn re-raises the signal that stopped it once it is done: with these handlers in place

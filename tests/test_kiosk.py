@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_retrieval.config import DEMO_THRESHOLD
+
 from edge_retrieval import democlip
 from edge_retrieval.camera import FileSource, SourceEnded
 from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig, load_config
@@ -380,10 +382,17 @@ def test_kiosk_command_serves_the_demo_and_stops_on_sigterm(tmp_path):
             assert line, "the kiosk command did not print its addresses:\n" + "".join(lines)
             lines.append(line)
         url = next(line.split()[-1] for line in lines if "kiosk page:" in line)
-        admin = next(line.split()[-1] for line in lines if "staff page:" in line)
-        assert "/admin?token=" in admin
+        admin = next(line for line in lines if "staff page:" in line)
+        # not a terminal (as under systemd): the generated token is not printed, only where it is kept
+        token_file = Path(admin.split("the token is in ")[1].strip().rstrip(")"))
+        token = token_file.read_text().strip()
+        assert "/admin?token=<token>" in admin and token not in "".join(lines)
+        assert token_file.stat().st_mode & 0o777 == 0o600
         state = wait_for(lambda: api(url.rstrip("/"), "GET", "/api/state")[1] if _answers(url) else None,
                          what="the server")
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(f"{url}admin?token={token}", timeout=10) as r:  # the token kept in the file opens the page
+            assert r.status == 200 and r.url == f"{url}admin"
         wait_for(shows(url.rstrip("/"), "cat"), what="the demo's first record")
         assert state["source"] == "demo-clip"
         started = time.monotonic()
@@ -479,7 +488,9 @@ def test_in_a_real_browser(clip_server, browser):
         "return p.complete && p.naturalWidth > 0 && l.naturalWidth > 0"), what="the photo and the live view")
     fields = _text(browser, "fields")
     assert "Stefan van der Walt" in fields and "2013" in fields
-    assert float(_text(browser, "score")) >= 0.7
+    # the score of the frame on screen: above the decision threshold (which frame of the cat's
+    # pass is shown depends on timing; benchmarks/thresholds.py: item frames score 0.49-0.8)
+    assert float(_text(browser, "score")) > DEMO_THRESHOLD
     browser.save_screenshot(str(ARTIFACTS / "kiosk.png"))
 
     # the rocket, enrolled on the staff page, is recognised when the clip shows it

@@ -6,10 +6,16 @@ a frozen dataclass documented per field; `build_sinks` turns `SinksConfig` into 
 """
 from __future__ import annotations
 
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import ConfigError
 from ..errors import DeliveryError  # noqa: F401 (re-exported for the sinks)
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @runtime_checkable
@@ -28,7 +34,27 @@ class WebhookSinkConfig:
     url: str = field(metadata={"doc": "http(s) URL that receives each event as a JSON POST; any 2xx is an ack"})
     timeout_s: float = field(default=5.0, metadata={"doc": "seconds to wait for the whole request before retrying"})
     headers: dict[str, str] = field(default_factory=dict,
-                                    metadata={"doc": "extra request headers, e.g. Authorization"})
+                                    metadata={"doc": "extra request headers, e.g. Authorization (never logged); "
+                                                     "user:password@ in the url becomes a Basic Authorization "
+                                                     "header"})
+
+    def validate(self, path: str = "sinks.webhook") -> None:
+        """ConfigError naming the key for a URL, timeout or header the sink could not use."""
+        url = urllib.parse.urlsplit(self.url)
+        try:
+            url.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            url = url._replace(netloc="")
+        if url.scheme not in ("http", "https") or not url.hostname or _CONTROL.search(self.url) or " " in self.url:
+            raise ConfigError(f"{path}.url: {redact_url(self.url)!r} is not an http(s) URL")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"{path}.timeout_s: must be positive, not {self.timeout_s}")
+        for name, value in self.headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigError(f"{path}.headers: {name!r} is not an HTTP header name")
+            if _CONTROL.search(value.replace("\t", " ")) or not value.isascii() and not _latin1(value):
+                raise ConfigError(f"{path}.headers.{name}: a header value holds Latin-1 characters and no control "
+                                  "characters")
 
 
 @dataclass(frozen=True)
@@ -48,6 +74,26 @@ class MqttSinkConfig:
                                                           "the Last Will (offline) after 1.5x this of silence"})
     timeout_s: float = field(default=5.0, metadata={"doc": "seconds to wait for the connection and the PUBACK"})
 
+    def validate(self, path: str = "sinks.mqtt") -> None:
+        """ConfigError naming the key for a value the sink could not use (an empty device_id is the host name)."""
+        for key in ("topic_prefix", "device_id", "discovery_prefix"):
+            value = getattr(self, key)
+            if key == "topic_prefix" or value:
+                check_topic_part(value, f"{path}.{key}")
+        if self.qos not in (0, 1, 2):
+            raise ConfigError(f"{path}.qos: must be 0, 1 or 2, not {self.qos}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"{path}.port: {self.port} is not a TCP port")
+        if not self.host or _CONTROL.search(self.host):
+            raise ConfigError(f"{path}.host: {self.host!r} is not a host name or address")
+        if not self.timeout_s > 0 or self.keepalive_s < 5:
+            raise ConfigError(f"{path}: timeout_s must be positive and keepalive_s at least 5")
+
+
+def check_topic_part(value: str, key: str) -> None:
+    if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+        raise ConfigError(f"{key}: {value!r} is not a usable MQTT topic level")
+
 
 @dataclass(frozen=True)
 class CommandSinkConfig:
@@ -56,6 +102,12 @@ class CommandSinkConfig:
                                              "variables; exit 0 is an ack"})
     timeout_s: float = field(default=10.0, metadata={"doc": "seconds before the command (and its children) is "
                                                              "killed and the event retried"})
+
+    def validate(self, path: str = "sinks.command") -> None:
+        if not self.argv or not all(isinstance(a, str) and a and "\0" not in a for a in self.argv):
+            raise ConfigError(f"{path}.argv: must be a non-empty list of non-empty strings")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"{path}.timeout_s: must be positive, not {self.timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -71,9 +123,34 @@ class SinksConfig:
 class SnapshotConfig:
     enabled: bool = field(default=False, metadata={"doc": "save a JPEG of the frame, match drawn on it, per event"})
     folder: str = field(default="snapshots", metadata={"doc": "folder of the snapshots (created if missing)"})
-    max_count: int = field(default=1000, metadata={"doc": "keep at most this many snapshots (oldest go); 0 = no limit"})
-    max_age_days: float = field(default=30.0, metadata={"doc": "delete snapshots older than this; 0 = no limit"})
-    jpeg_quality: int = field(default=85, metadata={"doc": "JPEG quality, 1-100"})
+    max_count: int = field(default=1000, metadata={"doc": "keep at most this many snapshots (oldest go); 0 = no limit",
+                                                   "min": 0})
+    max_age_days: float = field(default=30.0, metadata={"doc": "delete snapshots older than this; 0 = no limit",
+                                                        "min": 0})
+    jpeg_quality: int = field(default=85, metadata={"doc": "JPEG quality, 1-100", "min": 1, "max": 100})
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may appear in a log: no password, no query string values, no fragment."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        if "@" in parts.netloc:
+            netloc = "***@" + netloc
+        query = "&".join(f"{k}=***" for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        if parts.query and not query:
+            query = "***"
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "<an unparsable URL>"
 
 
 def build_sinks(config: SinksConfig) -> list[Sink]:
@@ -100,4 +177,4 @@ def build_sinks(config: SinksConfig) -> list[Sink]:
 
 
 __all__ = ["CommandSinkConfig", "DeliveryError", "MqttSinkConfig", "Sink", "SinksConfig", "SnapshotConfig",
-           "WebhookSinkConfig", "build_sinks"]
+           "WebhookSinkConfig", "build_sinks", "redact_url"]

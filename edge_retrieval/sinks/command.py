@@ -3,7 +3,8 @@
 The event JSON is the program's standard input and, flattened, its environment:
 EDGE_EVENT_ID, _TIME, _SOURCE, _KIND, _LABEL, _ITEM_ID, _SCORE, _SNAPSHOT (empty when
 absent) and EDGE_EVENT_JSON (the whole payload). On timeout the program's whole process
-group is killed, so a script's children cannot keep the pipe (and the outbox) waiting.
+group is killed, so a script's children cannot keep the pipe (and the outbox) waiting. The
+program does not inherit the kiosk's staff token (EDGE_RETRIEVAL_KIOSK_TOKEN).
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import signal
 import subprocess
 from typing import Any
 
-from ..errors import ConfigError
 from . import CommandSinkConfig, DeliveryError
 
 _ENV_FIELDS = ("event_id", "time", "source", "kind", "label", "item_id", "score", "snapshot")
+_PRIVATE_ENV = ("EDGE_RETRIEVAL_KIOSK_TOKEN",)  # secrets of this process that a sink's program has no use for
 
 
 def event_env(payload: dict[str, Any]) -> dict[str, str]:
@@ -34,17 +35,15 @@ class CommandSink:
     name = "command"
 
     def __init__(self, config: CommandSinkConfig):
-        if not config.argv or not all(isinstance(a, str) and a for a in config.argv):
-            raise ConfigError("sinks.command.argv: must be a non-empty list of non-empty strings")
-        if not config.timeout_s > 0:
-            raise ConfigError(f"sinks.command.timeout_s: must be positive, not {config.timeout_s}")
+        config.validate("sinks.command")
         self.config = config
 
     def deliver(self, payload: dict[str, Any]) -> None:
         argv = list(self.config.argv)
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         try:
             process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       env={**os.environ, **event_env(payload)}, start_new_session=True)
+                                       env={**env, **event_env(payload)}, start_new_session=True, shell=False)
         except OSError as e:
             raise DeliveryError(f"{argv[0]}: cannot run ({e.strerror or e})") from None
         try:

@@ -25,31 +25,20 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from ..errors import ConfigError
-from . import DeliveryError, MqttSinkConfig
+from . import DeliveryError, MqttSinkConfig, check_topic_part
 
 _OFF_DELAY_S = 10
 
 
-def _check_topic_part(value: str, key: str) -> None:
-    if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
-        raise ConfigError(f"sinks.mqtt.{key}: {value!r} is not a usable MQTT topic level")
 
 
 class MqttSink:
     name = "mqtt"
 
     def __init__(self, config: MqttSinkConfig):
+        config.validate("sinks.mqtt")
         device_id = config.device_id or socket.gethostname()
-        _check_topic_part(config.topic_prefix, "topic_prefix")
-        _check_topic_part(device_id, "device_id")
-        if config.discovery_prefix:
-            _check_topic_part(config.discovery_prefix, "discovery_prefix")
-        if config.qos not in (0, 1, 2):
-            raise ConfigError(f"sinks.mqtt.qos: must be 0, 1 or 2, not {config.qos}")
-        if not 0 < config.port < 65536:
-            raise ConfigError(f"sinks.mqtt.port: {config.port} is not a TCP port")
-        if not config.timeout_s > 0 or config.keepalive_s < 5:
-            raise ConfigError("sinks.mqtt: timeout_s must be positive and keepalive_s at least 5")
+        check_topic_part(device_id, "sinks.mqtt.device_id")
         self.config = config
         self.device_id = device_id
         self.node_id = re.sub(r"[^A-Za-z0-9_-]", "_", device_id)

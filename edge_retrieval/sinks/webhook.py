@@ -3,9 +3,14 @@
 Redirects are not followed (a redirected POST would turn into a GET and "succeed"): a 3xx is
 a failure like a 4xx or 5xx, and the outbox retries it. The `Idempotency-Key` header carries
 the event id, so a receiver can drop the rare duplicate (an answer lost after it was sent).
+
+Credentials never reach the log or the outbox: `user:password@` in the URL is sent as a Basic
+`Authorization` header (urllib would take it for part of the host name), the configured headers
+are never quoted, and errors name the URL without its password, query values or fragment.
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import urllib.error
@@ -13,8 +18,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from ..errors import ConfigError
-from . import DeliveryError, WebhookSinkConfig
+from . import DeliveryError, WebhookSinkConfig, redact_url
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -26,32 +30,35 @@ class WebhookSink:
     name = "webhook"
 
     def __init__(self, config: WebhookSinkConfig):
-        url = urllib.parse.urlsplit(config.url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ConfigError(f"sinks.webhook.url: {config.url!r} is not an http(s) URL")
-        if not config.timeout_s > 0:
-            raise ConfigError(f"sinks.webhook.timeout_s: must be positive, not {config.timeout_s}")
+        config.validate("sinks.webhook")
         self.config = config
+        url = urllib.parse.urlsplit(config.url)
+        self._headers = {"Content-Type": "application/json", "User-Agent": "edge-retrieval"}
+        if url.username is not None or url.password is not None:  # user:password@host → a Basic header
+            userinfo = urllib.parse.unquote(url.username or "") + ":" + urllib.parse.unquote(url.password or "")
+            self._headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+            url = url._replace(netloc=url.netloc.rpartition("@")[2])
+        self._url = urllib.parse.urlunsplit(url._replace(fragment=""))
+        self.where = redact_url(config.url)  # what errors and logs name
         self._opener = urllib.request.build_opener(_NoRedirect)
 
     def deliver(self, payload: dict[str, Any]) -> None:
-        headers = {"Content-Type": "application/json", "User-Agent": "edge-retrieval"}
+        headers = dict(self._headers)
         if "event_id" in payload:
             headers["Idempotency-Key"] = str(payload["event_id"])
         headers.update(self.config.headers)
-        request = urllib.request.Request(self.config.url, data=json.dumps(payload).encode(), headers=headers,
-                                         method="POST")
+        request = urllib.request.Request(self._url, data=json.dumps(payload).encode(), headers=headers, method="POST")
         try:
             with self._opener.open(request, timeout=self.config.timeout_s) as response:
                 response.read()
                 status = response.status
         except urllib.error.HTTPError as e:
-            raise DeliveryError(f"{self.config.url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # refused, timed out, garbled
-            reason = getattr(e, "reason", e)
-            raise DeliveryError(f"{self.config.url}: {reason}") from None
+            raise DeliveryError(f"{self.where}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # refused, timed out,
+            reason = getattr(e, "reason", e)                                                   # garbled
+            raise DeliveryError(f"{self.where}: {reason}") from None
         if not 200 <= status < 300:
-            raise DeliveryError(f"{self.config.url}: HTTP {status}")
+            raise DeliveryError(f"{self.where}: HTTP {status}")
 
     def close(self) -> None:
         pass
