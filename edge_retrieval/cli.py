@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import tempfile
 import time
@@ -31,13 +32,26 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeRetrievalError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo("Error: " + " ".join(str(e).splitlines()), err=True)  # one line, whatever the message
             ctx.exit(1)
+        except sqlite3.DatabaseError as e:  # damage SQLite finds only when it reads the page (not at open)
+            where = ctx.meta.get(GALLERY_KEY, "the gallery")
+            click.echo(f"Error: {where}: damaged gallery database ({' '.join(str(e).split())}); "
+                       f"check it with: sqlite3 {where} 'PRAGMA integrity_check'", err=True)
+            ctx.exit(1)
+
+
+GALLERY_KEY = "edge_retrieval.gallery_path"  # in ctx.meta (shared by nested contexts): named in errors
+
+
+def remember_gallery(ctx, param, value):
+    ctx.meta[GALLERY_KEY] = value
+    return value
 
 
 gallery_option = click.option(
     "--gallery", "-g", "gallery_path", default="gallery.db", show_default=True, envvar="EDGE_RETRIEVAL_GALLERY",
-    type=click.Path(dir_okay=False), help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY).")
+    type=click.Path(dir_okay=False), callback=remember_gallery, help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY).")
 model_option = click.option(
     "--model", "-m", "model_path", default=str(DEFAULT_MODEL), show_default=True, envvar="EDGE_RETRIEVAL_MODEL",
     type=click.Path(dir_okay=False), help="The .tflite model; its .json card must sit beside it.")
@@ -255,11 +269,14 @@ def export(path, gallery_path):
 
 @cli.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--unverified", is_flag=True,
+              help="Also import an export without a manifest (made by an older version): its rows are checked, "
+                   "their sha256 cannot be.")
 @gallery_option
-def import_(path, gallery_path):
-    """Merge an exported gallery file into the gallery."""
+def import_(path, unverified, gallery_path):
+    """Merge an exported gallery file into the gallery (verified against its manifest; all or nothing)."""
     with Gallery(gallery_path) as gallery:
-        counts = gallery.import_from(path)
+        counts = gallery.import_from(path, verify=not unverified)
     click.echo(f"imported {counts['items']} item(s), {counts['embeddings']} embedding(s) into {gallery_path}")
 
 
@@ -481,7 +498,7 @@ def kiosk(config_path, source, gallery_path, model_path, host, port, token, sett
         kiosk.open()
         server = Server(kiosk, config.kiosk.host, config.kiosk.port)
         click.echo(f"kiosk page:  {server.url}", err=True)
-        click.echo(f"staff page:  {server.admin_url}", err=True)
+        click.echo(f"staff page:  {server.staff_address(show_token=sys.stderr.isatty())}", err=True)
         server.run()
 
 

@@ -26,7 +26,12 @@ def load_interpreter(model_path: str, num_threads: int):
     try:
         return Interpreter(model_path=model_path, num_threads=num_threads)
     except (ValueError, RuntimeError) as e:
-        raise ModelError(f"{model_path}: not a loadable TFLite model ({e})") from None
+        raise ModelError(f"{model_path}: not a loadable TFLite model ({_one_line(e)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """The runtime's messages end in newlines and may span lines: one line for an error message."""
+    return " ".join(str(error).split())[:300]
 
 
 @dataclass(frozen=True)
@@ -54,20 +59,38 @@ class Embedder:
         if not self.model_path.is_file():
             raise ModelError(f"{self.model_path}: model file not found")
         self.card = ModelCard.load(ModelCard.path_for(self.model_path))
-        self.sha256 = sha256_file(self.model_path)
-        if self.card.sha256 and self.card.sha256 != self.sha256:
+        try:
+            self.sha256 = sha256_file(self.model_path)
+        except OSError as e:
+            raise ModelError(f"{self.model_path}: cannot be read ({e.strerror or e})") from None
+        if self.card.sha256 != self.sha256:  # the card always names its model (ModelCard checks it is there)
             raise ModelError(
                 f"{self.model_path}: sha256 {self.sha256[:12]}… does not match its card ({self.card.sha256[:12]}…)"
             )
         self._interp = load_interpreter(str(self.model_path), num_threads)
-        self._interp.allocate_tensors()
-        inp = self._interp.get_input_details()[0]
-        out = self._interp.get_output_details()[0]
+        try:
+            self._interp.allocate_tensors()
+            inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"{self.model_path}: not a usable TFLite model ({_one_line(e)})") from None
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{self.model_path}: {len(inputs)} input(s) and {len(outputs)} output(s); "
+                             f"an embedding model has one of each")
+        inp, out = inputs[0], outputs[0]
         self._in_index, self._out_index = inp["index"], out["index"]
+        if len(inp["shape"]) != 4 or inp["shape"][0] != 1 or inp["shape"][3] != 3:
+            raise ModelError(f"{self.model_path}: input shape {list(inp['shape'])}, expected [1, height, width, 3]")
         h, w = int(inp["shape"][1]), int(inp["shape"][2])
         if (h, w) != (self.card.input_height, self.card.input_width):
             raise ModelError(f"{self.model_path}: input {h}×{w} differs from the card's "
                              f"{self.card.input_height}×{self.card.input_width}")
+        expected = 4 if self.card.output_kind == "feature_map" else 2
+        if len(out["shape"]) != expected or int(out["shape"][-1]) != self.card.output_dim:
+            raise ModelError(f"{self.model_path}: output shape {list(out['shape'])} does not match the card's "
+                             f"{self.card.output_kind} of {self.card.output_dim} channels")
+        if self.card.output_shape and list(out["shape"]) != self.card.output_shape:
+            raise ModelError(f"{self.model_path}: output shape {list(out['shape'])} differs from the card's "
+                             f"{self.card.output_shape}")
         self.input_quant = TensorQuantization.of(inp)
         self.output_quant = TensorQuantization.of(out)
         if not np.issubdtype(self.input_quant.dtype, np.integer):
@@ -80,14 +103,30 @@ class Embedder:
         spec = self.card.whitening
         if not spec:
             return None
-        path = self.model_path.parent / spec["file"]
+        path = self.model_path.parent / spec["file"]  # a plain file name (ModelCard checks it)
         if not path.is_file():
             raise ModelError(f"{path}: whitening file named by the model card not found")
-        if spec.get("sha256") and sha256_file(path) != spec["sha256"]:
+        try:
+            digest = sha256_file(path)
+        except OSError as e:
+            raise ModelError(f"{path}: cannot be read ({e.strerror or e})") from None
+        if digest != spec["sha256"]:
             raise ModelError(f"{path}: sha256 does not match the model card")
-        whitening = regions.Whitening.load(path)
-        if whitening.proj.shape[1] != self.card.output_dim:
-            raise ModelError(f"{path}: whitens {whitening.proj.shape[1]} channels, the model has {self.card.output_dim}")
+        try:
+            whitening = regions.Whitening.load(path)
+        except ModelError:
+            raise
+        except Exception as e:  # np.load of a damaged archive: BadZipFile, EOFError, a bare .npy array, …
+            raise ModelError(f"{path}: not a whitening file ({type(e).__name__}: {_one_line(e)})") from None
+        mean, proj = whitening.mean, whitening.proj
+        if proj.ndim != 2 or mean.shape != (proj.shape[1],) or not 1 <= proj.shape[0] <= proj.shape[1]:
+            raise ModelError(f"{path}: whitening of shape mean {mean.shape}, projection {proj.shape} is malformed")
+        if proj.shape[1] != self.card.output_dim:
+            raise ModelError(f"{path}: whitens {proj.shape[1]} channels, the model has {self.card.output_dim}")
+        if "dim" in spec and spec["dim"] != proj.shape[0]:
+            raise ModelError(f"{path}: whitens to {proj.shape[0]} dimensions, the model card says {spec['dim']!r}")
+        if not (np.isfinite(mean).all() and np.isfinite(proj).all()):
+            raise ModelError(f"{path}: whitening holds NaN or infinity")
         return whitening
 
     @property

@@ -83,7 +83,8 @@ def enroll(
             feats.append((str(path), verify.extract(image, verify.GALLERY_FEATURES, verify.GALLERY_SIDE)))
         firsts.append((label, str(path), vecs[0]))
     if not by_label:
-        raise GalleryError("nothing to enroll: no readable images")
+        skipped = f" (skipped {len(report.skipped)}, first {report.skipped[0]})" if report.skipped else ""
+        raise GalleryError(f"nothing to enroll: no readable images{skipped}")
     report.warnings.extend(near_duplicates(gallery, firsts))
     with gallery.transaction():
         for label, (vectors, sources, feats) in by_label.items():

@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import sqlite_utils
 
-from . import quantize
+from . import manifest, quantize
 from .errors import GalleryError, ModelMismatchError
 from . import store
 from .scan import CodeMatrix
@@ -113,16 +114,29 @@ ITEM_TABLES = {
     "negatives": ("item_id", "vector", "scale", "source", "created"),
 }
 LOCAL_TABLES = ("events", "outbox")  # the device's own history: the schema is exported, the rows are not
+# What an export's manifest covers (columns in the order they are hashed, rows in rowid order).
+EXPORT_TABLES = {"items": ("id", "label", "metadata", "created"), **ITEM_TABLES,
+                 "thresholds": ("item_id", "threshold", "created")}
 
 
 def migrate(db: sqlite_utils.Database) -> None:
-    """Bring the schema to SCHEMA_VERSION, one numbered step at a time, each in a transaction."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise GalleryError(f"{db_path(db)}: schema version {version} is newer than this program's ({SCHEMA_VERSION})")
-    for number in range(version, SCHEMA_VERSION):
-        step = MIGRATIONS[number]
-        with db.atomic():
+    """Bring the schema to SCHEMA_VERSION, one numbered step at a time, each in a transaction.
+
+    Each step holds the write lock from its start (BEGIN IMMEDIATE) and reads the version
+    again under it: two processes opening a new gallery at once run every step once.
+    """
+    while True:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise GalleryError(f"{db_path(db)}: schema version {version} is newer than this program's "
+                               f"({SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            return
+        with write_transaction(db.conn):
+            number = db.execute("PRAGMA user_version").fetchone()[0]
+            if number >= SCHEMA_VERSION:  # another process migrated meanwhile: check again above
+                continue
+            step = MIGRATIONS[number]
             for statement in step.split(";") if isinstance(step, str) else step:
                 if statement.strip():
                     db.execute(statement)
@@ -131,9 +145,117 @@ def migrate(db: sqlite_utils.Database) -> None:
                 store.pack(db.conn)
 
 
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction that holds the write lock from its start (BEGIN IMMEDIATE).
+
+    A deferred BEGIN reads first and upgrades to a write lock at its first write; in WAL
+    mode SQLite refuses that upgrade at once ("database is locked", without waiting for
+    the busy timeout) when another connection writes or wrote since the read began. Taking
+    the lock first makes a writer wait (up to the connection's timeout) for the other
+    writers instead. Committed on leaving, rolled back on any exception.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def sqlite_failure(e: sqlite3.Error, path: str) -> str:
+    """SQLite's message, plus what the disk says when a write failed on a (nearly) full disk:
+    SQLite reports a full disk as "disk I/O error" when it cannot even create the -shm file."""
+    text = str(e)
+    if path != ":memory:" and getattr(e, "sqlite_errorname", "").startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            return text
+        free = st.f_bavail * st.f_frsize
+        if free < FULL_DISK_BYTES:
+            text += f"; the disk is full: {free // 1024} KiB free in {folder}"
+        elif (limit := _file_size_limit()) is not None:  # EFBIG: SQLite says only "disk I/O error"
+            text += f"; this process may not write files past {limit} bytes (ulimit -f)"
+    return text
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: call the disk full
+
+
 def db_path(db: sqlite_utils.Database) -> str:
     row = db.execute("PRAGMA database_list").fetchone()
     return row[2] or ":memory:"
+
+
+def _wal_in_use(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:
+        return False
+
+
+def check_gallery_file(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse, before anything is written to it (WAL mode, migrations), a file that is not a gallery
+    of this program: not SQLite, truncated, another program's SQLite database, a newer schema.
+
+    It reads the file only through SQLite (and `os.stat`): opening and closing the database file
+    with a handle of our own would drop the POSIX locks that this process's other connections
+    to it hold ("How To Corrupt An SQLite Database File", 2.2) — a daemon and an `enroll` in one
+    process would then corrupt it.
+    """
+    own = not conn.in_transaction
+    # A checkpoint in another process writes page 1, with the new page count, before the pages
+    # that grow the file: a healthy file looks cut for a moment, and its WAL may be gone by the time
+    # we look. Truncated means: still so a little later, with no WAL in use.
+    for attempt in range(4):
+        if own:  # one snapshot for all reads: another process may be migrating this new file right now
+            conn.execute("BEGIN")
+        try:  # a file that is not SQLite fails here, before anything is written: "file is not a database"
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            if own and conn.in_transaction:
+                conn.execute("COMMIT")
+        if path == ":memory:" or not pages or _wal_in_use(path):
+            break
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            break
+        if pages * page_size <= size:
+            break
+        if attempt == 3:
+            raise GalleryError(f"{path}: truncated gallery database ({size} bytes, its header says "
+                               f"{pages} pages of {page_size} bytes)")
+        time.sleep(0.05)
+    if version > SCHEMA_VERSION:
+        raise GalleryError(f"{path}: schema version {version} is newer than this program's ({SCHEMA_VERSION})")
+    if version == 0 and names:
+        raise GalleryError(f"{path}: not a gallery (an SQLite database of another program, with "
+                           f"{', '.join(sorted(names)[:3])}{', …' if len(names) > 3 else ''}); left unchanged")
+    missing = [t for t in GALLERY_TABLES if t not in names]
+    if version > 0 and missing:
+        raise GalleryError(f"{path}: not a gallery (schema version {version} without table {missing[0]!r})")
 
 
 @dataclass(frozen=True)
@@ -162,6 +284,8 @@ class _Cache:
     stamp: int = -1
     matrix: CodeMatrix | None = None
     state: store.StoreState | None = None
+    dim: int | None = None
+    labels: dict[int, str] = field(default_factory=dict)   # of this generation, filled as searched
 
 
 class Gallery:
@@ -180,15 +304,23 @@ class Gallery:
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise GalleryError(f"{self.path}: folder {parent} does not exist")
+        conn = None
         try:
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self.db = sqlite_utils.Database(conn)
+            check_gallery_file(conn, self.path)  # before WAL mode or a migration writes to it
             self.db.execute("PRAGMA foreign_keys = ON")
             if self.path != ":memory:":
                 self.db.enable_wal()
             migrate(self.db)
-        except sqlite3.DatabaseError as e:
-            raise GalleryError(f"{self.path}: not a gallery database ({e})") from None
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, sqlite3.OperationalError):  # locked, disk full, I/O, cannot create
+                raise GalleryError(f"{self.path}: cannot open the gallery ({sqlite_failure(e, self.path)})") from None
+            if isinstance(e, sqlite3.DatabaseError):  # not a database, malformed
+                raise GalleryError(f"{self.path}: not a gallery database ({e})") from None
+            raise
         self._cache = _Cache()
 
     # -- model binding --------------------------------------------------------
@@ -229,12 +361,29 @@ class Gallery:
     # -- changes ---------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator["Gallery"]:
-        """Group several changes into one transaction (nested calls use savepoints)."""
-        with self.db.atomic():
-            yield self
-            store.pack(self.db.conn)  # a count query until a block's worth of rows is waiting
-            self.db.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
-                            "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+        """Group several changes into one transaction (nested calls use savepoints).
+
+        The outermost one takes the write lock at its start (`write_transaction`), so writers
+        in several processes wait for each other (up to 30 s) instead of failing with
+        "database is locked". A SQLite error (locked past the timeout, disk full, I/O error)
+        becomes a GalleryError; nothing of the transaction is written.
+        """
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield self
+                self._changed()
+            return
+        try:
+            with write_transaction(self.db.conn):
+                yield self
+                self._changed()
+        except sqlite3.Error as e:
+            raise GalleryError(f"{self.path}: cannot write ({sqlite_failure(e, self.path)})") from None
+
+    def _changed(self) -> None:
+        store.pack(self.db.conn)  # a count query until a block's worth of rows is waiting
+        self.db.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     def add(
         self,
@@ -366,14 +515,21 @@ class Gallery:
     def matrix(self) -> CodeMatrix:
         """The cached int8 matrix (keys = item ids): loaded from packed blocks once, then brought
         up to date when the generation moves (new rows appended in place, a reload after removals)."""
+        return self._current().matrix
+
+    def _current(self) -> _Cache:
+        """The cache, brought up to this generation: one query when nothing changed (a frame's search)."""
         stamp = self.generation()
         cache = self._cache
-        if cache.matrix is None:
-            cache.matrix, cache.state = store.load_matrix(self.db.conn, self.dim)
-        elif stamp != cache.stamp:
-            cache.matrix, cache.state = store.refresh(self.db.conn, cache.matrix, cache.state)
-        cache.stamp = stamp
-        return cache.matrix
+        if cache.matrix is None or stamp != cache.stamp:
+            cache.dim = self.dim
+            if cache.matrix is None:
+                cache.matrix, cache.state = store.load_matrix(self.db.conn, cache.dim)
+            else:
+                cache.matrix, cache.state = store.refresh(self.db.conn, cache.matrix, cache.state)
+            cache.labels = {}
+            cache.stamp = stamp
+        return cache
 
     def labels(self, item_ids: np.ndarray) -> np.ndarray:
         """The labels of these item ids (any shape), read now: renames show at once."""
@@ -393,13 +549,14 @@ class Gallery:
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if k < 1:
             raise GalleryError(f"k must be at least 1, not {k}")
-        dim = self.dim
+        cache = self._current()
+        dim = cache.dim
         if dim is None:  # nothing enrolled yet
             empty = np.empty((len(queries), 0))
             return Matches(empty.astype(np.int64), empty.astype(object), empty.astype(np.float32))
         if queries.shape[1] != dim:
             raise GalleryError(f"{self.path}: queries have {queries.shape[1]} dimensions, the gallery {dim}")
-        matrix = self.matrix()
+        matrix = cache.matrix
         n = matrix.size
         # Rows ranked best first hold each item's best score at its first occurrence: take
         # enough rows for k distinct items (several photos per item), widening when short.
@@ -414,7 +571,12 @@ class Gallery:
         k = min([k] + [len(f) for f in firsts])
         ids = np.stack([keys[q][f[:k]] for q, f in enumerate(firsts)]) if k else np.empty((len(queries), 0), np.int64)
         best = np.stack([scores[q][f[:k]] for q, f in enumerate(firsts)]) if k else np.empty((len(queries), 0), np.float32)
-        return Matches(ids, self.labels(ids), best)
+        # labels change only in a transaction, which moves the generation: cached per generation
+        if not cache.labels.keys() >= set(ids.ravel().tolist()):
+            cache.labels.update(zip(ids.ravel().tolist(), self.labels(ids).ravel().tolist()))
+        labels = np.empty(ids.shape, object)
+        labels.ravel()[:] = [cache.labels[i] for i in ids.ravel().tolist()]
+        return Matches(ids, labels, best)
 
     # -- verification features, negatives, calibrated thresholds --------------
     def add_features(self, item_id: int, kind: str, size: tuple[int, int], keypoints: np.ndarray,
@@ -498,70 +660,195 @@ class Gallery:
 
     # -- export / import -------------------------------------------------------
     def export(self, path: str | Path) -> dict[str, int]:
-        """Write the gallery (items, embeddings, model) to one portable SQLite file, atomically."""
+        """Write the gallery (items, embeddings, local features, negatives, thresholds, the model it
+        belongs to) to one portable SQLite file, atomically, with a manifest that `import_from`
+        verifies: rows and a sha256 per table (manifest.py). The device's own history (events,
+        outbox) is not exported, not even in free pages: the copy is vacuumed after it is emptied."""
         path = Path(path)
+        if self.path != ":memory:" and manifest.same_file(path, self.path):
+            raise GalleryError(f"{path}: is this gallery's own file; export to another file")
+        if path.is_dir():
+            raise GalleryError(f"{path}: is a folder; export to a file")
         tmp = path.with_name(path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
         try:
-            self.db.execute("VACUUM INTO ?", [str(tmp)])
-            out = sqlite_utils.Database(str(tmp))
-            for table in out.table_names():
-                if table in LOCAL_TABLES:
-                    out.execute(f"DELETE FROM [{table}]")
-            out.execute("PRAGMA journal_mode = DELETE")
-            out.close()
-            os.replace(tmp, path)
-        except (sqlite3.Error, OSError) as e:
             tmp.unlink(missing_ok=True)
-            raise GalleryError(f"{path}: cannot export ({e})") from None
-        items, embeddings = self.count()
-        return {"items": items, "embeddings": embeddings}
-
-    def import_from(self, path: str | Path) -> dict[str, int]:
-        """Merge an exported gallery into this one, in one transaction (labels present get its vectors)."""
-        path = Path(path)
-        if not path.is_file():
-            raise GalleryError(f"{path}: no such file")
-        try:
-            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self.db.execute("VACUUM INTO ?", [str(tmp)])  # one consistent copy, WAL included
+            out = sqlite3.connect(str(tmp), isolation_level=None)
             try:
-                version = src.execute("PRAGMA user_version").fetchone()[0]
-                tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if not set(GALLERY_TABLES) <= tables or not 1 <= version <= SCHEMA_VERSION:
-                    raise GalleryError(f"{path}: not an exported gallery (schema {version}, tables {sorted(tables)})")
-                meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
-                items = src.execute("SELECT id, label, metadata, created FROM items").fetchall()
-                rows = {table: src.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
-                        for table, cols in ITEM_TABLES.items() if table in tables}
-                embeddings = rows["embeddings"]
+                out.execute("PRAGMA journal_mode = DELETE")
+                out.execute("BEGIN")
+                tables = {r[0] for r in out.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                for table in LOCAL_TABLES:
+                    if table in tables:
+                        out.execute(f"DELETE FROM [{table}]")
+                contents = manifest.compute(out, EXPORT_TABLES)
+                manifest.write(out, contents)
+                out.execute("COMMIT")
+                out.execute("VACUUM")  # the deleted history leaves no pages behind
             finally:
-                src.close()
-        except sqlite3.DatabaseError as e:
-            raise GalleryError(f"{path}: not an exported gallery ({e})") from None
-        if not items:
+                out.close()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            try:
+                fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # the rename is done; some file systems cannot sync a folder
+        except (sqlite3.Error, OSError, UnicodeDecodeError) as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise GalleryError(f"{path}: cannot export {self.path} to it ({manifest.one_line(e)})") from None
+        counts = contents["tables"]
+        return {"items": counts["items"]["rows"], "embeddings": counts["embeddings"]["rows"]}
+
+    def import_from(self, path: str | Path, *, verify: bool = True) -> dict[str, int]:
+        """Merge an exported gallery into this one, in one transaction (labels present get its vectors).
+
+        Nothing is written unless the whole file passes; otherwise a GalleryError (or a
+        ModelMismatchError) names the file and what is wrong, and the gallery is as it was:
+
+        - the file must be a regular file (a symlink to one is followed), not this gallery itself;
+        - it is opened read-only and immutable, and nothing in it runs (manifest.py);
+        - its manifest must match: the model and each table's row count, compared before any
+          row is read, and each table's sha256, recomputed while the rows are read and inserted
+          (the transaction is rolled back on a difference);
+        - every value is checked (`manifest.check_*`): labels non-empty text without control
+          characters, metadata a JSON object, vectors of the gallery's dimension with a finite
+          scale and no longer than a unit vector, local features consistent; rows must belong
+          to an item of the file;
+        - tables of more than `manifest.MAX_ROWS` rows and values of more than
+          `manifest.MAX_VALUE_BYTES` are refused unread; rows are read `manifest.FETCH_ROWS` at a
+          time, so memory stays bounded whatever the file holds.
+
+        An export without a manifest (written before exports had one, or stripped of it) is
+        refused unless `verify=False` (`edge-retrieval import --unverified`), which imports it with
+        every check above but the digests. A file with a manifest is always verified.
+
+        Labels and metadata are stored as they are (SQL or HTML in them is only text). Sources
+        (the paths photos were enrolled from) name files on the exporting machine: they are kept
+        prefixed with "imported:", so nothing here ever reads a file an import named. Thresholds
+        are calibrated for one gallery and are not imported (run `calibrate` again).
+        """
+        path = Path(path)
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            raise GalleryError(f"{path}: no such file") from None
+        if not stat.S_ISREG(mode):
+            raise GalleryError(f"{path}: not a regular file")
+        if self.path != ":memory:" and manifest.same_file(path, self.path):
+            raise GalleryError(f"{path}: is this gallery's own file")
+        try:
+            src = manifest.open_import(path)
+        except sqlite3.Error as e:
+            raise GalleryError(f"{path}: cannot be opened ({manifest.one_line(e)})") from None
+        try:
+            return self._import(src, path, verify)
+        finally:
+            src.close()
+
+    def _import(self, src: sqlite3.Connection, path: Path, verify: bool) -> dict[str, int]:
+        try:  # what the file says about itself, read before anything is written (its errors name it)
+            version = src.execute("PRAGMA user_version").fetchone()[0]
+            if not 1 <= version <= SCHEMA_VERSION:
+                newer = f", newer than this program's {SCHEMA_VERSION}" if version > SCHEMA_VERSION else ""
+                raise GalleryError(f"{path}: not an exported gallery (schema version {version}{newer})")
+            present = manifest.check_schema(src, path, EXPORT_TABLES, GALLERY_TABLES)
+            contents = manifest.read_manifest(src, path)
+            if contents is None and verify:
+                raise GalleryError(f"{path}: has no export manifest (exported by an older version, or stripped); "
+                                   f"nothing imported (--unverified imports it with its rows checked, not verified)")
+            counts = {table: src.execute(f"SELECT count(*) FROM [{table}]").fetchone()[0] for table in present}
+            keys = manifest.MODEL_KEYS
+            model = dict(src.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})",
+                                     keys).fetchall())
+            dim = manifest.parse_dim(model.get("dim")) or 0
+            wrong = {table: src.execute(f"SELECT count(*) FROM [{table}] WHERE typeof(vector) != 'blob' "
+                                        f"OR length(vector) != ?", [dim]).fetchone()[0]
+                     for table in ("embeddings", "negatives") if table in present}
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # damage; text that is not UTF-8
+            raise GalleryError(f"{path}: not an exported gallery ({manifest.one_line(e)})") from None
+        for table, n in counts.items():
+            if n > manifest.MAX_ROWS:
+                raise GalleryError(f"{path}: {n} rows in {table}, more than the limit of {manifest.MAX_ROWS}")
+        if contents is not None:
+            listed = contents["tables"]
+            for table in sorted(set(listed) | present):
+                if table not in EXPORT_TABLES:
+                    raise GalleryError(f"{path}: the manifest lists table {table!r}, unknown to this program")
+                if table not in present:
+                    raise GalleryError(f"{path}: the manifest lists table {table!r}, which the file lacks")
+                if table not in listed:
+                    raise GalleryError(f"{path}: table {table!r} is not in the export manifest")
+                if listed[table]["rows"] != counts[table]:
+                    raise GalleryError(f"{path}: the manifest says {listed[table]['rows']} rows in {table}, "
+                                       f"the file holds {counts[table]}")
+            if contents["model"] != model:
+                raise GalleryError(f"{path}: the manifest's model {contents['model']} differs from the file's {model}")
+        if not any(counts[t] for t in ("items", *ITEM_TABLES) if t in counts):
             return {"items": 0, "embeddings": 0}
-        if "model_sha256" not in meta or "dim" not in meta:
-            raise GalleryError(f"{path}: exported gallery has no model")
-        dim = int(meta["dim"])
-        for item_id, blob, *_ in embeddings:
-            if len(blob) != dim:
-                raise GalleryError(f"{path}: embedding of item {item_id} has {len(blob)} bytes, expected {dim}")
-        with self.transaction():
-            self._bind(meta["model_sha256"], meta.get("model_name", ""), dim)
-            new_ids = {}
-            for old_id, label, metadata, created in items:
-                row = self.db.execute("SELECT id FROM items WHERE label = ?", [label]).fetchone()
-                if row is None:
-                    row = [self.db.execute("INSERT INTO items(label, metadata, created) VALUES (?, ?, ?)",
-                                           [label, metadata, created]).lastrowid]
-                new_ids[old_id] = row[0]
-            for table, table_rows in rows.items():
-                cols = ITEM_TABLES[table]
-                self.db.conn.executemany(
-                    f"INSERT INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    [(new_ids[r[0]], *r[1:]) for r in table_rows],
-                )
-        return {"items": len(items), "embeddings": len(embeddings)}
+        try:
+            sha, name, dim = manifest.check_model(model)
+        except ValueError as e:
+            raise GalleryError(f"{path}: exported gallery has no valid model ({e})") from None
+        for table, n in wrong.items():  # blob lengths, counted before any blob is read
+            if n:
+                raise GalleryError(f"{path}: {n} {table} vector(s) are not {dim} bytes")
+        self.check_model(sha, name)  # before anything is read or locked
+        if self.dim is not None and self.dim != dim:
+            raise GalleryError(f"{path}: vectors have {dim} dimensions, the gallery {self.dim}")
+        digests = {table: manifest.Digest() for table in present}
+        try:
+            with self.transaction():
+                self._bind(sha, name, dim)
+                new_ids: dict[int, int] = {}
+                for rows in manifest.read_chunks(src, path, manifest.select("items", EXPORT_TABLES["items"])):
+                    digests["items"].update(rows)
+                    for row in rows:
+                        old_id, label, metadata, created = manifest.check_item(row)
+                        if old_id in new_ids:
+                            raise ValueError(f"item id {old_id} appears twice")
+                        found = self.db.execute("SELECT id FROM items WHERE label = ?", [label]).fetchone()
+                        new_ids[old_id] = found[0] if found else self.db.execute(
+                            "INSERT INTO items(label, metadata, created) VALUES (?, ?, ?)",
+                            [label, metadata, created]).lastrowid
+                for table, cols in ITEM_TABLES.items():
+                    if table not in present:
+                        continue
+                    insert = f"INSERT INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                    at = cols.index("source")
+                    for rows in manifest.read_chunks(src, path, manifest.select(table, cols)):
+                        digests[table].update(rows)
+                        if table == "features":
+                            manifest.check_features(rows)
+                        else:
+                            manifest.check_vectors(rows, dim, table)
+                        out = []
+                        for row in rows:
+                            if row[0] not in new_ids:
+                                raise ValueError(f"a row of {table} belongs to item {row[0]}, which the file lacks")
+                            source = row[at]
+                            if source and not source.startswith("imported:"):
+                                source = "imported:" + source
+                            out.append((new_ids[row[0]], *row[1:at], source, *row[at + 1:]))
+                        self.db.conn.executemany(insert, out)
+                for table in present - {"items", *ITEM_TABLES}:  # verified, not imported (thresholds)
+                    for rows in manifest.read_chunks(src, path, manifest.select(table, EXPORT_TABLES[table])):
+                        digests[table].update(rows)
+                if contents is not None:
+                    for table, digest in digests.items():
+                        if digest.entry() != contents["tables"][table]:
+                            raise ValueError(f"the rows of {table} do not match the export manifest's sha256 "
+                                             f"(damaged or edited since the export)")
+        except ValueError as e:
+            raise GalleryError(f"{path}: {e}; nothing imported") from None
+        return {"items": counts["items"], "embeddings": counts.get("embeddings", 0)}
 
     # -- lifecycle -------------------------------------------------------------
     def close(self) -> None:

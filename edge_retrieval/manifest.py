@@ -1,0 +1,343 @@
+"""The export manifest, and the checks every row of an import file passes before it enters a gallery.
+
+An exported gallery (`Gallery.export`) carries a table `export_manifest` with one JSON row:
+
+    {"format": 1, "model": {"model_sha256": …, "model_name": …, "dim": …},
+     "tables": {"items": {"rows": 2, "sha256": "…"}, "embeddings": {…}, "features": {…},
+                "negatives": {…}, "thresholds": {…}}}
+
+A table's sha256 is taken over its exported columns (`EXPORT_TABLES` in gallery.py), rows in
+rowid order, each value in a canonical, typed, length-prefixed encoding (`canonical`): the same
+rows give the same digest whatever the file's page layout, and any changed, added, removed or
+reordered row gives another. `Gallery.import_from` recomputes the digests while it reads (in one
+pass, in the import's transaction) and rolls back on any difference.
+
+The digest detects damage (a truncated copy, flipped bits), not a forger: anyone who can edit
+the file can rewrite the manifest. What keeps a hostile file out is the rest of this module:
+the file is opened read-only and immutable with `trusted_schema` off (nothing in it runs: its
+triggers never fire, as nothing is written to it, and views, virtual tables and generated
+columns are refused), no value longer than `MAX_VALUE_BYTES` is ever read, row counts are checked
+against `MAX_ROWS` and the manifest before anything is loaded, and every value is checked for type
+and range (`check_item`, `check_vectors`, `check_features`) before it is inserted, with parameters.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import struct
+import unicodedata
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import GalleryError
+
+FORMAT = 1
+TABLE = "export_manifest"
+MODEL_KEYS = ("model_sha256", "model_name", "dim")
+
+MAX_VALUE_BYTES = 4 << 20  # SQLite's length limit on the import connection: no longer row is ever read
+MAX_ROWS = 10_000_000  # per table (a gallery of 10 M photos is ten times the largest measured)
+MAX_DIM = 1 << 16
+MAX_LABEL_CHARS = 1000
+MAX_METADATA_BYTES = 1 << 20
+MAX_TEXT_CHARS = 4096  # sources, feature kinds, model names
+MAX_DESCRIPTOR_BYTES = 256  # per local feature (ORB: 32)
+MAX_IMAGE_SIDE = 1 << 16  # width and height of the image local features were found in
+FETCH_ROWS = 1024  # rows read at a time: memory stays bounded whatever the file holds
+
+
+# -- the digest ------------------------------------------------------------------------------
+def canonical(row: Sequence[Any]) -> bytes:
+    """One row as bytes: a type tag per value, fixed-width numbers, length-prefixed text and blobs."""
+    out = [b"R", struct.pack("<I", len(row))]
+    for value in row:
+        if value is None:
+            out.append(b"N")
+        elif isinstance(value, int):
+            out.append(b"I" + struct.pack("<q", value))
+        elif isinstance(value, float):
+            out.append(b"F" + struct.pack("<d", value))
+        elif isinstance(value, str):
+            data = value.encode("utf-8", "surrogatepass")
+            out.append(b"T" + struct.pack("<Q", len(data)) + data)
+        else:
+            data = bytes(value)
+            out.append(b"B" + struct.pack("<Q", len(data)) + data)
+    return b"".join(out)
+
+
+class Digest:
+    """Rows and sha256 of one table, fed row by row in rowid order."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._sha = hashlib.sha256()
+
+    def update(self, rows: Iterable[Sequence[Any]]) -> None:
+        for row in rows:
+            self._sha.update(canonical(row))
+            self.rows += 1
+
+    def entry(self) -> dict[str, Any]:
+        return {"rows": self.rows, "sha256": self._sha.hexdigest()}
+
+
+def select(table: str, columns: Sequence[str]) -> str:
+    return f"SELECT {', '.join(f'[{c}]' for c in columns)} FROM [{table}] ORDER BY rowid"
+
+
+def chunks(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Iterable[list[tuple]]:
+    cursor = conn.execute(sql, params)
+    while rows := cursor.fetchmany(FETCH_ROWS):
+        yield rows
+
+
+def compute(conn: sqlite3.Connection, tables: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The manifest of the gallery file behind `conn` (the export side)."""
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    digests = {}
+    for table, columns in tables.items():
+        if table in present:
+            digests[table] = Digest()
+            for rows in chunks(conn, select(table, columns)):
+                digests[table].update(rows)
+    meta = dict(conn.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(MODEL_KEYS))})",
+                             MODEL_KEYS).fetchall())
+    return {"format": FORMAT, "model": {k: meta[k] for k in MODEL_KEYS if isinstance(meta.get(k), str)},
+            "tables": {table: d.entry() for table, d in digests.items()}}
+
+
+def write(conn: sqlite3.Connection, manifest: dict[str, Any]) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    conn.execute(f"CREATE TABLE {TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute(f"INSERT INTO {TABLE}(key, value) VALUES ('manifest', ?)", [json.dumps(manifest, sort_keys=True)])
+
+
+# -- reading an import file ---------------------------------------------------------------------
+def open_import(path: Path) -> sqlite3.Connection:
+    """A read-only, immutable connection to an import file (no -wal/-shm is created beside it, no
+    lock taken); nothing in the file's schema may call functions with side effects."""
+    uri = "file:" + urllib.parse.quote(str(path.resolve()), safe="/") + "?mode=ro&immutable=1"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        conn.execute("PRAGMA trusted_schema = OFF")
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA cell_size_check = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def check_schema(conn: sqlite3.Connection, path: Path, tables: Mapping[str, Sequence[str]],
+                 required: Iterable[str]) -> set[str]:
+    """The tables of `tables` the file holds, each an ordinary table with those columns, none of
+    them computed; GalleryError naming what is wrong otherwise."""
+    kinds = {name: (kind, sql or "") for kind, name, sql in
+             conn.execute("SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'view')")}
+    missing = [t for t in required if t not in kinds]
+    if missing:
+        raise GalleryError(f"{path}: not an exported gallery (no table {missing[0]!r})")
+    present = set()
+    for table, columns in {**tables, "meta": ("key", "value")}.items():
+        if table not in kinds:
+            continue
+        kind, sql = kinds[table]
+        if kind != "table" or not sql.lstrip().upper().startswith("CREATE TABLE"):
+            raise GalleryError(f"{path}: {table!r} is a {'view' if kind == 'view' else 'virtual table'}, "
+                               f"not a table: not an exported gallery")
+        info = {row[1]: row for row in conn.execute(f"PRAGMA table_xinfo([{table}])")}
+        absent = [c for c in columns if c not in info]
+        if absent:
+            raise GalleryError(f"{path}: table {table!r} has no column {absent[0]!r}")
+        computed = [name for name, row in info.items() if row[6] != 0]  # hidden: 2, 3 = generated columns
+        if computed:
+            raise GalleryError(f"{path}: table {table!r} has a computed column {computed[0]!r}: "
+                               f"not an exported gallery")
+        present.add(table)
+    return present & set(tables)
+
+
+def read_manifest(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None:
+    """The file's manifest, checked for shape; None if it has none (an export older than manifests)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [TABLE]).fetchone() is None:
+        return None
+    rows = conn.execute(f"SELECT key, value FROM [{TABLE}] LIMIT 2").fetchall()
+    try:
+        if len(rows) != 1 or rows[0][0] != "manifest" or not isinstance(rows[0][1], str):
+            raise ValueError("not one 'manifest' row")
+        manifest = json.loads(rows[0][1], parse_constant=_no_constant)
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ValueError(f"format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+                             f"this program reads {FORMAT}")
+        model, tables = manifest.get("model"), manifest.get("tables")
+        if not isinstance(model, dict) or not all(isinstance(model.get(k, ""), str) for k in MODEL_KEYS):
+            raise ValueError("'model' is malformed")
+        if not isinstance(tables, dict):
+            raise ValueError("'tables' is malformed")
+        for table, entry in tables.items():
+            if not (isinstance(entry, dict) and set(entry) == {"rows", "sha256"}
+                    and isinstance(entry["rows"], int) and not isinstance(entry["rows"], bool)
+                    and entry["rows"] >= 0 and isinstance(entry["sha256"], str)):
+                raise ValueError(f"entry of table {table!r} is malformed")
+    except (ValueError, RecursionError) as e:
+        raise GalleryError(f"{path}: export manifest is unreadable ({e})") from None
+    return manifest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# -- values ---------------------------------------------------------------------------------------
+def _text(value: Any, what: str, limit: int = MAX_TEXT_CHARS) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is {_kind(value)}, not text")
+    if len(value) > limit:
+        raise ValueError(f"{what} has {len(value)} characters, more than {limit}")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} is {_kind(value)}, not a finite number")
+    return value
+
+
+def _integer(value: Any, what: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{what} is {_kind(value)}, not a whole number from {low} to {high}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"a blob of {len(value)} bytes"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def has_control(text: str) -> bool:
+    """Control characters (newlines, escapes, …): they would break one-line messages and terminals."""
+    return any(unicodedata.category(c) == "Cc" for c in text)
+
+
+def check_model(model: Mapping[str, Any]) -> tuple[str, str, int]:
+    """(model sha256, name, dim) of an import file's meta rows; ValueError otherwise."""
+    sha = _text(model.get("model_sha256"), "model_sha256")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ValueError(f"model_sha256 {_kind(sha)} is not a sha256")
+    name = _text(model.get("model_name", ""), "model_name", 200)
+    if has_control(name):
+        raise ValueError(f"model_name {name!r} holds control characters")
+    dim = parse_dim(model.get("dim"))
+    if dim is None:
+        raise ValueError(f"dim is {_kind(model.get('dim'))}, not a number of dimensions from 1 to {MAX_DIM}")
+    return sha, name, dim
+
+
+def parse_dim(value: Any) -> int | None:
+    """The `dim` meta value (decimal text) as a number from 1 to MAX_DIM, or None."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 9:
+        return None
+    dim = int(value)
+    return dim if 1 <= dim <= MAX_DIM else None
+
+
+def check_item(row: Sequence[Any]) -> tuple[int, str, str, float]:
+    """(id, label, metadata text, created) of an items row, the label stripped; ValueError otherwise.
+    Labels and metadata are data, stored as they are (SQL or HTML in them does nothing)."""
+    item_id, label, metadata, created = row
+    _integer(item_id, "id", -(1 << 63), (1 << 63) - 1)
+    label = _text(label, "label", MAX_LABEL_CHARS).strip()
+    if not label:
+        raise ValueError("label is empty")
+    if has_control(label):
+        raise ValueError(f"label {label[:40]!r} holds control characters")
+    _text(metadata, f"metadata of {label!r}", MAX_METADATA_BYTES)
+    if len(metadata.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata of {label!r} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        parsed = json.loads(metadata, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"metadata of {label!r} is not JSON ({type(e).__name__})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"metadata of {label!r} is not a JSON object")
+    return item_id, label, metadata, _number(created, "created")
+
+
+def check_vectors(rows: Sequence[Sequence[Any]], dim: int, table: str) -> None:
+    """embeddings / negatives rows (item_id, vector, scale, source, created): int8 vectors of `dim`
+    bytes, one finite scale in (0, 1] each, and no longer than a unit vector's codes can be (so no
+    imported vector can outscore a real match); ValueError otherwise."""
+    for item_id, vector, scale, source, created in rows:
+        _integer(item_id, f"{table}.item_id", -(1 << 63), (1 << 63) - 1)
+        if not isinstance(vector, bytes) or len(vector) != dim:
+            raise ValueError(f"{table} vector of item {item_id} is {_kind(vector)}, expected {dim} bytes")
+        if not 0 < _number(scale, f"{table} scale of item {item_id}") <= 1:
+            raise ValueError(f"{table} scale of item {item_id} is {scale!r}, not in (0, 1]")
+        _text(source, f"{table} source of item {item_id}")
+        _number(created, f"{table} created")
+    codes = np.frombuffer(b"".join(r[1] for r in rows), np.int8).reshape(len(rows), dim).astype(np.float32)
+    scales = np.array([r[2] for r in rows], np.float64)
+    norms = np.linalg.norm(codes, axis=1) * scales
+    # |q·s − x| ≤ √dim · s/2 for the codes q of a unit vector x (quantize.py)
+    too_long = np.flatnonzero(norms > 1 + 0.5 * math.sqrt(dim) * scales + 1e-3)
+    if len(too_long):
+        row = rows[int(too_long[0])]
+        raise ValueError(f"{table} vector of item {row[0]} has length {norms[too_long[0]]:.3g}, "
+                         f"not a unit vector's")
+
+
+def check_features(rows: Sequence[Sequence[Any]]) -> None:
+    """features rows (item_id, kind, width, height, keypoints, descriptors, source, created):
+    finite float32 (x, y) points and as many descriptors; ValueError otherwise."""
+    for item_id, kind, width, height, keypoints, descriptors, source, created in rows:
+        _integer(item_id, "features.item_id", -(1 << 63), (1 << 63) - 1)
+        _text(kind, "features.kind", 32)
+        _integer(width, "features.width", 1, MAX_IMAGE_SIDE)
+        _integer(height, "features.height", 1, MAX_IMAGE_SIDE)
+        if not isinstance(keypoints, bytes) or len(keypoints) % 8:
+            raise ValueError(f"keypoints of item {item_id} are {_kind(keypoints)}, not (x, y) float32 pairs")
+        n = len(keypoints) // 8
+        if not isinstance(descriptors, bytes) or (len(descriptors) != 0 if n == 0 else (
+                len(descriptors) % n or not 0 < len(descriptors) // n <= MAX_DESCRIPTOR_BYTES)):
+            raise ValueError(f"descriptors of item {item_id} are {_kind(descriptors)} for {n} keypoints")
+        if not np.isfinite(np.frombuffer(keypoints, "<f4")).all():
+            raise ValueError(f"keypoints of item {item_id} hold NaN or infinity")
+        _text(source, "features.source")
+        _number(created, "features.created")
+
+
+# -- files ----------------------------------------------------------------------------------------
+def same_file(path: str | Path, gallery: str | Path) -> bool:
+    """Whether `path` is the gallery file or one of SQLite's files beside it (-wal, -shm, -journal)."""
+    target = Path(path)
+    for own in (Path(gallery), *(Path(f"{gallery}{suffix}") for suffix in ("-wal", "-shm", "-journal"))):
+        try:
+            if target.resolve() == own.resolve() or (target.exists() and own.exists() and target.samefile(own)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def read_chunks(conn: sqlite3.Connection, path: Path, sql: str, params: Sequence[Any] = ()) -> Iterable[list[tuple]]:
+    """`chunks` of an import file, its SQLite errors (damage, a value over the length limit) a
+    GalleryError naming the file."""
+    try:
+        yield from chunks(conn, sql, params)
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+        raise GalleryError(f"{path}: not a readable exported gallery ({one_line(e)})") from None
+
+
+def one_line(error: BaseException) -> str:
+    """SQLite's messages may quote schema text, newlines and all: one line for an error message."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "…"
