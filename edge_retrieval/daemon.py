@@ -31,6 +31,9 @@ from .motion import Motion, MotionGate, crop_roi
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
+# How often the frame loop asks the gallery whether an enrol/remove changed it: a change shows
+# within this (the brief: within a second), and the frames in between skip a SQLite query.
+REFRESH_INTERVAL = 0.25
 
 READ_TIMEOUT = 0.25  # the longest the loop waits for a frame before looking at the stop event
 STOP_TIMEOUT = 0.8  # what the sinks' dispatcher gets to finish when stopping (exit within 2 s)
@@ -56,13 +59,14 @@ class Pipeline:
         self.roi, self.source = roi, source
         self.metrics = metrics or Metrics()
         self.decider.item_threshold = self._item_threshold
+        gallery.refresh_interval = REFRESH_INTERVAL
         self._descriptor: np.ndarray | None = None
         self._generation = -1
         self._items: dict[int, dict] = {}
 
     # -- the gallery's item metadata, reloaded when the gallery changes ----------------
     def items(self) -> dict[int, dict]:
-        generation = self.gallery.generation()
+        generation = self.gallery.seen_generation  # (the search just asked SQLite, or recently did)
         if generation != self._generation:
             self._items = {item.id: item.metadata for item in self.gallery.items()}
             self._generation = generation

@@ -8,6 +8,7 @@ same transaction as every gallery change, by any process) moves.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import stat
@@ -286,6 +287,7 @@ class _Cache:
     state: store.StoreState | None = None
     dim: int | None = None
     labels: dict[int, str] = field(default_factory=dict)   # of this generation, filled as searched
+    checked: float = -math.inf                             # time.monotonic() of the last generation check
 
 
 class Gallery:
@@ -322,6 +324,9 @@ class Gallery:
                 raise GalleryError(f"{self.path}: not a gallery database ({e})") from None
             raise
         self._cache = _Cache()
+        # seconds a search may go on with the gallery it last saw before asking SQLite whether it
+        # changed (0: every search asks; the daemon sets REFRESH_INTERVAL: changes show within it)
+        self.refresh_interval = 0.0
 
     # -- model binding --------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -517,10 +522,20 @@ class Gallery:
         up to date when the generation moves (new rows appended in place, a reload after removals)."""
         return self._current().matrix
 
+    @property
+    def seen_generation(self) -> int:
+        """The generation the last search (or `matrix()`) saw; -1 before the first."""
+        return self._cache.stamp
+
     def _current(self) -> _Cache:
-        """The cache, brought up to this generation: one query when nothing changed (a frame's search)."""
-        stamp = self.generation()
+        """The cache, brought up to this generation: one query when nothing changed (a frame's
+        search), none at all within `refresh_interval` seconds of the last check."""
         cache = self._cache
+        now = time.monotonic()
+        if cache.matrix is not None and now - cache.checked < self.refresh_interval:
+            return cache
+        stamp = self.generation()
+        cache.checked = now
         if cache.matrix is None or stamp != cache.stamp:
             cache.dim = self.dim
             if cache.matrix is None:

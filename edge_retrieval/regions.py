@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -86,7 +87,14 @@ class Whitening:
         return self.proj.shape[0]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return l2_normalize((l2_normalize(x) - self.mean) @ self.proj.T)
+        # (x/|x| − mean)·projᵀ = (x·projᵀ)/|x| − mean·projᵀ: one product, the C-dim vector touched once
+        x = np.asarray(x, np.float32)
+        norm = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
+        return l2_normalize((x @ self.proj.T) / norm - self._projected_mean)
+
+    @cached_property
+    def _projected_mean(self) -> np.ndarray:
+        return (self.mean @ self.proj.T).astype(np.float32)
 
     @classmethod
     def learn(cls, vectors: np.ndarray, dim: int, shrinkage: float = 0.0) -> "Whitening":
