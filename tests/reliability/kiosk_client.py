@@ -107,3 +107,39 @@ def listening(pid: int) -> list[tuple[str, int]]:
 def is_loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     return ip.is_loopback or (getattr(ip, "ipv4_mapped", None) is not None and ip.ipv4_mapped.is_loopback)
+
+
+# -- a small real kiosk for the intrusion and fuzzing tests --------------------------------------
+def open_kiosk(folder: Path, embedder, token: str, **kiosk_settings):
+    """A kiosk (model and gallery open, camera loop not started) over a gallery of two real items
+    ("cat", "coffee"), in `folder`; the caller closes it."""
+    import shutil
+
+    from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig
+    from edge_retrieval.demo import photo
+    from edge_retrieval.gallery import Gallery
+    from edge_retrieval.kiosk import Kiosk
+
+    camera = folder / "camera"
+    camera.mkdir()
+    shutil.copy(photo("cat"), camera / "frame.jpg")
+    with Gallery(folder / "gallery.db") as g:
+        for name in ("cat", "coffee"):
+            g.add(name, embedder.embed_files([photo(name)]), model_sha256=embedder.sha256,
+                  model_name=embedder.card.name, sources=[str(photo(name))], metadata={"name": name})
+    config = Config(source=SourceConfig(uri=str(camera)), gallery=GalleryConfig(path=str(folder / "gallery.db")),
+                    kiosk=KioskConfig(token=token, port=0, **kiosk_settings))
+    return Kiosk(config).open()
+
+
+def gallery_state(kiosk) -> tuple:
+    """Everything a write could change: items (labels, metadata, photos), the threshold setting, photo files."""
+    import json
+
+    from edge_retrieval.gallery import Gallery
+
+    with Gallery(kiosk.config.gallery.path) as g:
+        items = [(i.id, i.label, json.dumps(i.metadata, sort_keys=True), i.embeddings) for i in g.items()]
+    settings = Path(kiosk.config.gallery.path + ".kiosk.json")
+    photos = sorted(p.name for p in kiosk.photos.glob("*")) if kiosk.photos.exists() else []
+    return items, settings.read_text() if settings.exists() else None, photos, kiosk.threshold

@@ -32,10 +32,11 @@ from hypothesis import strategies as st
 from edge_retrieval import BadImageError, Gallery, GalleryError, ModelMismatchError
 from edge_retrieval import manifest as manifest_mod
 from edge_retrieval import preprocess
-from edge_retrieval.demo import ITEMS, PHOTOS, photo
+from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
 from edge_retrieval.gallery import EXPORT_TABLES
 
+from test_bad_files import contents as rows  # the same row-by-row view of a gallery
 from _fixtures import conftest_module  # (the two conftest.py files share a module name)
 
 budget, FULL = conftest_module("reliability").budget, conftest_module("reliability").FULL
@@ -154,15 +155,6 @@ def test_every_unmutated_seed_reads():
 # -- exports ------------------------------------------------------------------------------------------
 def snapshot(path: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.parent.glob(path.name + "*"))}
-
-
-def rows(path: Path) -> dict:
-    con = sqlite3.connect(path)
-    try:
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
-                for t in ("items", "embeddings", "features", "negatives", "thresholds")}
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import dataclasses
 import datetime as dt
 import json
 import re
-import shutil
 import tempfile
 import tomllib
 import typing
@@ -29,17 +28,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig, documented_keys, from_dict, \
-    load_config, set_path, to_toml
+from edge_retrieval.config import Config, documented_keys, from_dict, load_config, set_path, to_toml
 from edge_retrieval.demo import photo
 from edge_retrieval.errors import ConfigError
 from edge_retrieval.gallery import Gallery
-from edge_retrieval.kiosk import Kiosk, create_app
+from edge_retrieval.kiosk import create_app
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.webhook import WebhookSink
 
 from _fixtures import conftest_module  # (the two conftest.py files share a module name)
-from kiosk_client import call
+from kiosk_client import call, gallery_state, open_kiosk
 
 budget = conftest_module("reliability").budget
 
@@ -400,27 +398,9 @@ NAN_ENROL = b'{"label": "nan-item", "metadata": {"x": NaN}, "images": ["%s"]}' %
 
 @pytest.fixture(scope="module")
 def kiosk(tmp_path_factory, embedder):
-    folder = tmp_path_factory.mktemp("fuzz-kiosk")
-    camera = folder / "camera"
-    camera.mkdir()
-    shutil.copy(photo("cat"), camera / "frame.jpg")
-    with Gallery(folder / "gallery.db") as g:
-        for name in ("cat", "coffee"):
-            g.add(name, embedder.embed_files([photo(name)]), model_sha256=embedder.sha256,
-                  model_name=embedder.card.name, sources=[str(photo(name))], metadata={"name": name})
-    config = Config(source=SourceConfig(uri=str(camera)), gallery=GalleryConfig(path=str(folder / "gallery.db")),
-                    kiosk=KioskConfig(token=TOKEN, port=0, max_upload_mb=0.05))  # "huge" is 50 kB here
-    k = Kiosk(config).open()
+    k = open_kiosk(tmp_path_factory.mktemp("fuzz-kiosk"), embedder, TOKEN, max_upload_mb=0.05)  # "huge" is 50 kB here
     yield k
     k.close()
-
-
-def gallery_state(kiosk) -> tuple:
-    with Gallery(kiosk.config.gallery.path) as g:
-        items = [(i.id, i.label, json.dumps(i.metadata, sort_keys=True), i.embeddings) for i in g.items()]
-    settings_file = Path(kiosk.config.gallery.path + ".kiosk.json")
-    photos = sorted(p.name for p in kiosk.photos.glob("*")) if kiosk.photos.exists() else []
-    return items, settings_file.read_text() if settings_file.exists() else None, photos, kiosk.threshold
 
 
 PATHS = ["/", "/admin", "/api/state", "/api/events", "/api/video.mjpg", "/api/frame.jpg", "/api/search",

@@ -24,7 +24,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from edge_retrieval.sinks import CommandSinkConfig, WebhookSinkConfig
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.webhook import WebhookSink
 
-from kiosk_client import call, is_loopback as loopback_address, listening
+from kiosk_client import call, gallery_state, is_loopback as loopback_address, listening, open_kiosk
 
 REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("edge_retrieval", "tools", "benchmarks")  # the repo's Python outside the tests
@@ -163,28 +162,9 @@ def b64(data: bytes) -> str:
 @pytest.fixture(scope="module")
 def kiosk(tmp_path_factory, embedder):
     """A kiosk (model and gallery open, camera loop not started) over a gallery of two items."""
-    folder = tmp_path_factory.mktemp("security-kiosk")
-    camera = folder / "camera"
-    camera.mkdir()
-    shutil.copy(photo("cat"), camera / "frame.jpg")
-    with Gallery(folder / "gallery.db") as g:
-        for name in ("cat", "coffee"):
-            g.add(name, embedder.embed_files([photo(name)]), model_sha256=embedder.sha256,
-                  model_name=embedder.card.name, sources=[str(photo(name))], metadata={"name": name})
-    config = Config(source=SourceConfig(uri=str(camera)), gallery=GalleryConfig(path=str(folder / "gallery.db")),
-                    kiosk=KioskConfig(token=TOKEN, port=0))
-    k = Kiosk(config).open()
+    k = open_kiosk(tmp_path_factory.mktemp("security-kiosk"), embedder, TOKEN)
     yield k
     k.close()
-
-
-def gallery_state(kiosk) -> tuple:
-    """Everything a write could change: items (labels, metadata, photos), the threshold setting, photo files."""
-    with Gallery(kiosk.config.gallery.path) as g:
-        items = [(i.id, i.label, json.dumps(i.metadata, sort_keys=True), i.embeddings) for i in g.items()]
-    settings = Path(kiosk.config.gallery.path + ".kiosk.json")
-    photos = sorted(p.name for p in kiosk.photos.glob("*")) if kiosk.photos.exists() else []
-    return items, settings.read_text() if settings.exists() else None, photos, kiosk.threshold
 
 
 def victim(kiosk) -> int:
