@@ -259,6 +259,29 @@ def check_gallery_file(conn: sqlite3.Connection, path: str) -> None:
         raise GalleryError(f"{path}: not a gallery (schema version {version} without table {missing[0]!r})")
 
 
+def _checked_label(label: Any) -> str:
+    """The label stripped; GalleryError unless it is text an import would accept too (manifest.py)."""
+    label = label.strip() if isinstance(label, str) else label
+    if not label or not isinstance(label, str):
+        raise GalleryError("label must be a non-empty string")
+    if len(label) > manifest.MAX_LABEL_CHARS:
+        raise GalleryError(f"label {label[:40]!r}…: longer than {manifest.MAX_LABEL_CHARS} characters")
+    if manifest.has_control(label):
+        raise GalleryError(f"label {label[:40]!r}: holds control characters (newlines, escapes)")
+    return label
+
+
+def _metadata_text(label: str, metadata: dict[str, Any]) -> str:
+    """Metadata as stored: a JSON object without NaN or infinity, at most MAX_METADATA_BYTES."""
+    try:
+        text = json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise GalleryError(f"item {label!r}: metadata is not JSON ({e})") from None
+    if len(text.encode("utf-8", "surrogatepass")) > manifest.MAX_METADATA_BYTES:
+        raise GalleryError(f"item {label!r}: metadata is larger than {manifest.MAX_METADATA_BYTES} bytes")
+    return text
+
+
 @dataclass(frozen=True)
 class Item:
     id: int
@@ -401,9 +424,7 @@ class Gallery:
         sources: Sequence[str] | None = None,
     ) -> int:
         """Add embeddings to the item `label` (created if new; metadata merged). Returns its id."""
-        label = label.strip() if isinstance(label, str) else label
-        if not label or not isinstance(label, str):
-            raise GalleryError("label must be a non-empty string")
+        label = _checked_label(label)
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
         if len(vectors) == 0:
             raise GalleryError(f"item {label!r}: no vectors to add")
@@ -413,10 +434,7 @@ class Gallery:
         if len(sources) != len(vectors):
             raise GalleryError(f"item {label!r}: {len(sources)} sources for {len(vectors)} vectors")
         metadata = dict(metadata or {})
-        try:
-            json.dumps(metadata)
-        except TypeError as e:
-            raise GalleryError(f"item {label!r}: metadata is not JSON ({e})") from None
+        _metadata_text(label, metadata)
         codes, scales = quantize.quantize(vectors)
         now = time.time()
         with self.transaction():
@@ -448,17 +466,12 @@ class Gallery:
         """Rename an item and/or replace its metadata; returns it as it is now."""
         found = self.item(item)
         if label is not None:
-            label = label.strip() if isinstance(label, str) else label
-            if not label or not isinstance(label, str):
-                raise GalleryError("label must be a non-empty string")
+            label = _checked_label(label)
             other = self.db.execute("SELECT id FROM items WHERE label = ?", [label]).fetchone()
             if other is not None and other[0] != found.id:
                 raise GalleryError(f"{self.path}: there is already an item {label!r}")
         if metadata is not None:
-            try:
-                text = json.dumps(dict(metadata))
-            except (TypeError, ValueError) as e:
-                raise GalleryError(f"item {found.label!r}: metadata is not JSON ({e})") from None
+            text = _metadata_text(found.label, dict(metadata))
         with self.transaction():
             if label is not None:
                 self.db.execute("UPDATE items SET label = ? WHERE id = ?", [label, found.id])

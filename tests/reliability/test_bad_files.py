@@ -880,3 +880,19 @@ def test_the_installed_command_refuses_bad_files_in_one_line(bad_images, gallery
     _bad_gallery(damaged, gallery.read_bytes(), "damaged-pages")
     _installed_refuses(["search", photo(ITEMS[0]), "-g", damaged], "damaged.db", "damaged gallery database")
     assert state(gallery) == before
+
+
+@pytest.mark.parametrize("args, named", [
+    (("--meta", "x=NaN"), "not JSON"),
+    (("--meta", "x=Infinity"), "not JSON"),
+    (("--label", "two\nlines"), "control characters"),
+    (("--label", "bell\x07"), "control characters"),
+    (("--label", "x" * 1001), "longer than"),
+])
+def test_enrol_refuses_what_an_import_would_refuse(args, named, gallery):
+    """Enrolment checks labels and metadata as strictly as an import does: a NaN in metadata once
+    made every kiosk listing fail, a newline in a label breaks one-line messages."""
+    before = contents(gallery)
+    line = assert_refused(run("enroll", photo(ITEMS[5]), *args, "-g", gallery))
+    assert named in line
+    assert contents(gallery) == before
