@@ -752,6 +752,13 @@ class Reconnecting:
 
 # -- the factory ------------------------------------------------------------
 
+def source_name(config) -> str:
+    """What logs, events, STATUS and the kiosk page call a `SourceConfig`'s source: its `name`,
+    else its URI, a stream URL without its password and query values."""
+    uri = config.uri.strip()
+    return config.name or (redact_url(uri) if kind_of(uri) == "url" else uri)
+
+
 def open_source(config, stop: threading.Event | None = None,
                 open_fn: Callable[[str], Capture] | None = None) -> FrameSource:
     """The source a `SourceConfig` describes. Live ones come wrapped in `Reconnecting`
@@ -760,7 +767,7 @@ def open_source(config, stop: threading.Event | None = None,
     if not uri:
         raise SourceError("no source configured (source.uri)")
     kind = kind_of(uri)
-    name = config.name or (redact_url(uri) if kind == "url" else uri)
+    name = source_name(config)
     if kind == "folder":
         return FolderSource(uri, fps=config.fps, loop=config.loop, watch=config.watch,
                             realtime=config.realtime, name=name)

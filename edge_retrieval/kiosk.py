@@ -47,7 +47,7 @@ import numpy as np
 
 from . import demo as demo_data
 from . import democlip
-from .camera import kind_of
+from .camera import kind_of, source_name
 from .config import Config
 from .daemon import Daemon, FrameResult
 from .decide import MATCH, Decider
@@ -56,7 +56,6 @@ from .enroll import enroll
 from .preprocess import IMAGE_SUFFIXES
 from .errors import BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelMismatchError
 from .gallery import Gallery, Item
-from .sinks import redact_url
 from .motion import crop_roi
 
 log = logging.getLogger(__name__)
@@ -358,8 +357,7 @@ class Kiosk:
         self._decider.threshold = self.threshold
         if self.token_generated:
             self._keep_token(config.gallery.path)
-        uri = config.source.uri  # shown on the page: a stream URL without its password
-        self.source_name = config.source.name or (redact_url(uri) if kind_of(uri) == "url" else uri)
+        self.source_name = source_name(config.source)  # shown on the page: a stream URL without its password
         self.daemon = KioskDaemon(replace(config, decision=replace(config.decision, threshold=self.threshold)),
                                   stop=self.stop, watch=self._watch)
         return self
