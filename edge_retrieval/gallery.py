@@ -260,15 +260,11 @@ def check_gallery_file(conn: sqlite3.Connection, path: str) -> None:
 
 
 def _checked_label(label: Any) -> str:
-    """The label stripped; GalleryError unless it is text an import would accept too (manifest.py)."""
-    label = label.strip() if isinstance(label, str) else label
-    if not label or not isinstance(label, str):
-        raise GalleryError("label must be a non-empty string")
-    if len(label) > manifest.MAX_LABEL_CHARS:
-        raise GalleryError(f"label {label[:40]!r}…: longer than {manifest.MAX_LABEL_CHARS} characters")
-    if manifest.has_control(label):
-        raise GalleryError(f"label {label[:40]!r}: holds control characters (newlines, escapes)")
-    return label
+    """The label stripped; GalleryError unless an import would accept it too (`manifest.check_label`)."""
+    try:
+        return manifest.check_label(label)
+    except ValueError as e:
+        raise GalleryError(str(e)) from None
 
 
 def _metadata_text(label: str, metadata: dict[str, Any]) -> str:

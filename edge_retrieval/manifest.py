@@ -250,16 +250,23 @@ def parse_dim(value: Any) -> int | None:
     return dim if 1 <= dim <= MAX_DIM else None
 
 
+def check_label(value: Any) -> str:
+    """A label as a gallery stores it (stripped): text of at most MAX_LABEL_CHARS characters, not
+    empty, without control characters; ValueError otherwise. Enrolment and import share it."""
+    label = _text(value, "label", MAX_LABEL_CHARS).strip()
+    if not label:
+        raise ValueError("label is empty")
+    if has_control(label):
+        raise ValueError(f"label {label[:40]!r} holds control characters")
+    return label
+
+
 def check_item(row: Sequence[Any]) -> tuple[int, str, str, float]:
     """(id, label, metadata text, created) of an items row, the label stripped; ValueError otherwise.
     Labels and metadata are data, stored as they are (SQL or HTML in them does nothing)."""
     item_id, label, metadata, created = row
     _integer(item_id, "id", -(1 << 63), (1 << 63) - 1)
-    label = _text(label, "label", MAX_LABEL_CHARS).strip()
-    if not label:
-        raise ValueError("label is empty")
-    if has_control(label):
-        raise ValueError(f"label {label[:40]!r} holds control characters")
+    label = check_label(label)
     _text(metadata, f"metadata of {label!r}", MAX_METADATA_BYTES)
     if len(metadata.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata of {label!r} is larger than {MAX_METADATA_BYTES} bytes")

@@ -887,7 +887,7 @@ def test_the_installed_command_refuses_bad_files_in_one_line(bad_images, gallery
     (("--meta", "x=Infinity"), "not JSON"),
     (("--label", "two\nlines"), "control characters"),
     (("--label", "bell\x07"), "control characters"),
-    (("--label", "x" * 1001), "longer than"),
+    (("--label", "x" * 1001), "1001 characters, more than 1000"),
 ])
 def test_enrol_refuses_what_an_import_would_refuse(args, named, gallery):
     """Enrolment checks labels and metadata as strictly as an import does: a NaN in metadata once
