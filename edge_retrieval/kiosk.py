@@ -33,7 +33,6 @@ import os
 import secrets
 import signal
 import socket
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -53,6 +52,7 @@ from .daemon import Daemon, FrameResult
 from .decide import MATCH, Decider
 from .embedder import Embedder
 from .enroll import enroll
+from . import preprocess
 from .preprocess import IMAGE_SUFFIXES
 from .errors import BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelMismatchError
 from .gallery import Gallery, Item
@@ -84,57 +84,31 @@ class KioskError(EdgeRetrievalError):
 
 # -- uploaded images ------------------------------------------------------------------
 
+KIOSK_FORMATS = ("jpeg", "png", "webp", "bmp")  # what a browser uploads
+
+
 def image_header(data: bytes) -> tuple[str, int, int] | None:
-    """(format, width, height) from the header of a JPEG, PNG, WebP or BMP image; None otherwise."""
-    try:
-        if data[:3] == b"\xff\xd8\xff":
-            i = 2
-            while i + 9 < len(data):
-                if data[i] != 0xFF:
-                    return None
-                marker = data[i + 1]
-                if marker == 0xFF:  # fill byte
-                    i += 1
-                    continue
-                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
-                    i += 2
-                    continue
-                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-                    height, width = struct.unpack(">HH", data[i + 5:i + 9])
-                    return "jpeg", width, height
-                i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
-            return None
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            width, height = struct.unpack(">II", data[16:24])
-            return "png", width, height
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            chunk = data[12:16]
-            if chunk == b"VP8 ":
-                width, height = struct.unpack("<HH", data[26:30])
-                return "webp", width & 0x3FFF, height & 0x3FFF
-            if chunk == b"VP8L":
-                b = data[21:25]
-                return ("webp", 1 + (((b[1] & 0x3F) << 8) | b[0]),
-                        1 + (((b[3] & 0x0F) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6)))
-            if chunk == b"VP8X":
-                return ("webp", 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little"))
-            return None
-        if data[:2] == b"BM":
-            width, height = struct.unpack("<ii", data[18:26])
-            return "bmp", abs(width), abs(height)
-    except (struct.error, IndexError):
+    """(format, width, height) from the header of a JPEG, PNG, WebP or BMP image; None otherwise
+    (`preprocess.image_size`, which also checks the file's structure)."""
+    if preprocess.image_format(data) not in KIOSK_FORMATS:
         return None
-    return None
+    try:
+        return preprocess.image_size(data)
+    except ValueError:
+        return None
 
 
 def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
     """Uploaded bytes → BGR image; KioskError (4xx) naming `what` for anything else."""
     if not data:
         raise KioskError(f"{what} is empty")
-    header = image_header(data)
-    if header is None:
+    kind = preprocess.image_format(data)
+    if kind not in KIOSK_FORMATS:
         raise KioskError(f"{what} is not a JPEG, PNG, WebP or BMP image", 415)
-    kind, width, height = header
+    try:
+        _, width, height = preprocess.image_size(data)
+    except ValueError as e:
+        raise KioskError(f"{what} looks like a {kind.upper()} image but cannot be decoded ({e})") from None
     if width * height > MAX_PIXELS:
         raise KioskError(f"{what} has {width}×{height} pixels, more than the limit of {MAX_PIXELS / 1e6:g} megapixels",
                          413)

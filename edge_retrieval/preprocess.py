@@ -75,22 +75,29 @@ _JPEG_MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_SOF = {m for m in range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
 
 
+def image_format(data: bytes) -> str | None:
+    """"jpeg", "png", "bmp", "webp" or "tiff" by the file's signature; None for anything else."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == _PNG_SIGNATURE:
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return None
+
+
 def image_size(data: bytes) -> tuple[str, int, int]:
     """(format, width, height) of a JPEG, PNG, BMP, WebP or TIFF image from its header, with the
     structure checked where that is cheap (JPEG markers, PNG chunks); ValueError saying what is wrong."""
+    kind = image_format(data)
+    if kind is None:
+        raise ValueError("not an image (not JPEG, PNG, BMP, WebP or TIFF)")
     try:
-        if data[:3] == b"\xff\xd8\xff":
-            kind, width, height = "jpeg", *_jpeg_size(data)
-        elif data[:8] == _PNG_SIGNATURE:
-            kind, width, height = "png", *_png_size(data)
-        elif data[:2] == b"BM":
-            kind, width, height = "bmp", *_bmp_size(data)
-        elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            kind, width, height = "webp", *_webp_size(data)
-        elif data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            kind, width, height = "tiff", *_tiff_size(data)
-        else:
-            raise ValueError("not an image (not JPEG, PNG, BMP, WebP or TIFF)")
+        width, height = _SIZE_READERS[kind](data)
     except (struct.error, IndexError, OverflowError):  # a field past the end, an offset beyond any file
         raise ValueError("truncated or corrupt image header") from None
     if width <= 0 or height <= 0:
@@ -231,6 +238,9 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
     if 256 not in found or 257 not in found:
         raise ValueError("corrupt TIFF (no image size in its first directory)")
     return found[256], found[257]
+
+
+_SIZE_READERS = {"jpeg": _jpeg_size, "png": _png_size, "bmp": _bmp_size, "webp": _webp_size, "tiff": _tiff_size}
 
 
 def input_lut(scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
