@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import descriptors, preprocess, regions
-from .errors import ModelError
+from .errors import ModelError, one_line
 from .modelcard import DEFAULT_MODEL, ModelCard, sha256_file
 
 
@@ -26,12 +26,7 @@ def load_interpreter(model_path: str, num_threads: int):
     try:
         return Interpreter(model_path=model_path, num_threads=num_threads)
     except (ValueError, RuntimeError) as e:
-        raise ModelError(f"{model_path}: not a loadable TFLite model ({_one_line(e)})") from None
-
-
-def _one_line(error: BaseException) -> str:
-    """The runtime's messages end in newlines and may span lines: one line for an error message."""
-    return " ".join(str(error).split())[:300]
+        raise ModelError(f"{model_path}: not a loadable TFLite model ({one_line(e)})") from None
 
 
 @dataclass(frozen=True)
@@ -72,7 +67,7 @@ class Embedder:
             self._interp.allocate_tensors()
             inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
         except (ValueError, RuntimeError) as e:
-            raise ModelError(f"{self.model_path}: not a usable TFLite model ({_one_line(e)})") from None
+            raise ModelError(f"{self.model_path}: not a usable TFLite model ({one_line(e)})") from None
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"{self.model_path}: {len(inputs)} input(s) and {len(outputs)} output(s); "
                              f"an embedding model has one of each")
@@ -117,7 +112,7 @@ class Embedder:
         except ModelError:
             raise
         except Exception as e:  # np.load of a damaged archive: BadZipFile, EOFError, a bare .npy array, …
-            raise ModelError(f"{path}: not a whitening file ({type(e).__name__}: {_one_line(e)})") from None
+            raise ModelError(f"{path}: not a whitening file ({type(e).__name__}: {one_line(e)})") from None
         mean, proj = whitening.mean, whitening.proj
         if proj.ndim != 2 or mean.shape != (proj.shape[1],) or not 1 <= proj.shape[0] <= proj.shape[1]:
             raise ModelError(f"{path}: whitening of shape mean {mean.shape}, projection {proj.shape} is malformed")

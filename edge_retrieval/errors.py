@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (SQLite and LiteRT messages may quote schema text, end in
+    newlines or span lines), at most 300 characters: for the one-line messages of this package."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "…"
+
+
 class EdgeRetrievalError(Exception):
     """Base class of every error this package raises on purpose."""
 

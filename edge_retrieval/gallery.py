@@ -22,7 +22,7 @@ import numpy as np
 import sqlite_utils
 
 from . import manifest, quantize
-from .errors import GalleryError, ModelMismatchError
+from .errors import GalleryError, ModelMismatchError, one_line
 from . import store
 from .scan import CodeMatrix
 
@@ -727,7 +727,7 @@ class Gallery:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            raise GalleryError(f"{path}: cannot export {self.path} to it ({manifest.one_line(e)})") from None
+            raise GalleryError(f"{path}: cannot export {self.path} to it ({one_line(e)})") from None
         counts = contents["tables"]
         return {"items": counts["items"]["rows"], "embeddings": counts["embeddings"]["rows"]}
 
@@ -771,7 +771,7 @@ class Gallery:
         try:
             src = manifest.open_import(path)
         except sqlite3.Error as e:
-            raise GalleryError(f"{path}: cannot be opened ({manifest.one_line(e)})") from None
+            raise GalleryError(f"{path}: cannot be opened ({one_line(e)})") from None
         try:
             return self._import(src, path, verify)
         finally:
@@ -797,7 +797,7 @@ class Gallery:
                                         f"OR length(vector) != ?", [dim]).fetchone()[0]
                      for table in ("embeddings", "negatives") if table in present}
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # damage; text that is not UTF-8
-            raise GalleryError(f"{path}: not an exported gallery ({manifest.one_line(e)})") from None
+            raise GalleryError(f"{path}: not an exported gallery ({one_line(e)})") from None
         for table, n in counts.items():
             if n > manifest.MAX_ROWS:
                 raise GalleryError(f"{path}: {n} rows in {table}, more than the limit of {manifest.MAX_ROWS}")

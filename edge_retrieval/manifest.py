@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import GalleryError
+from .errors import GalleryError, one_line
 
 FORMAT = 1
 TABLE = "export_manifest"
@@ -342,9 +342,3 @@ def read_chunks(conn: sqlite3.Connection, path: Path, sql: str, params: Sequence
         yield from chunks(conn, sql, params)
     except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
         raise GalleryError(f"{path}: not a readable exported gallery ({one_line(e)})") from None
-
-
-def one_line(error: BaseException) -> str:
-    """SQLite's messages may quote schema text, newlines and all: one line for an error message."""
-    text = " ".join(str(error).split())
-    return text if len(text) <= 300 else text[:297] + "…"
