@@ -620,12 +620,21 @@ class Gallery:
 
     def features(self, item_id: int) -> list[tuple[str, tuple[int, int], np.ndarray, np.ndarray]]:
         """An item's stored local features: [(kind, (width, height), keypoints, descriptors)]."""
+        return [f for _item, f in self._features("WHERE item_id = ?", [int(item_id)])]
+
+    def all_features(self) -> list[tuple[int, tuple[str, tuple[int, int], np.ndarray, np.ndarray]]]:
+        """Every enrolled image's local features: [(item_id, (kind, (width, height), keypoints,
+        descriptors))], in enrolment order."""
+        return self._features("", [])
+
+    def _features(self, where: str, params: list) -> list:
         out = []
-        for kind, w, h, kp, desc in self.db.execute(
-                "SELECT kind, width, height, keypoints, descriptors FROM features WHERE item_id = ? ORDER BY id",
-                [int(item_id)]):
+        for item_id, kind, w, h, kp, desc in self.db.execute(
+                f"SELECT item_id, kind, width, height, keypoints, descriptors FROM features {where} ORDER BY id", params):
             points = np.frombuffer(kp, "<f4").reshape(-1, 2)
-            out.append((kind, (w, h), points, np.frombuffer(desc, np.uint8).reshape(len(points), -1)))
+            descriptors = np.frombuffer(desc, np.uint8)
+            descriptors = descriptors.reshape(len(points), -1) if len(points) else descriptors.reshape(0, 32)
+            out.append((item_id, (kind, (w, h), points, descriptors)))
         return out
 
     def add_negatives(self, item: int | str, vectors: np.ndarray, sources: Sequence[str] | None = None) -> int:

@@ -99,3 +99,27 @@ def test_identify_on_an_empty_gallery(regional, tmp_path, photos):
     with Gallery(tmp_path / "empty.db") as g:
         result = Identifier(regional, g).identify(read_image(photos / "cat.jpg"))
     assert result.match is None and result.best is None
+
+
+def test_votes_find_the_item_without_the_cnn_shortlist(regional, demo_gallery, photos):
+    frame, quad = scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))
+    ident = Identifier(regional, demo_gallery)
+    regions = regional.regions(frame, ident.preset.levels)
+    found = sorted(ident.verified(frame, regions, []), key=lambda c: -c.score)  # the votes alone
+    assert found[0].label == "cameraman" and found[0].inliers >= MIN_INLIERS_SAME
+    assert found[0].votes > max([c.votes for c in found[1:]], default=0)
+    assert np.abs(found[0].quad - quad).max() < 3 * CORNER_TOLERANCE_PX
+    assert 0 < found[0].cosine <= 1.0001  # the CNN's view of a voted item is still reported
+
+
+def test_a_new_enrolment_is_voted_for_at_once(regional, photos, tmp_path):
+    frame, _ = scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((200, 300, 3), 128, np.uint8))
+    with Gallery(tmp_path / "g.db") as g:
+        enroll(g, regional, [("cat", photos / "cat.jpg"), ("blank", tmp_path / "blank.png")])
+        assert [len(f[3]) for _item, f in g.all_features()][1] == 0  # a photo without features
+        ident = Identifier(regional, g)
+        assert ident.identify(frame).match is None
+        enroll(g, regional, [("cameraman", photos / "cameraman.jpg")])
+        result = ident.identify(frame)
+        assert result.match == "cameraman" and result.best.votes > 0 and result.best.inliers >= MIN_INLIERS_SAME
