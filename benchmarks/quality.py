@@ -62,6 +62,7 @@ CONFIGS = {
     "fast-unwhitened": Config("fast-unwhitened", MODELS / "mobilenet_v2_240x320_int8.tflite", PRESETS["fast"], 8,
                               whiten=False),
     "fast": Config("fast", MODELS / "mobilenet_v2_240x320_int8.tflite", PRESETS["fast"], 8),
+    "quick": Config("quick", MODELS / "mobilenet_v2_240x320_int8.tflite", PRESETS["quick"], 8),
     "default": Config("default", MODELS / "mobilenet_v2_240x320_int8.tflite", PRESETS["default"], 8),
 }
 

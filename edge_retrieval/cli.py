@@ -56,8 +56,9 @@ model_option = click.option(
     "--model", "-m", "model_path", default=str(DEFAULT_MODEL), show_default=True, envvar="EDGE_RETRIEVAL_MODEL",
     type=click.Path(dir_okay=False), help="The .tflite model; its .json card must sit beside it.")
 preset_option = click.option(
-    "--preset", default="default", show_default=True, type=click.Choice(["default", "fast"]),
-    help="default: regions + geometric verification of the shortlist; fast: regions only.")
+    "--preset", default="default", show_default=True, type=click.Choice(["default", "quick", "fast"]),
+    help="default: CNN regions + ORB votes over the gallery + geometric verification; quick: the "
+         "same with half the ORB features; fast: CNN regions only.")
 threads_option = click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
                               help="Interpreter threads.")
 

@@ -10,7 +10,9 @@
 The votes find an item the CNN ranks low: a small part of a cluttered frame, tilted, under
 other light (issue 4: recall@1 on the capture simulation 0.59 with the CNN shortlist alone).
 
-A `Preset` names a speed/quality trade-off; `default` verifies, `fast` does not.
+A `Preset` names a speed/quality trade-off: `default`; `quick` with half the frame's ORB
+features (≈ 25 % faster); `fast` without ORB at all (the CNN alone, ≈ 3× faster, for items
+that fill the frame).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class Preset:
 TUNED_FOR = "mobilenet_v2_240x320_int8"  # the model the presets' thresholds were measured with
 PRESETS = {
     "default": Preset("default", shortlist=5, verify=True, levels=3, threshold=0.620, voted=3),
+    "quick": Preset("quick", shortlist=5, verify=True, levels=3, threshold=0.620, query_features=1000, voted=3),
     "fast": Preset("fast", shortlist=5, verify=False, levels=3, threshold=0.60),
 }
 
