@@ -19,11 +19,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from edge_retrieval import verify, vocabulary  # noqa: E402
-from edge_retrieval.enroll import list_images  # noqa: E402
 from edge_retrieval.preprocess import read_image  # noqa: E402
+from tools import distractors  # noqa: E402
 
 FEATURES_PER_PHOTO = 500
 SIDE = 640
@@ -34,25 +33,16 @@ SEED = 0
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--oxford", type=Path, help="the Oxford folder: use the tune half of its pure distractors")
-    src.add_argument("--photos", type=Path, help="any folder of distractor photos")
+    distractors.add_arguments(ap)
     ap.add_argument("--out", type=Path, default=vocabulary.VOCABULARY)
     args = ap.parse_args(argv)
-    if args.oxford:
-        import captures
-
-        photos = captures.scene_split(captures.oxford_distractors(args.oxford), "tune")
-        source = f"Oxford pure distractors, tune half ({len(photos)} photos; benchmarks/captures.py scene_split)"
-    else:
-        photos = list_images(args.photos)
-        source = f"{args.photos} ({len(photos)} photos)"
+    photos, source, option = distractors.photos(args)
     descriptors = np.concatenate([verify.extract(read_image(p), FEATURES_PER_PHOTO, SIDE).descriptors for p in photos])
     vocab = vocabulary.Vocabulary.learn(descriptors, NODES, BRANCHING, seed=SEED)
     vocab.save(args.out, source=source, descriptors=str(len(descriptors)),
                method=f"two-level k-majority, {NODES} × {BRANCHING}, 8 iterations, seed {SEED}; "
                       f"ORB ≤ {FEATURES_PER_PHOTO} per photo at ≤ {SIDE} px",
-               reproduce="python -m tools.learn_vocabulary " + (f"--oxford {args.oxford}" if args.oxford else f"--photos {args.photos}"))
+               reproduce=f"python -m tools.learn_vocabulary {option}")
     print(f"learned a {NODES} × {BRANCHING} vocabulary from {len(descriptors)} ORB descriptors of {len(photos)} photos → {args.out}")
     return 0
 

@@ -20,13 +20,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from edge_retrieval import regions  # noqa: E402
 from edge_retrieval.embedder import Embedder  # noqa: E402
-from edge_retrieval.enroll import list_images  # noqa: E402
 from edge_retrieval.modelcard import ModelCard, sha256_file  # noqa: E402
 from edge_retrieval.preprocess import read_image  # noqa: E402
+from tools import distractors  # noqa: E402
 
 SHRINKAGE = 1.0
 LEVELS = 3
@@ -35,20 +34,10 @@ LEVELS = 3
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--oxford", type=Path, help="the Oxford folder: use the tune half of its pure distractors")
-    src.add_argument("--photos", type=Path, help="any folder of distractor photos")
+    distractors.add_arguments(ap)
     ap.add_argument("--dim", type=int, default=256)
     args = ap.parse_args(argv)
-
-    if args.oxford:
-        import captures
-
-        photos = captures.scene_split(captures.oxford_distractors(args.oxford), "tune")
-        source = f"Oxford pure distractors, tune half ({len(photos)} photos; benchmarks/captures.py scene_split)"
-    else:
-        photos = list_images(args.photos)
-        source = f"{args.photos} ({len(photos)} photos)"
+    photos, source, option = distractors.photos(args)
     card_path = ModelCard.path_for(args.model)
     card = ModelCard.load(card_path)
     if card.whitening:  # learn from the raw pooled channels, not from an earlier whitening
@@ -67,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "source": source,
         "vectors": int(len(vectors)),
         "regions": f"whole image + R-MAC grid, {LEVELS} levels, GeM p={card.gem_p}",
-        "reproduce": f"python -m tools.learn_whitening --model {args.model} "
-                     + (f"--oxford {args.oxford}" if args.oxford else f"--photos {args.photos}") + f" --dim {args.dim}",
+        "reproduce": f"python -m tools.learn_whitening --model {args.model} {option} --dim {args.dim}",
     }
     replace(card, whitening=spec).save(card_path)
     print(f"learned {args.dim}-d whitening from {len(vectors)} regional descriptors of {len(photos)} photos → {out}")
