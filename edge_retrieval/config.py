@@ -148,6 +148,14 @@ class DecisionConfig:
                                     "been confirmed for this long, so one standing in view alerts once.", min=0)
     unknown: bool = setting(False, "Also raise \"unknown\" events: the scene moved in M of the last N frames "
                                    "and nothing in the gallery passed.")
+    preset: str = setting("whole", "How a frame is matched. whole: the whole-frame descriptor (the fastest; items "
+                                   "that fill much of the frame; `threshold`, `thresholds` and item `threshold` "
+                                   "metadata apply). fast, quick, default: `edge-retrieval search`'s presets "
+                                   "(regions of the frame and of the motion, ORB votes and geometric "
+                                   "verification for quick and default; snapshots show the item's outline); "
+                                   "scores and thresholds are then search's, set by `edge-retrieval calibrate`, "
+                                   "and only `margin` applies from here.",
+                          choices=("whole", "fast", "quick", "default"))
 
 
 @dataclass(frozen=True)

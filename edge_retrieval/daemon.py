@@ -26,6 +26,7 @@ from .decide import Candidate, Decider, Decision
 from .embedder import Embedder
 from .errors import ConfigError, EdgeRetrievalError
 from .gallery import Gallery
+from .identify import Identification, Identifier
 from .metrics import SNAPSHOT_LOST, Metrics
 from .motion import Motion, MotionGate, crop_roi
 from .systemd import Notifier
@@ -39,6 +40,7 @@ READ_TIMEOUT = 0.25  # the longest the loop waits for a frame before looking at 
 STOP_TIMEOUT = 0.8  # what the sinks' dispatcher gets to finish when stopping (exit within 2 s)
 DRAIN_TIMEOUT = 5.0  # what the sinks get to deliver pending events when a file or folder ended
 IDLE_PING = 1.0  # seconds between watchdog pings while the source waits as designed (see _loop)
+WHOLE = "whole"  # decision.preset: match by the whole-frame descriptor
 
 
 @dataclass(frozen=True)
@@ -48,17 +50,21 @@ class FrameResult:
     embedded: bool  # the model ran on this frame (else the last descriptor was searched again)
     candidate: Candidate
     decision: Decision | None
+    identification: Identification | None = None  # a `search` preset's view of the frame (decision.preset)
 
 
 class Pipeline:
     """One frame's journey: ROI → motion gate → model → gallery scan → decision."""
 
     def __init__(self, embedder, gallery: Gallery, decider: Decider, gate: MotionGate, *, roi=None,
-                 metrics: Metrics | None = None, source: str = "camera"):
+                 metrics: Metrics | None = None, source: str = "camera", preset: str = WHOLE):
         self.embedder, self.gallery, self.decider, self.gate = embedder, gallery, decider, gate
         self.roi, self.source = roi, source
         self.metrics = metrics or Metrics()
-        self.decider.item_threshold = self._item_threshold
+        # whole: the whole-frame descriptor; else search's Identifier, with its thresholds
+        self.identifier = None if preset == WHOLE else Identifier(embedder, gallery, preset)
+        self.identification: Identification | None = None
+        self.decider.item_threshold = self._item_threshold if self.identifier is None else self._search_threshold
         gallery.refresh_interval = REFRESH_INTERVAL
         self._descriptor: np.ndarray | None = None
         self._generation = -1
@@ -82,6 +88,10 @@ class Pipeline:
         except (TypeError, ValueError):
             return None
 
+    def _search_threshold(self, item_id: int) -> float:
+        threshold = self.identifier.threshold_for(item_id)
+        return math.inf if threshold is None else threshold  # no match before `calibrate` (another model)
+
     def box(self, frame: Frame) -> tuple[float, float, float, float] | None:
         """The ROI in frame pixels (x0, y0, x1, y1), None for the whole frame."""
         if self.roi is None:
@@ -95,6 +105,8 @@ class Pipeline:
         image = crop_roi(frame.image, self.roi)
         with stage("motion"):
             motion = self.gate.check(image, frame.time)
+        if self.identifier is not None:
+            return self._identify(frame, image, motion)
         embedded = motion.changed or self._descriptor is None
         if embedded:
             emb = self.embedder
@@ -112,6 +124,27 @@ class Pipeline:
                                                moving=motion.reason == "motion")
             decision = self.decider.update(self.source, candidate, frame.time)
         return FrameResult(frame, motion, embedded, candidate, decision)
+
+    def _identify(self, frame: Frame, image: np.ndarray, motion: Motion) -> FrameResult:
+        """`process` with a search preset: the frame's regions (and the moving part's) → votes,
+        verification → the ranked candidates, decided on with search's scores and thresholds."""
+        embedded = motion.changed or self.identification is None
+        if embedded:
+            boxes = []
+            if motion.reason == "motion" and motion.box is not None:
+                x, y, w, h = motion.box
+                boxes.append((x, y, x + w, y + h))
+            with self.metrics.stage("identify"):
+                self.identification = self.identifier.identify(image, boxes)
+        ident = self.identification
+        with self.metrics.stage("decide"):
+            ranked = ident.candidates
+            candidate = self.decider.candidate([c.item_id for c in ranked], [c.label for c in ranked],
+                                               [c.score for c in ranked], moving=motion.reason == "motion")
+            if ident.best is not None and ident.best.vetoed:  # a negative of the item looks more like it
+                candidate = replace(candidate, passed=False)
+            decision = self.decider.update(self.source, candidate, frame.time)
+        return FrameResult(frame, motion, embedded, candidate, decision, ident)
 
 
 @dataclass
@@ -203,7 +236,7 @@ class Daemon:
         source_name = getattr(self._source, "name", source_name)
         self.pipeline = Pipeline(self._embedder, gallery, Decider.from_config(config.decision),
                                  MotionGate.from_config(config.motion), roi=config.roi, source=source_name,
-                                 metrics=self.metrics)
+                                 metrics=self.metrics, preset=config.decision.preset)
         log.info("model %s, gallery %s (%d item(s), %d embedding(s)), source %s",
                  card.name if card else type(self._embedder).__name__, gallery.path, items, embeddings, source_name)
 
@@ -348,7 +381,7 @@ class Daemon:
                    "frame": result.frame.index, "source_time": round(result.frame.time, 3)}
         event = Event(time=self.wall_clock(), source=decision.source, kind=decision.kind, score=decision.score,
                       label=decision.label, item_id=decision.item_id, metadata=metadata,
-                      box=self.pipeline.box(result.frame), details=details)
+                      box=self.pipeline.box(result.frame), polygon=self._outline(result), details=details)
         if self.config.snapshot.enabled:
             event = self._snapshot(result.frame.image, event)
         try:
@@ -358,6 +391,14 @@ class Daemon:
             return
         if self.dispatcher is not None:
             self.dispatcher.wake()
+
+    def _outline(self, result: FrameResult) -> tuple[tuple[float, float], ...] | None:
+        """Where a search preset verified the matched item: its outline in frame pixels."""
+        best = result.identification.best if result.identification is not None else None
+        if best is None or best.quad is None or best.label != result.decision.label:
+            return None
+        x0, y0 = (self.pipeline.box(result.frame) or (0, 0))[:2]  # the quad is in the ROI's pixels
+        return tuple((float(x) + x0, float(y) + y0) for x, y in best.quad)
 
     def _snapshot(self, image: np.ndarray, event):
         """The event with its snapshot saved; a snapshot that cannot be written (a full disk) loses

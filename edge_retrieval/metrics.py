@@ -17,10 +17,16 @@ from typing import Callable, Iterator
 import numpy as np
 
 # The order stages happen in a frame ("wait" replaces "capture" for live sources, whose frames
-# are decoded in the grabber thread: it is the time spent waiting for the next frame).
-STAGES = ("capture", "wait", "motion", "preprocess", "invoke", "pool", "scan", "decide", "emit")
+# are decoded in the grabber thread: it is the time spent waiting for the next frame; with a
+# search preset (decision.preset) "identify" replaces preprocess … scan).
+STAGES = ("capture", "wait", "motion", "preprocess", "invoke", "pool", "scan", "identify", "decide", "emit")
+MODEL_STAGES = ("invoke", "identify")  # a frame with one of these was embedded
 WORK_STAGES = tuple(s for s in STAGES if s != "wait")
-SNAPSHOT_LOST = "snapshots not saved"  # a count in `Metrics.counts` (a full disk, say)
+SNAPSHOT_LOST = "snapshots not saved"
+
+
+def _embedded(frame_stages: dict[str, float]) -> bool:
+    return any(name in frame_stages for name in MODEL_STAGES)  # a count in `Metrics.counts` (a full disk, say)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class Metrics:
         out = {}
         for name in STAGES:
             values = np.array([f[name] for f in self._frames if name in f
-                               and (not embedded_only or "invoke" in f)]) * 1000
+                               and (not embedded_only or _embedded(f))]) * 1000
             if values.size:
                 out[name] = StageStats(int(values.size), float(values.mean()),
                                        float(np.percentile(values, 50)), float(np.percentile(values, 95)))
@@ -88,7 +94,7 @@ class Metrics:
     def frame_ms(self, embedded_only: bool = False) -> StageStats | None:
         """The work of one frame (every stage but waiting), over the window."""
         totals = np.array([sum(v for k, v in f.items() if k != "wait") for f in self._frames
-                           if not embedded_only or "invoke" in f]) * 1000
+                           if not embedded_only or _embedded(f)]) * 1000
         if not totals.size:
             return None
         return StageStats(int(totals.size), float(totals.mean()), float(np.percentile(totals, 50)),

@@ -21,6 +21,7 @@ from edge_retrieval.demo import photo
 from edge_retrieval.enroll import enroll
 from edge_retrieval.events import EventLog
 from edge_retrieval.gallery import Gallery
+from edge_retrieval.identify import PRESETS
 from edge_retrieval.systemd import Notifier
 
 _tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
@@ -196,6 +197,29 @@ def test_real_model_on_a_demo_clip_alerts_the_enrolled_item_only(embedder, tmp_p
     assert d.score >= config.decision.threshold and d.margin >= config.decision.margin
     assert 2.0 < d.time < 4.0  # while the cat is coming in (it enters at 2 s, fully in at 3 s)
     assert summary.embedded < summary.frames  # the motion gate skipped the still background
+
+
+def test_a_search_preset_decides_and_draws_the_outline(embedder, tmp_path, short_clip):
+    from dataclasses import replace
+
+    from edge_retrieval.sinks import SnapshotConfig
+
+    with Gallery(tmp_path / "demo.db") as gallery:
+        enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
+    config = Config(source=SourceConfig(uri=str(short_clip)), gallery=GalleryConfig(path=str(tmp_path / "demo.db")),
+                    snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")))
+    config = replace(config, decision=replace(config.decision, preset="default"))
+    daemon = Daemon(config, embedder=embedder, notifier=Notifier(None))
+    summary = daemon.run()
+    assert [d.label for d in summary.decisions] == ["cat"]  # not the held-out tissue
+    assert summary.decisions[0].score > PRESETS["default"].threshold  # search's scale (the gallery: uncalibrated)
+    assert 0 < summary.embedded < summary.frames  # the motion gate still skips a still scene
+    with EventLog(tmp_path / "demo.db", []) as log:
+        [event] = log.recent()
+    assert event.polygon is not None and len(event.polygon) == 4  # the verified outline
+    xs, ys = zip(*event.polygon)
+    assert max(xs) > 0 and min(xs) < 640 and max(ys) > 0 and min(ys) < 480  # (the cat may be coming in)
+    assert Path(event.snapshot).is_file()
 
 
 def run_service(tmp_path, embedder, *extra, env_extra=None):
