@@ -13,10 +13,13 @@ comparison: ±1 float32 signs, so that centroid distances are one BLAS product
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .errors import ModelError, one_line
 
 BITS = 256
 BYTES = BITS // 8
@@ -97,8 +100,12 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path = VOCABULARY) -> Vocabulary:
-        with np.load(path, allow_pickle=False) as f:
-            return cls(f["nodes"], f["leaves"])
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return cls(f["nodes"], f["leaves"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ModelError(f"{path}: not a usable ORB vocabulary ({one_line(e)}); reinstall the package or "
+                             "rebuild it with `python -m tools.learn_vocabulary`") from None
 
     def save(self, path: str | Path, **about: str) -> None:
         np.savez(path, nodes=self.nodes, leaves=self.leaves, **{k: np.array(v) for k, v in about.items()})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edge_retrieval import verify, vocabulary
+from edge_retrieval.errors import ModelError
 from edge_retrieval.preprocess import read_image
 from edge_retrieval.vocabulary import FAR, NO_MATCH, InvertedFile, Vocabulary
 
@@ -98,3 +99,18 @@ def test_learn_vocabulary_tool(tmp_path, photos):
     assert learn_vocabulary.main(["--photos", str(photos), "--out", str(tmp_path / "v.npz")]) == 0
     vocab = Vocabulary.load(tmp_path / "v.npz")
     assert vocab.leaves.shape == (learn_vocabulary.NODES * learn_vocabulary.BRANCHING, 32)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04 truncated"])
+def test_a_damaged_vocabulary_file_is_one_clear_error(tmp_path, content):
+    (tmp_path / "v.npz").write_bytes(content)
+    with pytest.raises(ModelError, match=r"v\.npz: not a usable ORB vocabulary"):
+        Vocabulary.load(tmp_path / "v.npz")
+
+
+def test_a_vocabulary_of_the_wrong_shape_is_one_clear_error(tmp_path):
+    np.savez(tmp_path / "v.npz", nodes=np.zeros((4, 16), np.uint8), leaves=np.zeros((16, 16), np.uint8))
+    with pytest.raises(ModelError, match="vocabulary needs"):
+        Vocabulary.load(tmp_path / "v.npz")
+    with pytest.raises(ModelError, match="not a usable"):
+        Vocabulary.load(tmp_path / "missing.npz")
