@@ -168,7 +168,16 @@ def oxford(emb: Embedder, config: Config) -> dict:
     return {"queries": len(aps), "mAP": float(np.mean(aps))}
 
 
-def run(config: Config, split: str, skip: set[str]) -> dict:
+def extra_items(split: str) -> list[Path]:
+    """Photos to enrol beside the 200 records (a larger gallery), never in a capture of `split`:
+    the Oxford images that are not pure distractors, and the other split's distractor scenes."""
+    distractors = capture_sim.oxford_distractors()
+    other = "tune" if split == "test" else "test"
+    landmarks = sorted(set((DATA / "oxford" / "images").glob("*.jpg")) - set(distractors))
+    return landmarks + capture_sim.scene_split(distractors, other)
+
+
+def run(config: Config, split: str, skip: set[str], extra: int = 0) -> dict:
     out: dict = {"config": config.name, "model": config.model.name, "preset": config.preset.__dict__,
                  "augment": config.augment, "whiten": config.whiten, "split": split}
     with Embedder(config.model) as emb:
@@ -179,6 +188,9 @@ def run(config: Config, split: str, skip: set[str]) -> dict:
             other = "tune" if split == "test" else "test"
             with Gallery(":memory:") as g:
                 enroll(g, emb, [(capture_sim.record_label(p), p) for p in enrolled], augment=config.augment)
+                if extra:
+                    enroll(g, emb, [(f"extra/{p.stem}", p) for p in extra_items(split)[:extra]], augment=config.augment)
+                    out["extra_items"] = len(g.items()) - len(enrolled)
                 ident = Identifier(emb, g, config.preset)
                 calib = None
                 if split == "test":  # the threshold calibrated on the tune split, applied to test
@@ -200,13 +212,15 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=("captures", "museum", "oxford"))
     ap.add_argument("--shortlist", type=int, help="override the preset's shortlist (tuning)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--extra-items", type=int, default=0, metavar="N",
+                    help="also enrol up to N photos that appear in no capture (a larger gallery)")
     args = ap.parse_args()
     results = []
     for name in args.config:
         config = CONFIGS[name]
         if args.shortlist:
             config = replace(config, preset=replace(config.preset, shortlist=args.shortlist))
-        result = run(config, args.split, set(args.skip))
+        result = run(config, args.split, set(args.skip), args.extra_items)
         results.append(result)
         print(json.dumps(result), flush=True)
     if args.json:
