@@ -160,6 +160,8 @@ class Identifier:
         out = []
         for item_id, label in zip(item_ids, labels):
             rows = np.flatnonzero(matrix.keys == item_id)
+            if not len(rows):  # enrolled this instant: in the local index, not yet in the cached matrix
+                continue
             vectors = dequantize(matrix.rows(rows), matrix.scales[rows])
             scores = regions.vectors @ vectors.T  # (regions, the item's embeddings)
             r = int(np.argmax(scores.max(1)))
