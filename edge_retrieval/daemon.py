@@ -393,12 +393,19 @@ class Daemon:
             self.dispatcher.wake()
 
     def _outline(self, result: FrameResult) -> tuple[tuple[float, float], ...] | None:
-        """Where a search preset verified the matched item: its outline in frame pixels."""
+        """Where a search preset found the matched item, in frame pixels: its verified outline,
+        else the region of the frame that matched it best."""
         best = result.identification.best if result.identification is not None else None
-        if best is None or best.quad is None or best.label != result.decision.label:
+        if best is None or best.label != result.decision.label:
             return None
-        x0, y0 = (self.pipeline.box(result.frame) or (0, 0))[:2]  # the quad is in the ROI's pixels
-        return tuple((float(x) + x0, float(y) + y0) for x, y in best.quad)
+        roi = self.pipeline.box(result.frame)
+        h, w = result.frame.image.shape[:2]
+        x0, y0, x1, y1 = roi if roi is not None else (0, 0, w, h)  # the identification saw the ROI
+        if best.quad is not None:
+            return tuple((float(x) + x0, float(y) + y0) for x, y in best.quad)
+        rx0, ry0, rx1, ry1 = (float(v) for v in best.region)
+        xs, ys = (x0 + rx0 * (x1 - x0), x0 + rx1 * (x1 - x0)), (y0 + ry0 * (y1 - y0), y0 + ry1 * (y1 - y0))
+        return ((xs[0], ys[0]), (xs[1], ys[0]), (xs[1], ys[1]), (xs[0], ys[1]))
 
     def _snapshot(self, image: np.ndarray, event):
         """The event with its snapshot saved; a snapshot that cannot be written (a full disk) loses

@@ -221,6 +221,16 @@ def test_a_search_preset_decides_and_draws_the_outline(embedder, tmp_path, short
     assert max(xs) > 0 and min(xs) < 640 and max(ys) > 0 and min(ys) < 480  # (the cat may be coming in)
     assert Path(event.snapshot).is_file()
 
+    config = replace(config, decision=replace(config.decision, preset="fast"), snapshot=replace(
+        config.snapshot, folder=str(tmp_path / "fast")))
+    with Gallery(tmp_path / "demo.db") as gallery:  # fast: no verification, the best region is drawn
+        gallery.set_thresholds(0.5, report={"preset": "fast"})
+    Daemon(config, embedder=embedder, notifier=Notifier(None)).run()
+    with EventLog(tmp_path / "demo.db", []) as log:
+        event = log.recent()[0]
+    (x0, y0), (x1, _), (_, y1) = event.polygon[:3]
+    assert event.label == "cat" and 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
+
 
 def run_service(tmp_path, embedder, *extra, env_extra=None):
     folder = tmp_path / "camera"
