@@ -620,21 +620,22 @@ class Gallery:
 
     def features(self, item_id: int) -> list[tuple[str, tuple[int, int], np.ndarray, np.ndarray]]:
         """An item's stored local features: [(kind, (width, height), keypoints, descriptors)]."""
-        return [f for _item, f in self._features("WHERE item_id = ?", [int(item_id)])]
+        return [f for _row, _item, f in self._features("WHERE item_id = ?", [int(item_id)])]
 
-    def all_features(self) -> list[tuple[int, tuple[str, tuple[int, int], np.ndarray, np.ndarray]]]:
-        """Every enrolled image's local features: [(item_id, (kind, (width, height), keypoints,
-        descriptors))], in enrolment order."""
+    def all_features(self) -> list[tuple[int, int, tuple[str, tuple[int, int], np.ndarray, np.ndarray]]]:
+        """Every enrolled image's local features: [(row id, item_id, (kind, (width, height),
+        keypoints, descriptors))], in enrolment order (a row id is never reused)."""
         return self._features("", [])
 
     def _features(self, where: str, params: list) -> list:
         out = []
-        for item_id, kind, w, h, kp, desc in self.db.execute(
-                f"SELECT item_id, kind, width, height, keypoints, descriptors FROM features {where} ORDER BY id", params):
+        for row, item_id, kind, w, h, kp, desc in self.db.execute(
+                f"SELECT id, item_id, kind, width, height, keypoints, descriptors FROM features {where} ORDER BY id",
+                params):
             points = np.frombuffer(kp, "<f4").reshape(-1, 2)
             descriptors = np.frombuffer(desc, np.uint8)
             descriptors = descriptors.reshape(len(points), -1) if len(points) else descriptors.reshape(0, 32)
-            out.append((item_id, (kind, (w, h), points, descriptors)))
+            out.append((row, item_id, (kind, (w, h), points, descriptors)))
         return out
 
     def add_negatives(self, item: int | str, vectors: np.ndarray, sources: Sequence[str] | None = None) -> int:

@@ -138,10 +138,14 @@ class InvertedFile:
     """The gallery's descriptors grouped by vocabulary leaf, each remembered by its position in
     the order they were given (the caller maps positions to items and points)."""
 
-    def __init__(self, vocabulary: Vocabulary, descriptors: np.ndarray):
+    def __init__(self, vocabulary: Vocabulary, descriptors: np.ndarray, leaves: np.ndarray | None = None):
+        """`leaves`: the descriptors' nearest leaves (`vocabulary.assign(descriptors)[:, 0]`)
+        if already known: assigning is most of the cost of building."""
         self.vocabulary = vocabulary
         descriptors = np.ascontiguousarray(descriptors, np.uint8).reshape(-1, BYTES)
-        leaf = vocabulary.assign(descriptors)[:, 0] if len(descriptors) else np.empty(0, np.int64)
+        if leaves is None:
+            leaves = vocabulary.assign(descriptors)[:, 0] if len(descriptors) else np.empty(0, np.int64)
+        leaf = np.asarray(leaves, np.int64)
         self._position = np.argsort(leaf, kind="stable")
         self._words = _words(descriptors[self._position])
         self._starts = np.searchsorted(leaf[self._position], np.arange(len(vocabulary.leaves) + 1))

@@ -117,7 +117,7 @@ def test_a_new_enrolment_is_voted_for_at_once(regional, photos, tmp_path):
     cv2.imwrite(str(tmp_path / "blank.png"), np.full((200, 300, 3), 128, np.uint8))
     with Gallery(tmp_path / "g.db") as g:
         enroll(g, regional, [("cat", photos / "cat.jpg"), ("blank", tmp_path / "blank.png")])
-        assert [len(f[3]) for _item, f in g.all_features()][1] == 0  # a photo without features
+        assert [len(f[3]) for _row, _item, f in g.all_features()][1] == 0  # a photo without features
         ident = Identifier(regional, g)
         assert ident.identify(frame).match is None
         enroll(g, regional, [("cameraman", photos / "cameraman.jpg")])
@@ -138,3 +138,23 @@ def test_an_item_enrolled_elsewhere_between_two_matrix_refreshes(regional, photo
         assert ident.identify(frame).match is None  # voted for, but not in the matrix yet
         g.refresh_interval = 0.0
         assert ident.identify(frame).match == "cameraman"
+
+
+def test_the_local_index_follows_enrolments_and_removals_incrementally(regional, photos, tmp_path):
+    from edge_retrieval.identify import LocalIndex
+    from edge_retrieval.vocabulary import Vocabulary
+
+    vocab = Vocabulary.load()
+    query = verify.extract(scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))[0])
+    with Gallery(tmp_path / "g.db") as g:
+        enroll(g, regional, [("cat", photos / "cat.jpg"), ("coffee", photos / "coffee.jpg")])
+        index = LocalIndex(g, vocab)
+        for change in (lambda: enroll(g, regional, [("cameraman", photos / "cameraman.jpg")]),
+                       lambda: g.remove("cat")):
+            change()
+            index = LocalIndex(g, vocab, previous=index)  # reuses the leaves of the images it had
+            fresh = LocalIndex(g, vocab)
+            assert index.leaves.keys() == fresh.leaves.keys()
+            for got, want in zip(index.inverted.nearest2(query.descriptors), fresh.inverted.nearest2(query.descriptors)):
+                assert np.array_equal(got, want)
+            assert np.array_equal(index.item_of_image, fresh.item_of_image)
