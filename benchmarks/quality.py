@@ -94,7 +94,8 @@ def capture_metrics(s: dict, threshold: float | None = None) -> dict:
     out = {"captures_positive": int(pos.sum()), "captures_negative": int((~pos).sum()),
            "recall_at_1": float(correct[pos].mean()),
            "dir_at_fpir_1pc": float(np.mean(correct[pos] & (scores[pos] > t_own))),
-           "threshold_fpir_1pc": t_own, "ms_per_frame_median": float(np.median(s["ms"]))}
+           "threshold_fpir_1pc": t_own, "ms_per_frame_median": float(np.median(s["ms"])),
+           "ms_per_frame_p90": float(np.percentile(s["ms"], 90))}
     if threshold is not None:
         out["calibrated_threshold"] = threshold
         out["calibrated_fpir"] = float(np.mean(scores[~pos] > threshold))
