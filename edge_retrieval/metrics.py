@@ -22,11 +22,11 @@ import numpy as np
 STAGES = ("capture", "wait", "motion", "preprocess", "invoke", "pool", "scan", "identify", "decide", "emit")
 MODEL_STAGES = ("invoke", "identify")  # a frame with one of these was embedded
 WORK_STAGES = tuple(s for s in STAGES if s != "wait")
-SNAPSHOT_LOST = "snapshots not saved"
+SNAPSHOT_LOST = "snapshots not saved"  # a count in `Metrics.counts` (a full disk, say)
 
 
 def _embedded(frame_stages: dict[str, float]) -> bool:
-    return any(name in frame_stages for name in MODEL_STAGES)  # a count in `Metrics.counts` (a full disk, say)
+    return any(name in frame_stages for name in MODEL_STAGES)
 
 
 @dataclass(frozen=True)
