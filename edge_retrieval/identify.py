@@ -141,7 +141,7 @@ class LocalIndex:
 
 
 class Identifier:
-    """Embedder + gallery (+ verifier) → `Identification` per frame."""
+    """Embedder + gallery (+ the gallery's local features) → `Identification` per frame."""
 
     def __init__(self, embedder: Embedder, gallery: Gallery, preset: str | Preset = "default",
                  vocabulary: Vocabulary | None = None):
@@ -189,15 +189,15 @@ class Identifier:
         return out
 
     def verified(self, frame: np.ndarray, regions: Regions, candidates: list[Candidate],
-                 local: tuple[verify_mod.LocalFeatures, np.ndarray, np.ndarray] | None = None) -> list[Candidate]:
+                 query: verify_mod.LocalFeatures | None = None) -> list[Candidate]:
         """The shortlist plus the most voted items, each with its votes and its best image's
-        verification (the outline and inliers scaled to the frame)."""
+        verification (the outline and inliers scaled to the frame). `query`: the frame's ORB
+        features, if already extracted."""
         preset = self.preset
         index = self.local_index()
-        if local is None:
+        if query is None:
             query = verify_mod.extract(frame, preset.query_features)
-            local = (query, *index.matches(query, helper=self._worker))
-        query, points, positions = local
+        points, positions = index.matches(query, helper=self._worker)
         image = index.image[positions]
         item = index.item_of_image[image]
         ids, counts = np.unique(item, return_counts=True)
@@ -235,8 +235,7 @@ class Identifier:
         preset = self.preset
         if not self.gallery.matrix().size:  # nothing enrolled (no count(*) of every item per frame)
             return Identification(None, None, float("-inf"), None)
-        if preset.verify:  # the frame's ORB features are extracted beside the CNN, then both
-            index = self.local_index()  # threads search half of them each
+        if preset.verify:  # ORB features extracted beside the CNN; then both threads search them
             extracted = self._worker.submit(verify_mod.extract, frame, preset.query_features)
         try:
             regions = self.embedder.regions(frame, preset.levels, boxes)
@@ -244,8 +243,7 @@ class Identifier:
         finally:
             query = extracted.result() if preset.verify else None
         if preset.verify:
-            local = (query, *index.matches(query, helper=self._worker))
-            candidates = self.verified(frame, regions, candidates, local)
+            candidates = self.verified(frame, regions, candidates, query)
         vetoed = self.vetoes(regions, candidates)
         candidates = [c if c.item_id not in vetoed else Candidate(**{**c.__dict__, "vetoed": True})
                       for c in candidates]
