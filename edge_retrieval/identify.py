@@ -111,8 +111,7 @@ class LocalIndex:
         self.point = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         known = previous.leaves if previous is not None and previous.inverted.vocabulary is vocabulary else {}
         self.leaves: dict[int, np.ndarray] = {  # per feature row: its descriptors' leaves
-            row: known[row] if row in known else
-            (vocabulary.assign(f.descriptors)[:, 0] if len(f) else np.empty(0, np.int64))
+            row: known[row] if row in known else vocabulary.assign(f.descriptors)[:, 0]
             for (row, _item, _f), f in zip(rows, self.images)}
         descriptors = np.concatenate([f.descriptors for f in self.images]) if self.images else \
             np.empty((0, 32), np.uint8)

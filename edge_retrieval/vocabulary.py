@@ -144,7 +144,7 @@ class InvertedFile:
         self.vocabulary = vocabulary
         descriptors = np.ascontiguousarray(descriptors, np.uint8).reshape(-1, BYTES)
         if leaves is None:
-            leaves = vocabulary.assign(descriptors)[:, 0] if len(descriptors) else np.empty(0, np.int64)
+            leaves = vocabulary.assign(descriptors)[:, 0]
         leaf = np.asarray(leaves, np.int64)
         self._position = np.argsort(leaf, kind="stable")
         self._words = _words(descriptors[self._position])
@@ -163,9 +163,9 @@ class InvertedFile:
         if not n or not len(self):
             return distance, position
         probed = self.vocabulary.assign(descriptors, nodes, leaves)
-        start, end = self._starts[probed], self._starts[probed + 1]
-        per_leaf = (end - start).ravel()
-        per_query = (end - start).sum(1)
+        start = self._starts[probed]
+        counts = self._starts[probed + 1] - start
+        per_leaf, per_query = counts.ravel(), counts.sum(1)
         total = int(per_leaf.sum())
         if not total:
             return distance, position
