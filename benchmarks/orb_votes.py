@@ -1,18 +1,19 @@
-"""Issue 4 experiment, not in the library yet: find the item by global ORB votes, not a CNN shortlist.
+"""Issue 4 reference: find the item by global ORB votes alone, with faiss as the nearest-neighbour index.
 
 One timed loop per capture of benchmarks/captures.py: ORB (2000 features) on the 640×480 frame
 → 2 nearest neighbours of each frame descriptor among *all* gallery ORB descriptors (500 per
 record, extracted as `enroll` does) through faiss `IndexBinaryIVF` (256 lists, nprobe 8; the
 `bench` extra, not a runtime dependency) → ratio test → votes per item → MAGSAC homography
-(verify.py's threshold and plausibility check) on the top item's matches → score = inliers
+(`verify.fit`: its threshold and plausibility check) on the top item's matches → score = inliers
 + 0.001 · votes. Reports recall@1, DIR at FPIR = 1 % and ms/frame, like quality.py.
 
     pip install -e .[bench]
     python benchmarks/orb_votes.py --split tune
     python benchmarks/orb_votes.py --split test --calib 0.007   # the tune split's 1 % threshold
 
-To land it, the runtime needs a binary inverted-file index of its own (NumPy/OpenCV), kept up
-to date on enrolment; see the closing note of the session that measured it.
+The library does the same votes with its own NumPy index (edge_retrieval/vocabulary.py) beside
+the CNN shortlist (identify.py); this script is the faiss reference it is compared with in
+benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -36,21 +37,6 @@ import quality  # noqa: E402
 
 from edge_retrieval import verify  # noqa: E402
 from edge_retrieval.preprocess import read_image  # noqa: E402
-
-
-def inliers(query: verify.LocalFeatures, item: verify.LocalFeatures, qidx: np.ndarray, gidx: np.ndarray) -> int:
-    """MAGSAC inliers of the item's ratio-tested matches; 0 unless the outline is plausible."""
-    if len(qidx) < verify.MIN_MATCHES:
-        return 0
-    H, mask = cv2.findHomography(item.keypoints[gidx], query.keypoints[qidx], cv2.USAC_MAGSAC,
-                                 verify.REPROJECTION_PX)
-    if H is None or mask is None:
-        return 0
-    w, h = item.size
-    corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]]).reshape(-1, 1, 2)
-    if not verify.plausible(cv2.perspectiveTransform(corners, H).reshape(4, 2), query.size):
-        return 0
-    return int(mask.ravel().astype(bool).sum())
 
 
 def main(argv=None) -> int:
@@ -90,7 +76,7 @@ def main(argv=None) -> int:
         votes = np.bincount(owner[nn[good, 0]], minlength=len(feats))
         k = int(np.argmax(votes))
         sel = good & (owner[nn[:, 0]] == k)
-        score = inliers(query, feats[k], np.flatnonzero(sel), local[nn[sel, 0]]) + 1e-3 * votes[k]
+        score = verify.fit(query, feats[k], np.flatnonzero(sel), local[nn[sel, 0]]).inliers + 1e-3 * votes[k]
         ms.append(1000 * (time.perf_counter() - start))
         found.append(labels[k])
         scores.append(score)
