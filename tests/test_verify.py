@@ -33,6 +33,12 @@ def scene_with(item: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndar
     return frame, SRC_QUAD
 
 
+@pytest.fixture
+def cameraman_scene(photos) -> tuple[np.ndarray, np.ndarray]:
+    """The cameraman photo tilted into a gravel scene: (frame, the photo's outline in it)."""
+    return scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))
+
+
 @pytest.fixture(scope="module")
 def regional():
     with Embedder(REPO_MODELS / "mobilenet_v2_240x320_int8.tflite") as emb:
@@ -75,8 +81,8 @@ def demo_gallery(regional, tmp_path_factory):
         yield g
 
 
-def test_identify_an_item_in_a_scene_and_explain_it(regional, demo_gallery, photos, tmp_path):
-    frame, quad = scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))
+def test_identify_an_item_in_a_scene_and_explain_it(regional, demo_gallery, cameraman_scene):
+    frame, quad = cameraman_scene
     ident = Identifier(regional, demo_gallery)
     result = ident.identify(frame)
     assert result.match == "cameraman" and result.best.inliers >= MIN_INLIERS_SAME
@@ -101,8 +107,8 @@ def test_identify_on_an_empty_gallery(regional, tmp_path, photos):
     assert result.match is None and result.best is None
 
 
-def test_votes_find_the_item_without_the_cnn_shortlist(regional, demo_gallery, photos):
-    frame, quad = scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))
+def test_votes_find_the_item_without_the_cnn_shortlist(regional, demo_gallery, cameraman_scene):
+    frame, quad = cameraman_scene
     ident = Identifier(regional, demo_gallery)
     regions = regional.regions(frame, ident.preset.levels)
     found = sorted(ident.verified(frame, regions, []), key=lambda c: -c.score)  # the votes alone
@@ -112,8 +118,8 @@ def test_votes_find_the_item_without_the_cnn_shortlist(regional, demo_gallery, p
     assert 0 < found[0].cosine <= 1.0001  # the CNN's view of a voted item is still reported
 
 
-def test_a_new_enrolment_is_voted_for_at_once(regional, photos, tmp_path):
-    frame, _ = scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))
+def test_a_new_enrolment_is_voted_for_at_once(regional, photos, tmp_path, cameraman_scene):
+    frame, _ = cameraman_scene
     cv2.imwrite(str(tmp_path / "blank.png"), np.full((200, 300, 3), 128, np.uint8))
     with Gallery(tmp_path / "g.db") as g:
         enroll(g, regional, [("cat", photos / "cat.jpg"), ("blank", tmp_path / "blank.png")])
@@ -125,10 +131,10 @@ def test_a_new_enrolment_is_voted_for_at_once(regional, photos, tmp_path):
         assert result.match == "cameraman" and result.best.votes > 0 and result.best.inliers >= MIN_INLIERS_SAME
 
 
-def test_an_item_enrolled_elsewhere_between_two_matrix_refreshes(regional, photos, tmp_path):
+def test_an_item_enrolled_elsewhere_between_two_matrix_refreshes(regional, photos, tmp_path, cameraman_scene):
     """The local index follows the generation at once; the cached matrix within its refresh
     interval (the service: 0.25 s). A voted item missing from the matrix waits, no error."""
-    frame, _ = scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))
+    frame, _ = cameraman_scene
     with Gallery(tmp_path / "g.db") as g, Gallery(tmp_path / "g.db") as other:
         enroll(g, regional, [("cat", photos / "cat.jpg")])
         g.refresh_interval = 3600.0
@@ -140,12 +146,12 @@ def test_an_item_enrolled_elsewhere_between_two_matrix_refreshes(regional, photo
         assert ident.identify(frame).match == "cameraman"
 
 
-def test_the_local_index_follows_enrolments_and_removals_incrementally(regional, photos, tmp_path):
+def test_the_local_index_follows_enrolments_and_removals_incrementally(regional, photos, tmp_path, cameraman_scene):
     from edge_retrieval.identify import LocalIndex
     from edge_retrieval.vocabulary import Vocabulary
 
     vocab = Vocabulary.load()
-    query = verify.extract(scene_with(read_image(photos / "cameraman.jpg"), read_image(photos / "gravel.jpg"))[0])
+    query = verify.extract(cameraman_scene[0])
     with Gallery(tmp_path / "g.db") as g:
         enroll(g, regional, [("cat", photos / "cat.jpg"), ("coffee", photos / "coffee.jpg")])
         index = LocalIndex(g, vocab)

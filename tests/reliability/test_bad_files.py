@@ -97,13 +97,17 @@ def base(tmp_path_factory, embedder):
     return root
 
 
+def copy_alone(source: Path, path: Path) -> Path:
+    """A copy of `source` at `path`, alone in a new folder (a test can list what else appears)."""
+    path.parent.mkdir()
+    shutil.copy(source, path)
+    return path
+
+
 @pytest.fixture
 def gallery(tmp_path, base) -> Path:
     """A fresh copy of the base gallery, alone in its folder."""
-    path = tmp_path / "g" / "gallery.db"
-    path.parent.mkdir()
-    shutil.copy(base / "gallery.db", path)
-    return path
+    return copy_alone(base / "gallery.db", tmp_path / "g" / "gallery.db")
 
 
 # -- bad images -------------------------------------------------------------------------------------
@@ -619,10 +623,7 @@ HOSTILE_SAYS = {
 
 @pytest.fixture
 def export_copy(tmp_path, base) -> Path:
-    path = tmp_path / "x" / "hostile.gallery"
-    path.parent.mkdir()
-    shutil.copy(base / "base.gallery", path)
-    return path
+    return copy_alone(base / "base.gallery", tmp_path / "x" / "hostile.gallery")
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))

@@ -23,7 +23,7 @@ except ImportError:  # another conftest.py took the name: read the switch the sa
     def budget(bounded: int, full: int) -> int:
         return full if os.environ.get("EDGE_RETRIEVAL_RELIABILITY", "") == "full" else bounded
 
-from test_power_cut import check_gallery
+from test_power_cut import check_gallery, label_folders
 
 _HOLD_S = 1.0  # how long another writer holds the write lock
 _ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -149,13 +149,7 @@ def test_two_enrol_commands_and_a_searching_reader_lose_nothing(tmp_path, photos
     for writer in ("a", "b"):
         for r in range(rounds):
             folder = tmp_path / f"{writer}{r}"
-            labels = []
-            for photo in sorted(photos.glob("*.jpg")):
-                label = f"{writer}{r}-{photo.stem}"
-                (folder / label).mkdir(parents=True)
-                (folder / label / photo.name).symlink_to(photo)
-                labels.append(label)
-            folders.setdefault(writer, []).append((folder, labels))
+            folders.setdefault(writer, []).append((folder, label_folders(folder, f"{writer}{r}", photos)))
     reader = start_reader(db, stop)
     loops = {}
     for writer, jobs in folders.items():  # one shell loop per writer: its commands run one after another

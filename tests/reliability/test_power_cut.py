@@ -321,16 +321,16 @@ class Killer:
 
 
 # -- (a) enrolment -------------------------------------------------------------------------------
-def _enrol_folder(root: Path, trial: int, photos: Path) -> tuple[Path, list[str]]:
-    """A folder of the real photos, one sub-folder (= label) per photo, labels unique to this trial."""
-    folder = root / f"t{trial}"
+def label_folders(folder: Path, prefix: str, photos: Path) -> list[str]:
+    """`folder` as `enroll` reads it: one sub-folder (= label, "<prefix>-<photo>") per real
+    photo, linking to it. Returns the labels."""
     labels = []
     for photo in sorted(photos.glob("*.jpg")):
-        label = f"t{trial}-{photo.stem}"
+        label = f"{prefix}-{photo.stem}"
         (folder / label).mkdir(parents=True)
         (folder / label / photo.name).symlink_to(photo)
         labels.append(label)
-    return folder, labels
+    return labels
 
 
 @pytest.mark.parametrize("way", ["api", "cli"])
@@ -341,7 +341,8 @@ def test_enrolment_killed_at_random_points_is_all_or_nothing(server, tmp_path, p
     trial = 0
     while killer.more():  # two whole runs measure, then the kills, then a whole run must succeed
         trial += 1
-        folder, labels = _enrol_folder(tmp_path / "photos", trial, photos)
+        folder = tmp_path / "photos" / f"t{trial}"
+        labels = label_folders(folder, f"t{trial}", photos)
         out = killer.run(scenario=f"enroll-{way}", gallery=str(db), folder=str(folder))
         check_gallery(db)
         with Gallery(db) as g:
