@@ -400,14 +400,20 @@ MODEL_CASES = ["truncated-model", "truncated-model, card updated", "random-model
                "whitening-missing", "card-missing", "model-missing"]
 
 
-@pytest.mark.parametrize("case", MODEL_CASES)
-def test_bad_model_or_card_is_refused_naming_the_file(case, tmp_path, gallery, embedder):
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    """A working copy of the default model in its own folder: m.tflite, its card, its whitening."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     shutil.copy(DEFAULT_MODEL, model_dir / "m.tflite")
     card = json.loads(ModelCard.path_for(DEFAULT_MODEL).read_text())
     shutil.copy(DEFAULT_MODEL.parent / card["whitening"]["file"], model_dir / card["whitening"]["file"])
     _write_card(model_dir, card)
+    return model_dir
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_bad_model_or_card_is_refused_naming_the_file(case, model_dir, gallery, embedder):
     named = _bad_model(model_dir, case)
     before = state(gallery)
     for command in ("search", "enroll"):
@@ -415,14 +421,8 @@ def test_bad_model_or_card_is_refused_naming_the_file(case, tmp_path, gallery, e
     assert state(gallery) == before
 
 
-def test_the_untouched_model_copy_works(tmp_path, gallery, embedder):
+def test_the_untouched_model_copy_works(model_dir, gallery, embedder):
     """The model cases above fail because of their damage, not because of the copy."""
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    shutil.copy(DEFAULT_MODEL, model_dir / "m.tflite")
-    card = json.loads(ModelCard.path_for(DEFAULT_MODEL).read_text())
-    shutil.copy(DEFAULT_MODEL.parent / card["whitening"]["file"], model_dir / card["whitening"]["file"])
-    _write_card(model_dir, card)
     result = run("search", photo(ENROLLED[0]), "--json", "--model", model_dir / "m.tflite", "-g", gallery)
     assert result.exit_code == 0 and json.loads(result.stdout)["match"] == ENROLLED[0], result.output
 
