@@ -88,6 +88,9 @@ class Embedder:
                              f"{self.card.output_shape}")
         self.input_quant = TensorQuantization.of(inp)
         self.output_quant = TensorQuantization.of(out)
+        q = self.output_quant  # True when the lowest code dequantizes to ≥ 0 (a ReLU output); else unknown
+        self._nonnegative = (q.scale > 0 and np.issubdtype(q.dtype, np.integer)
+                             and q.zero_point <= np.iinfo(q.dtype).min) or None
         if not np.issubdtype(self.input_quant.dtype, np.integer):
             raise ModelError(f"{self.model_path}: input is {self.input_quant.dtype}, expected a full-integer model")
         self._lut = preprocess.input_lut(self.input_quant.scale, self.input_quant.zero_point, self.input_quant.dtype)
@@ -138,16 +141,17 @@ class Embedder:
         """One prepared input → the dequantized float32 output (feature map H×W×C or vector C)."""
         self._interp.set_tensor(self._in_index, tensor[None])
         self._interp.invoke()
-        raw = self._interp.get_tensor(self._out_index)[0]
+        out = self._interp.get_tensor(self._out_index)[0].astype(np.float32)
         q = self.output_quant
-        if q.scale == 0:
-            return raw.astype(np.float32)
-        return (raw.astype(np.float32) - q.zero_point) * q.scale
+        if q.scale:  # in place: no temporaries (right after an invoke every byte touched is a cache miss)
+            out -= np.float32(q.zero_point)
+            out *= np.float32(q.scale)
+        return out
 
     def describe(self, output: np.ndarray) -> np.ndarray:
         """Model output → L2-normalized descriptor (pooling a feature map as the card says)."""
         if self.card.output_kind == "feature_map":
-            output = descriptors.pool(output, self.card.pooling, self.card.gem_p)
+            output = descriptors.pool(output, self.card.pooling, self.card.gem_p, self._nonnegative)
         if self.whitening is not None:
             return self.whitening(output.reshape(1, -1))[0]
         return descriptors.l2_normalize(output.reshape(-1))

@@ -261,6 +261,8 @@ def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     elif frame.shape[2] == 4:
         frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
     h, w = frame.shape[:2]
+    if (w, h) == (width, height):  # e.g. a video decoded at the model's input size (camera.FileSource)
+        return frame
     if w > 2 * width and h > 2 * height:
         # INTER_AREA at a fractional ratio costs ~1.3 ms for 640×480 → 224²; a bilinear step to
         # exactly twice the size and then INTER_AREA's fast 2:1 path gives the same pixels
@@ -272,13 +274,13 @@ def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def to_input(frame: np.ndarray, width: int, height: int, color_order: str, lut: np.ndarray) -> np.ndarray:
     """One BGR uint8 frame → an (H, W, 3) tensor in the model's dtype (stretch-resize)."""
-    img = resize(frame, width, height)
+    img = resize(frame, width, height)  # (the frame itself when it has that size already)
     if color_order == "RGB":
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if lut.dtype == np.int8 and np.array_equal(lut, _SHIFT_128):
         # the usual int8 input (scale 1, zero point -128): value - 128 is the top bit flipped,
-        # ≈ 10× faster than the table lookup
-        return np.bitwise_xor(img, np.uint8(0x80)).view(np.int8)
+        # ≈ 10× faster than the table lookup; in place when img is a copy already
+        return np.bitwise_xor(img, np.uint8(0x80), out=None if img is frame else img).view(np.int8)
     return cv2.LUT(img, lut)
 
 

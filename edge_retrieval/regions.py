@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .descriptors import EPS, l2_normalize
+from .descriptors import EPS, l2_normalize, norms
 from .errors import ModelError
 
 
@@ -89,7 +89,7 @@ class Whitening:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         # (x/|x| − mean)·projᵀ = (x·projᵀ)/|x| − mean·projᵀ: one product, the C-dim vector touched once
         x = np.asarray(x, np.float32)
-        norm = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
+        norm = np.maximum(norms(x), EPS)
         return l2_normalize((x @ self.proj.T) / norm - self._projected_mean)
 
     @cached_property

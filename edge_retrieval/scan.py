@@ -266,6 +266,11 @@ class CodeMatrix:
                 block = self._f32[lo:hi]
             else:
                 block = np.concatenate([seg[a:b] for seg, a, b, _ in self._pieces(lo, hi)]).astype(np.float32)
+            if len(q) == 1:                 # a camera frame's query: the fewest calls (they run cold
+                scores = block @ q[0]       # after the model's invoke, ≈ 10 µs each)
+                scores *= self._scales[lo:hi]
+                rows = np.argsort(-scores, kind="stable")[:k]            # ties: the lower row
+                return rows[None] + lo, scores[rows][None]
             scores = np.matmul(block, q.T)
             np.multiply(scores, self._scales[lo:hi, None], out=scores)
             rows = np.argsort(-scores.T, axis=1, kind="stable")[:, :k]   # ties: the lower row

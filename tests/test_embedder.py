@@ -19,6 +19,21 @@ def test_card_input_and_quantization_come_from_the_model(embedder):
     assert card.input_quantization["scale"] == pytest.approx(embedder.input_quant.scale)
 
 
+def test_pooling_skips_the_sign_check_only_where_the_quantization_rules_negatives_out(embedder):
+    """The model's lowest output code dequantizes to 0 (a ReLU6 output), so `describe` pools
+    without looking for negative values: the same descriptor as pooling that looks."""
+    from edge_retrieval import descriptors
+
+    q = embedder.output_quant
+    assert (np.iinfo(q.dtype).min - q.zero_point) * q.scale >= 0
+    output = embedder.invoke(embedder.prepare(read_image(photo(ITEMS[0]))))
+    assert output.min() >= 0
+    looked = embedder.whitening(descriptors.gem(output, embedder.card.gem_p)[None])[0]
+    assert np.allclose(embedder.describe(output), looked, atol=_SAME_IMAGE_TOLERANCE)
+    fmap = np.array([[[-1.0, 2.0]], [[3.0, 2.0]]], np.float32)  # a negative value: clamped, as before
+    assert np.allclose(descriptors.gem(fmap), descriptors.gem(np.maximum(fmap, descriptors.EPS), 3.0, True))
+
+
 def test_descriptors_are_unit_float32_and_batch_equals_single(embedder):
     frames = [read_image(photo(n)) for n in ITEMS[:3]]
     batch = embedder.embed(frames)
@@ -90,3 +105,16 @@ def test_input_lut_matches_the_formula(embedder):
 
     expected = np.rint(resize(frame, w, h)[:, :, ::-1] / q.scale + q.zero_point)
     assert np.array_equal(rgb, expected.clip(-128, 127))
+
+
+@pytest.mark.parametrize("color_order", ["RGB", "BGR"])
+def test_a_frame_of_the_input_size_is_used_as_is_and_left_untouched(color_order):
+    from edge_retrieval import preprocess
+
+    frame = read_image(photo(ITEMS[0]))[:48, :64].copy()
+    before = frame.copy()
+    shift = (np.arange(256) - 128).astype(np.int8)
+    x = preprocess.to_input(frame, 64, 48, color_order, shift)
+    assert np.array_equal(frame, before)
+    expected = frame[..., ::-1] if color_order == "RGB" else frame
+    assert x.dtype == np.int8 and np.array_equal(x, expected.astype(np.int16) - 128)

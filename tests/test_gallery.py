@@ -36,6 +36,10 @@ def test_add_search_items_and_best_embedding_per_item(gallery):
     assert np.allclose(m.scores[:, 0], 1.0, atol=_SCORE_TOLERANCE)
     assert all(len(set(row)) == 3 for row in m.item_ids)  # one entry per item
     assert (np.diff(m.scores, axis=1) <= 0).all()
+    for q in range(5):  # one query (a camera frame's: its own shorter path) = its row of the batch
+        one = gallery.search(v[q], k=3)
+        assert one.item_ids.tolist() == [m.item_ids[q].tolist()] and one.labels.tolist() == [m.labels[q].tolist()]
+        assert np.allclose(one.scores[0], m.scores[q], atol=1e-6)
     items = {i.label: i for i in gallery.items()}
     assert items["a"].embeddings == 2 and items["a"].metadata == {"room": 1}
 
