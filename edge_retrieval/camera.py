@@ -63,10 +63,26 @@ class SourceEnded(Exception):
 class Frame:
     """One captured frame."""
 
-    image: np.ndarray  # BGR uint8 (H, W, 3)
+    image: np.ndarray  # BGR uint8 (H, W, 3); decoded at a fraction of its size when `jpeg` is set
     time: float  # seconds: media time for files and folders, time.monotonic() for live sources
     index: int  # the source's own frame number (frames skipped or dropped still count)
     captured: float = field(default_factory=time.monotonic)  # monotonic time it was decoded
+    jpeg: np.ndarray | None = None  # the frame as encoded (uint8), kept when `image` was decoded smaller
+
+    def full(self) -> np.ndarray:
+        """The frame at its full resolution: `image`, or `jpeg` decoded now (a snapshot's picture)."""
+        if self.jpeg is None:
+            return self.image
+        image = cv2.imdecode(self.jpeg, cv2.IMREAD_COLOR)
+        return self.image if image is None else image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) at full resolution: the frame's pixels, in which boxes are given."""
+        if self.jpeg is not None:  # (checked before it was decoded)
+            _, width, height = preprocess.image_size(self.jpeg.tobytes())
+            return width, height
+        return self.image.shape[1], self.image.shape[0]
 
 
 class FrameSource(Protocol):
@@ -185,10 +201,12 @@ def inspect_image(image: Any) -> tuple[np.ndarray | None, str | None, str]:
         image, kind = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), "grey"
     elif channels == 4:
         image, kind = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR), "bgra"
-    rows = image[::8]  # every 8th row tells a blank frame: whole rows keep the max SIMD-fast, and an
-    if rows.max() <= BLANK_LEVEL:  # eighth of a frame fresh from the decoder costs few cache misses
+    # every 8th row tells a blank frame: whole rows keep it SIMD-fast, an eighth of a frame fresh
+    # from the decoder costs few cache misses, and one minMaxLoc reads them once for both ends
+    low, high, _, _ = cv2.minMaxLoc(image[::8].reshape(-1, image.shape[1] * 3))
+    if high <= BLANK_LEVEL:
         kind = kind or "black"
-    elif rows.min() >= 255 - BLANK_LEVEL:
+    elif low >= 255 - BLANK_LEVEL:
         kind = kind or "white"
     return image, kind, detail
 
@@ -229,12 +247,19 @@ class FileSource:
     as a camera's grabber does, so decoding stays off the pipeline's critical path.
     `realtime` plays the file at its own speed as a camera would: frames whose time has
     passed while the pipeline was busy are dropped (no prefetch then).
+
+    `decode_size` (width, height): the smallest image the reader needs, e.g. the model's
+    input. Motion-JPEG frames are then decoded at 1/2, 1/4 or 1/8 of their size (libjpeg
+    scales while decoding, at about 60 % of the cost of a full decode for 1/2) as long as
+    the image stays at least that large; each frame keeps its JPEG for `Frame.full`.
+    Other codecs decode at full size.
     """
 
     live = False
 
     def __init__(self, path: str, *, fps: float = 0.0, loop: bool = False, realtime: bool = False,
-                 name: str = "", open_fn: Callable[[str], Capture] | None = None, prefetch: bool = True):
+                 name: str = "", open_fn: Callable[[str], Capture] | None = None, prefetch: bool = True,
+                 decode_size: tuple[int, int] | None = None):
         self.path = str(path)
         self.name = name or self.path
         self.loop, self.realtime = loop, realtime
@@ -244,6 +269,7 @@ class FileSource:
         self._running = False
         self._open = open_fn or (lambda uri: open_capture(uri))
         self._cap = self._open(self.path)
+        self._reduction = _reduction(self._cap, decode_size) if decode_size else 1  # decoded at 1/this
         media_fps = self._cap.get(cv2.CAP_PROP_FPS)
         if not (0 < media_fps < 1000):
             log.warning("%s: frame rate unknown, assuming %g fps", self.path, FALLBACK_FPS)
@@ -277,6 +303,8 @@ class FileSource:
         self._base += self._index
         self._cap.release()
         self._cap = self._open(self.path)
+        if self._reduction > 1:
+            self._cap.set(cv2.CAP_PROP_FORMAT, -1)  # packets, as when opened
         self._index = 0
 
     def _grab(self) -> bool:
@@ -295,8 +323,9 @@ class FileSource:
                 return True
         return False
 
-    def _advance(self, keep: bool) -> np.ndarray | None:
-        """Grab the next frame; decode it only if kept. SourceEnded at the end."""
+    def _advance(self, keep: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """Grab the next frame; decode it only if kept: (image, its JPEG when decoded reduced),
+        None when skipped or damaged. SourceEnded at the end."""
         for attempt in (0, 1):
             if self._grab():
                 break
@@ -308,24 +337,28 @@ class FileSource:
             self.frames_skipped += 1
             return None
         ok, image = self._cap.retrieve()
+        jpeg = None
+        if ok and image is not None and self._reduction > 1:  # the packet: a JPEG
+            jpeg = image.reshape(-1)
+            image = _decode_reduced(jpeg, self._reduction)
         if not ok or image is None:  # grabbed but not decodable: a damaged frame
             self.frames_damaged += 1
             self._pass_damaged += 1
             return None
         self._pass_decoded += 1
-        return image
+        return image, jpeg
 
     def _next(self) -> Frame:
         """The next frame due by media time (skipped ones are grabbed, not decoded)."""
-        image = None
-        while image is None:
+        decoded = None
+        while decoded is None:
             while not self._pacer.due(self._media_time(self._index)):
                 self._advance(keep=False)
             t = self._media_time(self._index)
-            image = self._advance(keep=True)
+            decoded = self._advance(keep=True)
         self._pacer.taken(t)
         self.frames_read += 1
-        return Frame(image, t, self._base + self._index - 1)
+        return Frame(decoded[0], t, self._base + self._index - 1, jpeg=decoded[1])
 
     def _prefetch(self) -> None:
         # The decoder thread yields to the model: at nice 19 (Linux sets it per thread) it runs
@@ -391,6 +424,34 @@ class FileSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _decode_reduced(jpeg: np.ndarray, factor: int) -> np.ndarray | None:
+    """A JPEG packet decoded at 1/factor; None when damaged. Its markers are checked first
+    (≈ 30 µs): libjpeg decodes most damage anyway, with grey blocks and a warning on stderr,
+    where FFmpeg rejects the frame; most damage shows in the markers."""
+    try:
+        preprocess.image_size(jpeg.tobytes())
+    except ValueError:
+        return None
+    return cv2.imdecode(jpeg, _REDUCED_FLAGS[factor])
+
+
+def _reduction(cap: Capture, size: tuple[int, int]) -> int:
+    """For a Motion-JPEG capture whose frames are at least twice `size` (width, height): the
+    largest reduction (2, 4, 8) that keeps them at least `size`, with the capture switched to
+    handing over its packets (the JPEGs). 1, the capture untouched, otherwise."""
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+    if fourcc.to_bytes(4, "little").decode("latin-1").upper() != "MJPG":
+        return 1
+    width, height = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    factor = max((f for f in _REDUCED_FLAGS if width // f >= size[0] and height // f >= size[1]), default=1)
+    if factor == 1 or not cap.set(cv2.CAP_PROP_FORMAT, -1):
+        return 1
+    return factor
 
 
 # -- folders ----------------------------------------------------------------
@@ -760,9 +821,11 @@ def source_name(config) -> str:
 
 
 def open_source(config, stop: threading.Event | None = None,
-                open_fn: Callable[[str], Capture] | None = None) -> FrameSource:
+                open_fn: Callable[[str], Capture] | None = None,
+                decode_size: tuple[int, int] | None = None) -> FrameSource:
     """The source a `SourceConfig` describes. Live ones come wrapped in `Reconnecting`
-    (and so open lazily, on the first read); files and folders open now (SourceError)."""
+    (and so open lazily, on the first read); files and folders open now (SourceError).
+    `decode_size`: see `FileSource`."""
     uri = config.uri.strip()
     if not uri:
         raise SourceError("no source configured (source.uri)")
@@ -773,7 +836,7 @@ def open_source(config, stop: threading.Event | None = None,
                             realtime=config.realtime, name=name)
     if kind == "file":
         return FileSource(uri, fps=config.fps, loop=config.loop, realtime=config.realtime, name=name,
-                          open_fn=open_fn)
+                          open_fn=open_fn, decode_size=decode_size)
     opener = open_fn or (lambda u: open_capture(u, config.width, config.height))
     return Reconnecting(
         lambda: LiveSource(uri, fps=config.fps, read_timeout=config.read_timeout, name=name, open_fn=opener),

@@ -96,7 +96,7 @@ class Pipeline:
         """The ROI in frame pixels (x0, y0, x1, y1), None for the whole frame."""
         if self.roi is None:
             return None
-        h, w = frame.image.shape[:2]
+        w, h = frame.size
         return (self.roi.x * w, self.roi.y * h, (self.roi.x + self.roi.width) * w,
                 (self.roi.y + self.roi.height) * h)
 
@@ -166,6 +166,8 @@ def describe_decision(d: Decision) -> str:
 class Daemon:
     """Opens the parts a Config describes (or takes them ready-made, for tests) and runs the loop."""
 
+    full_frames = False  # whether frames must be decoded at full size even for the whole-frame preset
+
     def __init__(self, config: Config, *, stop: threading.Event | None = None, notifier: Notifier | None = None,
                  embedder=None, gallery: Gallery | None = None, source: FrameSource | None = None,
                  sinks: list | None = None, demo: bool = False, demo_seed: int = 0,
@@ -232,7 +234,11 @@ class Daemon:
         self._open_events()
         source_name = config.source.name or config.source.uri or "camera"
         if self._source is None:
-            self._source = self._own(open_source(config.source, self.stop))
+            # the whole-frame preset needs frames no larger than the model's input (a snapshot
+            # decodes its frame again at full size); search presets and the kiosk's view, full ones
+            whole = config.decision.preset == WHOLE and not self.full_frames
+            size = getattr(self._embedder, "input_size", None) if whole else None
+            self._source = self._own(open_source(config.source, self.stop, decode_size=size))
         source_name = getattr(self._source, "name", source_name)
         self.pipeline = Pipeline(self._embedder, gallery, Decider.from_config(config.decision),
                                  MotionGate.from_config(config.motion), roi=config.roi, source=source_name,
@@ -383,7 +389,7 @@ class Daemon:
                       label=decision.label, item_id=decision.item_id, metadata=metadata,
                       box=self.pipeline.box(result.frame), polygon=self._outline(result), details=details)
         if self.config.snapshot.enabled:
-            event = self._snapshot(result.frame.image, event)
+            event = self._snapshot(result.frame.full(), event)
         try:
             self.event_log.record(event)
         except EdgeRetrievalError as e:  # a broken database must not stop detection
@@ -399,7 +405,7 @@ class Daemon:
         if best is None or best.label != result.decision.label:
             return None
         roi = self.pipeline.box(result.frame)
-        h, w = result.frame.image.shape[:2]
+        w, h = result.frame.size
         x0, y0, x1, y1 = roi if roi is not None else (0, 0, w, h)  # the identification saw the ROI
         if best.quad is not None:
             return tuple((float(x) + x0, float(y) + y0) for x, y in best.quad)

@@ -229,6 +229,8 @@ class _Watched:
 class KioskDaemon(Daemon):
     """The service's `Daemon`, unchanged, with every processed frame also handed to `watch`."""
 
+    full_frames = True  # the live view shows them
+
     def __init__(self, config: Config, *, watch: Callable[[FrameResult], None], **kwargs):
         super().__init__(config, **kwargs)
         self._watch = watch

@@ -90,6 +90,59 @@ def test_video_file_in_realtime_drops_what_a_slow_pipeline_missed(video):
     assert source.frames_skipped == 2
 
 
+@pytest.fixture(scope="module")
+def photo_clip(tmp_path_factory):
+    """A 640×480 Motion-JPEG clip of a real photo drifting right, 6 frames at 10 fps."""
+    from edge_retrieval.demo import photo
+
+    image = cv2.resize(cv2.imread(str(photo("cat"))), (640, 480), interpolation=cv2.INTER_AREA)
+    path = tmp_path_factory.mktemp("photo_clip") / "cat.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for i in range(6):
+        writer.write(np.roll(image, 8 * i, axis=1))
+    writer.release()
+    return path
+
+
+def mean_difference(a, b) -> float:
+    return float(np.abs(a.astype(np.int16) - b).mean())
+
+
+def test_a_motion_jpeg_file_decodes_at_the_size_asked_and_keeps_the_full_frame(photo_clip):
+    full = read_all(FileSource(str(photo_clip)))
+    reduced = read_all(FileSource(str(photo_clip), decode_size=(320, 240)))
+    assert [(f.index, f.time) for f in reduced] == [(f.index, f.time) for f in full]
+    for small, big in zip(reduced, full):
+        assert small.image.shape == (240, 320, 3) and small.size == (640, 480) and big.jpeg is None
+        assert mean_difference(small.image, cv2.resize(big.image, (320, 240), interpolation=cv2.INTER_AREA)) < 1.5
+        assert mean_difference(small.full(), big.image) < 1.5  # libjpeg, not FFmpeg: rounding apart
+    # the largest reduction that keeps the size asked: 1/4 for 100×100; none for 400×300
+    quarter, none = (FileSource(str(photo_clip), decode_size=size, prefetch=False) for size in ((100, 100), (400, 300)))
+    assert quarter.read().image.shape == (120, 160, 3)
+    frame = none.read()
+    assert frame.image.shape == (480, 640, 3) and frame.jpeg is None
+    quarter.close(), none.close()
+
+
+def test_a_reduced_file_stays_reduced_when_it_loops(photo_clip):
+    source = FileSource(str(photo_clip), loop=True, decode_size=(320, 240))
+    frames = [source.read() for _ in range(9)]
+    source.close()
+    assert [f.index for f in frames] == list(range(9))
+    assert all(f.image.shape == (240, 320, 3) for f in frames)
+    assert mean_difference(frames[6].image, frames[0].image) == 0  # the same first frame again
+
+
+def test_other_codecs_decode_at_full_size(tmp_path):
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 96))
+    for i in range(3):
+        writer.write(np.full((96, 128, 3), 40 * i, np.uint8))
+    writer.release()
+    frames = read_all(FileSource(str(path), decode_size=(32, 24)))
+    assert len(frames) == 3 and all(f.image.shape == (96, 128, 3) and f.jpeg is None for f in frames)
+
+
 def test_missing_file_is_a_source_error(tmp_path):
     with pytest.raises(SourceError, match="no such file"):
         open_source(SourceConfig(uri=str(tmp_path / "nope.mp4")))

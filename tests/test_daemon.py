@@ -199,6 +199,39 @@ def test_real_model_on_a_demo_clip_alerts_the_enrolled_item_only(embedder, tmp_p
     assert summary.embedded < summary.frames  # the motion gate skipped the still background
 
 
+def test_a_clip_is_decoded_at_the_model_input_size_and_snapshots_stay_full_size(embedder, tmp_path, short_clip):
+    """The whole-frame preset decodes a Motion-JPEG clip's frames at half size (240×320, the
+    model's input); the event's box is in the frame's own pixels, its snapshot the full frame."""
+    from dataclasses import replace
+
+    from edge_retrieval.config import RoiConfig
+    from edge_retrieval.sinks import SnapshotConfig
+
+    with Gallery(tmp_path / "demo.db") as gallery:
+        enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
+    config = Config(source=SourceConfig(uri=str(short_clip)), gallery=GalleryConfig(path=str(tmp_path / "demo.db")),
+                    snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")),
+                    roi=RoiConfig(x=0.0625, y=0.0625, width=0.875, height=0.875))
+    seen = []
+    summary = Daemon(config, embedder=embedder, notifier=Notifier(None),
+                     on_decision=lambda decision, result: seen.append(result.frame)).run()
+    assert [d.label for d in summary.decisions] == ["cat"]
+    assert seen[0].image.shape == (240, 320, 3) and seen[0].size == (640, 480)
+    with EventLog(tmp_path / "demo.db", []) as log:
+        [event] = log.recent()
+    assert event.box == (40.0, 30.0, 600.0, 450.0)
+    assert cv2.imread(event.snapshot).shape == (480, 640, 3)
+
+    config = replace(config, decision=replace(config.decision, preset="fast"), snapshot=replace(
+        config.snapshot, folder=str(tmp_path / "fast")))
+    seen.clear()  # a search preset looks at the full frame
+    with Gallery(tmp_path / "demo.db") as gallery:
+        gallery.set_thresholds(0.5, report={"preset": "fast"})
+    Daemon(config, embedder=embedder, notifier=Notifier(None),
+           on_decision=lambda decision, result: seen.append(result.frame)).run()
+    assert seen and seen[0].image.shape == (480, 640, 3) and seen[0].jpeg is None
+
+
 def test_a_search_preset_decides_and_draws_the_outline(embedder, tmp_path, short_clip):
     from dataclasses import replace
 

@@ -569,15 +569,17 @@ def damaged_copy(clip, path, damage):
     return path
 
 
+@pytest.mark.parametrize("reduced", [False, True], ids=["full-decode", "reduced-decode"])
 @pytest.mark.parametrize("damage", ["cut", "corrupted"])
-def test_real_demo_clip_cut_short_or_damaged(embedder, demo, tmp_path, damage):
+def test_real_demo_clip_cut_short_or_damaged(embedder, demo, tmp_path, damage, reduced):
     """The real model on the demo clip cut short / with damaged frames: the loop processes every
     readable frame, alerts every enrolled item it shows, ends cleanly, delivers the events.
-    (Before: FileSource ended at the first undecodable frame, losing the 300 good frames after it.)"""
+    (Before: FileSource ended at the first undecodable frame, losing the 300 good frames after it.)
+    Also with the JPEG packets decoded at half size, as `run` plays a clip."""
     clip, db = demo
     path = damaged_copy(clip, tmp_path / f"{damage}.avi", damage)
     sink = ListSink()
-    source = FileSource(str(path))
+    source = FileSource(str(path), decode_size=embedder.input_size if reduced else None)
     db = copy_gallery(db, tmp_path)
     daemon = Daemon(Config(gallery=GalleryConfig(path=str(db))), embedder=embedder, source=source, sinks=[sink],
                     notifier=Notifier(None))
