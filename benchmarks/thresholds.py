@@ -40,7 +40,7 @@ def measure(embedder: Embedder, seed: int = 0) -> dict[str, dict[str, np.ndarray
                                           for g in ("item", "held-out", "empty", "partial")}
     with tempfile.TemporaryDirectory() as tmp, Gallery(Path(tmp) / "g.db") as gallery:
         enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
-        source = FileSource(str(path))
+        source = FileSource(str(path), decode_size=embedder.input_size)  # as the service decodes it
         try:
             while True:
                 frame = source.read()
