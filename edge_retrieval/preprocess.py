@@ -251,7 +251,8 @@ def input_lut(scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
         q = levels
     else:
         q = np.rint(levels / scale + zero_point)
-    return q.clip(info.min, info.max).astype(dtype)
+    lut = q.clip(info.min, info.max).astype(dtype)
+    return _SHIFT_128 if np.array_equal(lut, _SHIFT_128) else lut  # (recognized by identity in to_input)
 
 
 def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -277,7 +278,7 @@ def to_input(frame: np.ndarray, width: int, height: int, color_order: str, lut: 
     img = resize(frame, width, height)  # (the frame itself when it has that size already)
     if color_order == "RGB":
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if lut.dtype == np.int8 and np.array_equal(lut, _SHIFT_128):
+    if lut is _SHIFT_128 or (lut.dtype == np.int8 and np.array_equal(lut, _SHIFT_128)):
         # the usual int8 input (scale 1, zero point -128): value - 128 is the top bit flipped,
         # ≈ 10× faster than the table lookup; in place when img is a copy already
         return np.bitwise_xor(img, np.uint8(0x80), out=None if img is frame else img).view(np.int8)
@@ -285,3 +286,4 @@ def to_input(frame: np.ndarray, width: int, height: int, color_order: str, lut: 
 
 
 _SHIFT_128 = (np.arange(256) - 128).astype(np.int8)
+_SHIFT_128.flags.writeable = False  # shared by every Embedder of such a model

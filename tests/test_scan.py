@@ -144,8 +144,11 @@ def test_append_rejects_bad_shapes_and_values():
     m.append(np.full((1, 4), 3, np.int16), np.ones(1), np.arange(1))   # fits: accepted
     with pytest.raises(ValueError):
         m.topk(np.zeros((1, 5), np.float32), 1)
-    with pytest.raises(ValueError):
-        m.topk(np.full((1, 4), np.nan, np.float32), 1)
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            m.topk(np.array([[0.5, bad, 0.1, 0.2]], np.float32), 1)
+    with np.errstate(over="ignore"):  # its sum overflows, yet every value is finite: accepted
+        assert len(m.topk(np.full(4, 3e38, np.float32), 1)[0]) == 1
 
 
 def test_remove_keeps_order(small_blocks):
