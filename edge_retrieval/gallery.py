@@ -602,7 +602,8 @@ class Gallery:
         while True:
             rows, scores = matrix.topk(queries, wanted)
             keys = matrix.keys[rows]
-            picks = [_first_distinct(row, k) for row in keys.tolist()]  # each query's first rows of its best items
+            key_rows = keys.tolist()
+            picks = [_first_distinct(row, k) for row in key_rows]  # each query's first rows of its best items
             found = min(len(p) for p in picks)
             if wanted == n or found >= k:
                 break
@@ -610,7 +611,8 @@ class Gallery:
         # A camera frame's search is one query: plain Python and few NumPy calls, since right
         # after the model's invoke each distinct NumPy call runs from cold caches (≈ 10–40 µs).
         if len(picks) == 1:
-            ids, best = keys[:, picks[0]], scores[:, picks[0]]
+            ids = np.array([[key_rows[0][p] for p in picks[0]]], np.int64)
+            best = scores[0].take(picks[0])[None]
         else:
             ids = np.stack([keys[q, p[:found]] for q, p in enumerate(picks)])
             best = np.stack([scores[q, p[:found]] for q, p in enumerate(picks)])

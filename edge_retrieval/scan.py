@@ -269,7 +269,7 @@ class CodeMatrix:
             if len(q) == 1:                 # a camera frame's query: the fewest calls (they run cold
                 scores = block @ q[0]       # after the model's invoke, ≈ 10 µs each)
                 scores *= self._scales[lo:hi]
-                rows = np.argsort(-scores, kind="stable")[:k]            # ties: the lower row
+                rows = (-scores).argsort(kind="stable")[:k]              # ties: the lower row
                 return rows[None] + lo, scores[rows][None]
             scores = np.matmul(block, q.T)
             np.multiply(scores, self._scales[lo:hi, None], out=scores)
