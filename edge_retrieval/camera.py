@@ -73,7 +73,7 @@ class Frame:
         """The frame at its full resolution: `image`, or `jpeg` decoded now (a snapshot's picture)."""
         if self.jpeg is None:
             return self.image
-        image = cv2.imdecode(self.jpeg, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(self.jpeg, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as `image`
         return self.image if image is None else image
 
     @property
@@ -426,7 +426,10 @@ class FileSource:
             self._cap = None
 
 
-_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# As FFmpeg decodes a video's JPEGs: an EXIF orientation in a packet is not applied (so the
+# header's size is the image's)
+_REDUCED_FLAGS = {f: flag | cv2.IMREAD_IGNORE_ORIENTATION for f, flag in
+                  ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))}
 
 
 def _decode_reduced(jpeg: np.ndarray, factor: int) -> np.ndarray | None:

@@ -133,6 +133,26 @@ def test_a_reduced_file_stays_reduced_when_it_loops(photo_clip):
     assert mean_difference(frames[6].image, frames[0].image) == 0  # the same first frame again
 
 
+def test_a_reduced_frame_ignores_an_exif_orientation_as_ffmpeg_does():
+    """A JPEG packet may carry an EXIF orientation: FFmpeg does not apply it, so neither does
+    the reduced decode nor `Frame.full`, and the header's size stays the image's."""
+    import struct
+
+    from edge_retrieval.camera import Frame, _decode_reduced
+
+    ok, encoded = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack("<I", 0)
+    payload = b"Exif\x00\x00" + tiff  # orientation 6: shown turned a quarter
+    data = encoded.tobytes()
+    jpeg = np.frombuffer(data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:], np.uint8)
+    assert cv2.imdecode(jpeg, cv2.IMREAD_COLOR).shape == (64, 48, 3)  # (the orientation is there)
+    frame = Frame(_decode_reduced(jpeg, 2), 0.0, 0, jpeg=jpeg)
+    assert frame.image.shape == (24, 32, 3) and frame.size == (64, 48) and frame.full().shape == (48, 64, 3)
+    damaged = jpeg.copy()
+    damaged[len(damaged) // 2:len(damaged) // 2 + 4] = [0xFF, 0x31, 0xFF, 0x32]  # markers that cannot be there
+    assert _decode_reduced(damaged, 2) is None
+
+
 def test_other_codecs_decode_at_full_size(tmp_path):
     path = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 96))
