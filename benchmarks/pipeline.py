@@ -1,12 +1,14 @@
 """Per-frame latency of the service pipeline by stage, and its overhead over the bare model.
 
-Runs the real service loop (`Daemon` with a video `FileSource`, every frame embedded: the
-motion gate off) over a video file, and in the same run, interleaved round by round so both
-see the same machine load, the bare `Embedder.invoke` on that clip's frames already prepared
-(the model's input size, 224×224 for the default model). Reports, per round and as the
-median over rounds:
+Runs the real service loop (`Daemon` with a video `FileSource` opened as `edge-retrieval run`
+opens it: a Motion-JPEG file decoded at the model's input size, `--full-decode` for full
+frames; every frame embedded: the motion gate off) over a video file, and in the same run,
+interleaved round by round so both see the same machine load, the bare `Embedder.invoke` on
+that clip's frames already prepared (the model's input size, 240×320 for the default model).
+Reports, per round and as the median over rounds:
 
-  stage ms        capture (decode), motion, preprocess, invoke, pool, scan, decide
+  stage ms        capture (the wait for the frame the source's thread decodes; with
+                  --no-prefetch the decoding itself), motion, preprocess, invoke, pool, scan, decide
   frame ms        sum of the stages of one frame (its latency from reading to decision)
   loop ms         wall time of the whole run ÷ frames (everything the loop does)
   bare invoke ms  Embedder.invoke alone
