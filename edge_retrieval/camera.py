@@ -249,10 +249,10 @@ class FileSource:
     passed while the pipeline was busy are dropped (no prefetch then).
 
     `decode_size` (width, height): the smallest image the reader needs, e.g. the model's
-    input. Motion-JPEG frames are then decoded at 1/2, 1/4 or 1/8 of their size (libjpeg
-    scales while decoding, at about 60 % of the cost of a full decode for 1/2) as long as
-    the image stays at least that large; each frame keeps its JPEG for `Frame.full`.
-    Other codecs decode at full size.
+    input. Motion-JPEG frames are then decoded at 1/2, 1/4 or 1/8 of their size as long as
+    the image stays at least that large (libjpeg scales while decoding: 1/2 of a 640×480
+    frame in 0.55 ms, about two thirds of a full decode's 0.83–0.88 ms); each frame keeps its
+    JPEG for `Frame.full`. Other codecs decode at full size.
     """
 
     live = False
