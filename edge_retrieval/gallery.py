@@ -206,6 +206,25 @@ def db_path(db: sqlite_utils.Database) -> str:
     return row[2] or ":memory:"
 
 
+def enable_wal(conn: sqlite3.Connection, *, timeout: float) -> None:
+    """Put the database in WAL mode, waiting up to `timeout` seconds for other connections.
+
+    Switching a rollback-journal file to WAL needs its exclusive lock. When two processes open
+    a new gallery at once, both hold the shared lock and want the exclusive one; SQLite then
+    answers "database is locked" at once instead of calling the busy handler (it would wait
+    for a deadlock). So the switch is retried here; the loser finds the file in WAL mode.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
+
+
 def _wal_in_use(path: str) -> bool:
     try:
         return os.path.getsize(path + "-wal") > 0
@@ -345,7 +364,7 @@ class Gallery:
             check_gallery_file(conn, self.path)  # before WAL mode or a migration writes to it
             self.db.execute("PRAGMA foreign_keys = ON")
             if self.path != ":memory:":
-                self.db.enable_wal()
+                enable_wal(conn, timeout=30)
             migrate(self.db)
         except BaseException as e:
             if conn is not None:
