@@ -178,25 +178,26 @@ def inspect_image(image: Any) -> tuple[np.ndarray | None, str | None, str]:
     a plain good frame, a key of `DROPPED` when dropped, a key of `NOTED` when processed
     anyway (grey and BGRA frames are converted; all-black and all-white ones are kept: a dark
     scene is a real observation, and it lets the votes of an item that was in view run out).
-    `detail` names the shape and dtype for the log. Costs ≈ 15 µs on a 640×480 frame.
+    `detail` names the shape and dtype for the log when kind is set ("" for a plain good frame:
+    formatting them costs 20–35 µs, more than the check). Costs ≈ 20 µs on a 640×480 frame
+    (33–43 µs when every frame's detail was formatted).
     """
     if image is None:
         return None, "none", "None"
     if not isinstance(image, np.ndarray):
         return None, "not an array", type(image).__name__
-    detail = f"{image.dtype} {tuple(image.shape)}"
     if image.size == 0:
-        return None, "empty", detail
+        return None, "empty", _detail(image)
     if image.ndim not in (2, 3):
-        return None, "bad shape", detail
+        return None, "bad shape", _detail(image)
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels not in (1, 3, 4):
-        return None, "bad channels", detail
+        return None, "bad channels", _detail(image)
     if image.dtype != np.uint8:
-        return None, "bad dtype", detail
+        return None, "bad dtype", _detail(image)
     if min(image.shape[:2]) < MIN_SIDE:
-        return None, "too small", detail
-    kind = None
+        return None, "too small", _detail(image)
+    kind, original = None, image
     if channels == 1:
         image, kind = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), "grey"
     elif channels == 4:
@@ -208,7 +209,11 @@ def inspect_image(image: Any) -> tuple[np.ndarray | None, str | None, str]:
         kind = kind or "black"
     elif low >= 255 - BLANK_LEVEL:
         kind = kind or "white"
-    return image, kind, detail
+    return image, kind, "" if kind is None else _detail(original)
+
+
+def _detail(image: np.ndarray) -> str:
+    return f"{image.dtype} {tuple(image.shape)}"
 
 
 # -- rate -------------------------------------------------------------------

@@ -344,7 +344,9 @@ def test_inspect_image_drops_garbage_and_converts_grey_and_bgra(image, kind, con
     from edge_retrieval.camera import DROPPED, NOTED, inspect_image
 
     out, got, detail = inspect_image(image)
-    assert got == kind and detail
+    assert got == kind and bool(detail) == (kind is not None)
+    if isinstance(image, np.ndarray) and kind is not None:
+        assert detail == f"{image.dtype} {tuple(image.shape)}"  # the frame as handed over
     if converted is None:
         assert out is None and kind in DROPPED
     else:
