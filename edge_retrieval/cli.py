@@ -455,14 +455,17 @@ def run(config_path, source, fps, gallery_path, model_path, threads, settings, s
 
 @cli.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--show", is_flag=True, help="Print the effective configuration (defaults filled in) as TOML.")
+@click.option("--show", is_flag=True, help="Print the effective configuration (defaults filled in) as TOML, "
+                                           "secrets shown as ***.")
 def check_config(path, show):
     """Validate a TOML config file; errors name the key path (e.g. decision.votes.m)."""
-    from .config import load_config, to_toml
+    from .config import SECRET, load_config, redacted, to_toml
 
     config = load_config(path)
     if show:
-        click.echo(to_toml(config), nl=False)
+        click.echo(f"# {path}, defaults filled in; passwords, tokens, header values and URL credentials and "
+                   f"query values shown as {SECRET}\n")
+        click.echo(to_toml(redacted(config)), nl=False)
     else:
         click.echo(f"{path}: ok")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .errors import ConfigError
-from .sinks import SinksConfig, SnapshotConfig
+from .sinks import SinksConfig, SnapshotConfig, redact_url
 
 
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, default_factory: Any = dataclasses.MISSING,
@@ -515,6 +515,27 @@ def to_toml(obj: Any = None, *, table: str = "", commented_optional: bool = True
     if not table:
         text = text.lstrip("\n") + "\n"
     return text
+
+
+SECRET = "***"
+
+
+def redacted(config: Config) -> Config:
+    """The config with its secrets replaced by `SECRET`, for printing: the MQTT password, the
+    kiosk token, webhook header values, and the credentials and query values of the source and
+    webhook URLs (as logs show them). A command sink's argv is shown as it is."""
+    replace = dataclasses.replace
+    source = config.source
+    if "://" in source.uri:  # a stream URL (camera.kind_of); devices, files and folders hold no secret
+        source = replace(source, uri=redact_url(source.uri))
+    sinks = config.sinks
+    if sinks.webhook is not None:
+        sinks = replace(sinks, webhook=replace(sinks.webhook, url=redact_url(sinks.webhook.url),
+                                               headers={k: SECRET for k in sinks.webhook.headers}))
+    if sinks.mqtt is not None and sinks.mqtt.password:
+        sinks = replace(sinks, mqtt=replace(sinks.mqtt, password=SECRET))
+    kiosk = replace(config.kiosk, token=SECRET) if config.kiosk.token else config.kiosk
+    return replace(config, source=source, sinks=sinks, kiosk=kiosk)
 
 
 def documented_keys(cls: type = Config, prefix: str = "") -> list[str]:

@@ -1,5 +1,6 @@
 """The config: defaults, the example file, key-path errors, CLI overrides and check-config."""
 import dataclasses
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -91,6 +92,36 @@ def test_overrides_beat_the_file(tmp_path):
     assert parse_assignment("decision.thresholds={cat=0.8}") == ("decision.thresholds", {"cat": 0.8})
     with pytest.raises(ConfigError, match="decision.votes.x: unknown key"):
         load_config(path, {"decision.votes.x": 1})
+
+
+def test_check_config_show_hides_every_secret_and_keeps_the_rest(tmp_path):
+    config = tmp_path / "secrets.toml"
+    config.write_text(textwrap.dedent("""\
+        [source]
+        uri = "rtsp://admin:camPass1@10.0.0.5:554/stream?token=abc123"
+        [sinks.webhook]
+        url = "https://bob:hookPass2@hooks.example/x?key=qk987"
+        headers = { Authorization = "Bearer hdr555" }
+        [sinks.mqtt]
+        username = "ha"
+        password = "mqttPass3"
+        [kiosk]
+        token = "kioskTok44"
+        """))
+    result = CliRunner().invoke(cli, ["check-config", "--show", str(config)])
+    assert result.exit_code == 0, result.output
+    for secret in ("camPass1", "abc123", "hookPass2", "qk987", "hdr555", "mqttPass3", "kioskTok44"):
+        assert secret not in result.output
+    shown = tomllib.loads(result.output)
+    assert shown["source"]["uri"] == "rtsp://***@10.0.0.5:554/stream?token=***"
+    assert shown["sinks"]["webhook"]["headers"] == {"Authorization": "***"}
+    assert shown["sinks"]["mqtt"] == {**shown["sinks"]["mqtt"], "username": "ha", "password": "***"}
+    assert shown["kiosk"]["token"] == "***"
+    # no secret configured: nothing to hide, and the output loads back as the same config
+    plain = CliRunner().invoke(cli, ["check-config", "--show", str(EXAMPLE)]).output
+    assert "***" not in plain.split("\n", 1)[1]
+    (tmp_path / "plain.toml").write_text(plain)
+    assert load_config(tmp_path / "plain.toml") == load_config(EXAMPLE)
 
 
 def test_check_config_command(tmp_path):
