@@ -159,6 +159,17 @@ class DecisionConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """The event history in the gallery file (one row per decision, ≈ 430 bytes with three sinks)."""
+
+    max_count: int = setting(100_000, "Keep at most this many events (the oldest go, with their delivery "
+                                      "records); 0 = no limit. An event a sink has not acknowledged yet is "
+                                      "always kept.", min=0)
+    max_age_days: float = setting(365.0, "Delete events older than this (by their time); 0 = no limit. "
+                                         "Snapshots have their own retention ([snapshot]).", min=0)
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """The service's own reporting."""
 
@@ -205,6 +216,7 @@ class Config:
     decision: DecisionConfig = setting(default_factory=DecisionConfig, doc="When a match becomes an alert.")
     sinks: SinksConfig = setting(default_factory=SinksConfig, doc="Where events go.")
     snapshot: SnapshotConfig = setting(default_factory=SnapshotConfig, doc="Snapshots saved with events.")
+    events: EventsConfig = setting(default_factory=EventsConfig, doc="How much event history is kept.")
     service: ServiceConfig = setting(default_factory=ServiceConfig, doc="The service's own reporting.")
     kiosk: KioskConfig = setting(default_factory=KioskConfig, doc="The kiosk web page (`edge-retrieval kiosk`).")
 

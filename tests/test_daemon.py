@@ -73,6 +73,20 @@ def test_a_snapshot_that_cannot_be_written_loses_the_picture_not_the_alert(fake_
     assert [(e.label, e.snapshot) for e in events] == [("item1", None)]
 
 
+def test_the_service_keeps_the_event_history_its_config_asks_for(fake_gallery):
+    from dataclasses import replace
+
+    from edge_retrieval.config import EventsConfig
+
+    B = BACKGROUND
+    codes = [B, 1, 1, 1, B, B, 2, 2, 2, B]  # item1, then item2: two alerts, no sink to wait for
+    assert [d.label for d in daemon_for(fake_gallery, FakeSource(codes)).run().decisions] == ["item1", "item2"]
+    config = replace(FAST, events=EventsConfig(max_count=1, max_age_days=0))
+    daemon_for(fake_gallery, FakeSource([B, B]), config=config).run()  # retention applies when it starts
+    with EventLog(fake_gallery.path, []) as log:
+        assert [e.label for e in log.recent()] == ["item2"]
+
+
 def test_the_roi_is_what_the_model_sees(fake_gallery):
     from edge_retrieval.camera import Frame
     from edge_retrieval.config import RoiConfig

@@ -66,6 +66,44 @@ def test_record_is_one_transaction(tmp_path):
         assert broken._gallery.db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
 
 
+def _deliver_all(log: EventLog) -> None:
+    log._gallery.db.execute("UPDATE outbox SET delivered = 1 WHERE delivered IS NULL")
+
+
+def test_history_keeps_the_newest_events_but_never_one_a_sink_waits_for(tmp_path):
+    with EventLog(tmp_path / "gallery.db", ["webhook"], max_count=3) as log:
+        log.prune_interval = 0  # a pass at every record (the service: at most one an hour)
+        ids = [log.record(match(t=1_700_000_000.0 + i)) for i in range(5)]
+        assert [e.id for e in log.recent(10)] == ids[::-1]  # undelivered: all kept
+        _deliver_all(log)
+        ids.append(log.record(match(t=1_700_000_010.0)))
+        assert [e.id for e in log.recent(10)] == ids[:2:-1]  # the 3 newest
+        outbox = log._gallery.db.execute("SELECT event_id FROM outbox ORDER BY id").fetchall()
+        assert outbox == [(i,) for i in ids[3:]]  # the deleted events' delivery rows went with them
+    with EventLog(tmp_path / "none.db", [], max_count=2) as log:  # no sink: nothing to wait for
+        ids = [log.record(match(t=1_700_000_000.0 + i)) for i in range(4)]
+        assert [e.id for e in log.recent(10)] == ids[::-1]  # one pass an hour: the first was at open
+    with EventLog(tmp_path / "none.db", [], max_count=2) as log:  # the pass at open
+        assert [e.id for e in log.recent(10)] == ids[:1:-1]
+
+
+def test_history_drops_events_older_than_its_age_once_delivered(tmp_path):
+    day = 86400.0
+    now = time.time()
+    with EventLog(tmp_path / "gallery.db", ["mqtt"], max_age_days=30) as log:
+        log.prune_interval = 0
+        old = [log.record(match(t=now - k * day)) for k in (40, 31)]
+        recent = log.record(match(t=now - 29 * day))
+        assert len(log.recent(10)) == 3  # waiting for mqtt
+        _deliver_all(log)
+        latest = log.record(match(t=now))
+        assert [e.id for e in log.recent(10)] == [latest, recent]
+        assert not set(old) & {e.id for e in log.recent(10)}
+        assert log.prune(now=now + 2 * day) == 1  # `recent` is 31 days old by then
+    with pytest.raises(EventError, match="retention"):
+        EventLog(tmp_path / "gallery.db", [], max_count=-1)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(kind="maybe"), "kind"),
     (dict(score=float("nan")), "finite"),
