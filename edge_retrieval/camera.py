@@ -588,10 +588,15 @@ class Grabber:
     """Opens a capture and drains it in a thread, keeping only the newest frame.
 
     Opening happens in the thread too, so a stream that takes long to connect never blocks
-    the caller (who waits at most its own timeout and can stop at once)."""
+    the caller (who waits at most its own timeout and can stop at once). With `decode_size`
+    a Motion-JPEG capture hands over its packets (`_reduction`) and the thread keeps the
+    newest one undecoded: the frames dropped are never decoded, and the one read is decoded
+    smaller (`LiveSource.read`)."""
 
-    def __init__(self, open_fn: Callable[[], Capture], name: str):
+    def __init__(self, open_fn: Callable[[], Capture], name: str, decode_size: tuple[int, int] | None = None):
         self._open = open_fn
+        self._decode_size = decode_size
+        self.reduction = 1  # > 1: the capture hands over Motion-JPEG packets, decoded at 1/this by the reader
         self._cond = threading.Condition()
         self._image: np.ndarray | None = None
         self._stamp = 0.0
@@ -613,11 +618,15 @@ class Grabber:
             self._set_error(str(e))
             return
         try:
+            if self._decode_size:
+                self.reduction = _reduction(cap, self._decode_size)  # before the first frame is handed over
             while self._running:
                 ok, image = cap.read()
                 if not ok or image is None:
                     self._set_error("the capture returned no frame")
                     break
+                if self.reduction > 1:
+                    image = image.reshape(-1)  # the packet: a JPEG
                 with self._cond:
                     self._image, self._seq, self._stamp = image, self._seq + 1, time.monotonic()
                     self._cond.notify_all()
@@ -647,23 +656,29 @@ class Grabber:
 
 
 class LiveSource:
-    """A V4L2 device or a stream URL: always the newest frame, at most `fps` per second."""
+    """A V4L2 device or a stream URL: always the newest frame, at most `fps` per second.
+
+    `decode_size` (width, height), as for `FileSource`: a Motion-JPEG stream (an HTTP MJPEG
+    camera) is then read as packets and only the frames handed over are decoded, at the
+    smallest scale that keeps them at least that large; each keeps its JPEG for `Frame.full`.
+    """
 
     live = True
 
     def __init__(self, uri: str, *, fps: float = 0.0, width: int = 0, height: int = 0,
                  read_timeout: float = 5.0, name: str = "",
-                 open_fn: Callable[[str], Capture] | None = None):
+                 open_fn: Callable[[str], Capture] | None = None, decode_size: tuple[int, int] | None = None):
         self.uri = uri
         self.name = name or uri
         self.read_timeout = read_timeout
         open_fn = open_fn or (lambda u: open_capture(u, width, height))
-        self._grabber = Grabber(lambda: open_fn(uri), self.name)
+        self._grabber = Grabber(lambda: open_fn(uri), self.name, decode_size)
         self._pacer = Pacer(fps)
         self._seq = 0
         self._last_frame_at = time.monotonic()
         self.frames_read = 0
         self.frames_dropped = 0
+        self.frames_damaged = 0  # packets that did not decode (reduced decoding only)
 
     def read(self, timeout: float = 0.5) -> Frame | None:
         now = time.monotonic()
@@ -682,10 +697,16 @@ class LiveSource:
         seq, image, stamp = got
         self.frames_dropped += seq - self._seq - 1
         self._seq = seq
+        jpeg, reduction = None, self._grabber.reduction
+        if reduction > 1:
+            jpeg, image = image, _decode_reduced(image, reduction)
+            if image is None:  # a damaged packet: dropped (a stream of them runs into read_timeout)
+                self.frames_damaged += 1
+                return None
         self._last_frame_at = now
         self._pacer.taken(now)
         self.frames_read += 1
-        return Frame(image, stamp, seq - 1, captured=stamp)
+        return Frame(image, stamp, seq - 1, captured=stamp, jpeg=jpeg)
 
     def close(self) -> None:
         self._grabber.close()
@@ -834,7 +855,7 @@ def open_source(config, stop: threading.Event | None = None,
                 decode_size: tuple[int, int] | None = None) -> FrameSource:
     """The source a `SourceConfig` describes. Live ones come wrapped in `Reconnecting`
     (and so open lazily, on the first read); files and folders open now (SourceError).
-    `decode_size`: see `FileSource`."""
+    `decode_size`: see `FileSource`; for stream URLs, `LiveSource`."""
     uri = config.uri.strip()
     if not uri:
         raise SourceError("no source configured (source.uri)")
@@ -847,6 +868,9 @@ def open_source(config, stop: threading.Event | None = None,
         return FileSource(uri, fps=config.fps, loop=config.loop, realtime=config.realtime, name=name,
                           open_fn=open_fn, decode_size=decode_size)
     opener = open_fn or (lambda u: open_capture(u, config.width, config.height))
+    # a device keeps OpenCV's own decoding: its V4L2 packet mode is untested here
+    packets = decode_size if kind == "url" else None
     return Reconnecting(
-        lambda: LiveSource(uri, fps=config.fps, read_timeout=config.read_timeout, name=name, open_fn=opener),
+        lambda: LiveSource(uri, fps=config.fps, read_timeout=config.read_timeout, name=name, open_fn=opener,
+                           decode_size=packets),
         name, backoff=Backoff(config.reconnect_initial, config.reconnect_max), stop=stop)

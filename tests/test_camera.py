@@ -325,6 +325,96 @@ def test_a_real_http_stream_that_dies_mid_stream_comes_back(tmp_path):
     assert len(requests) >= 3 and source.failures >= 2
 
 
+class MjpegServer:
+    """A real HTTP Motion-JPEG camera, as an ESP32-CAM or mjpg-streamer serves one: each GET gets
+    `jpegs` as multipart/x-mixed-replace parts, `interval` s apart, then the connection ends."""
+
+    def __init__(self, jpegs: list[bytes], interval: float = 0.05):
+        import http.server
+        import socketserver
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for jpeg in jpegs:
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                         % len(jpeg) + jpeg + b"\r\n")
+                        time.sleep(interval)
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def read_frames(source, n: int, seconds: float = 20.0) -> list:
+    frames, deadline = [], time.monotonic() + seconds
+    while len(frames) < n and time.monotonic() < deadline:
+        frame = source.read(0.2)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+def test_an_http_mjpeg_camera_decodes_only_what_it_hands_over_at_the_size_asked(tmp_path):
+    """A stream URL whose codec is Motion-JPEG hands over packets: the frame handed over is
+    decoded at 1/2 (320×240 for a 640×480 camera), keeps its JPEG for the full picture and
+    its size for boxes; the frames dropped as stale are never decoded."""
+    from edge_retrieval.demo import photo
+
+    image = cv2.resize(cv2.imread(str(photo("cat"))), (640, 480), interpolation=cv2.INTER_AREA)
+    jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    full = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    server = MjpegServer([jpeg] * 400, interval=0.01)
+    try:
+        source = open_source(SourceConfig(uri=server.url, fps=20), decode_size=(320, 240))
+        try:
+            frames = read_frames(source, 4)
+        finally:
+            source.close()
+        plain = open_source(SourceConfig(uri=server.url))
+        try:
+            [whole] = read_frames(plain, 1)
+        finally:
+            plain.close()
+    finally:
+        server.close()
+    assert len(frames) == 4
+    for frame in frames:
+        assert frame.image.shape == (240, 320, 3) and frame.size == (640, 480)
+        assert mean_difference(frame.image, cv2.resize(full, (320, 240), interpolation=cv2.INTER_AREA)) < 1.5
+        assert frame.full().shape == (480, 640, 3) and mean_difference(frame.full(), full) < 1.5
+    assert [f.index for f in frames] == sorted({f.index for f in frames})  # newest each time, in order
+    assert frames[-1].index - frames[0].index > 3  # 100 frames/s served, 20 taken: the rest were dropped
+    assert whole.image.shape == (480, 640, 3) and whole.jpeg is None  # not asked: decoded by the capture
+
+
+def test_a_damaged_packet_of_an_http_mjpeg_camera_is_dropped_and_counted():
+    good = cv2.imencode(".jpg", np.full((480, 640, 3), 90, np.uint8))[1].tobytes()
+    damaged = good[: len(good) // 2]  # cut in its image data: no end-of-image marker
+    server = MjpegServer([good, damaged, good, damaged, good], interval=0.3)
+    source = LiveSource(server.url, decode_size=(320, 240), read_timeout=5.0)
+    try:
+        frames = read_frames(source, 3, seconds=10)
+    finally:
+        source.close()
+        server.close()
+    assert [f.image.shape for f in frames] == [(240, 320, 3)] * 3
+    assert source.frames_damaged == 2 and [f.index for f in frames] == [0, 2, 4]
+
+
 @pytest.mark.parametrize("image, kind, converted", [
     (fake_frame(1), None, False),
     (np.full((48, 64), 30, np.uint8), "grey", True),
