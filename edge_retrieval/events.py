@@ -10,6 +10,7 @@ acknowledged yet.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -26,6 +27,8 @@ import numpy as np
 from .errors import EventError
 from .gallery import Gallery
 from .sinks import SnapshotConfig
+
+log = logging.getLogger(__name__)
 
 KINDS = ("match", "unknown")
 SNAPSHOT_GLOB = "event-*.jpg"  # retention only ever touches files named like this
@@ -113,11 +116,7 @@ class EventLog:
         self.path = self._gallery.path
         self._pruned_at = -math.inf
         if max_count or max_age_days:
-            try:
-                self.prune()
-            except BaseException:
-                self._gallery.close()
-                raise
+            self._prune_or_log()
 
     def record(self, event: Event) -> int:
         """Store the event and its outbox rows in one transaction; returns the event id."""
@@ -142,8 +141,16 @@ class EventLog:
         except sqlite3.Error as e:
             raise EventError(f"{self.path}: cannot record the event ({e})") from None
         if (self.max_count or self.max_age_days) and time.monotonic() - self._pruned_at >= self.prune_interval:
-            self.prune()
+            self._prune_or_log()
         return int(event_id)
+
+    def _prune_or_log(self) -> None:
+        """Retention never stops the service nor fails a recorded event (a full disk cannot take
+        the deletions' WAL pages either): logged, tried again after `prune_interval`."""
+        try:
+            self.prune()
+        except EventError as e:
+            log.warning("%s; tried again in %.0f s", e, self.prune_interval)
 
     def prune(self, now: float | None = None) -> int:
         """Delete the events beyond the retention that no sink waits for (their outbox rows go

@@ -104,6 +104,20 @@ def test_history_drops_events_older_than_its_age_once_delivered(tmp_path):
         EventLog(tmp_path / "gallery.db", [], max_count=-1)
 
 
+def test_history_that_cannot_be_pruned_is_logged_and_the_events_still_recorded(tmp_path, caplog):
+    path = tmp_path / "gallery.db"
+    with Gallery(path) as g:  # SQLite itself refuses the deletions (as a full disk would)
+        g.db.execute("CREATE TRIGGER keep BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'kept'); END")
+    with EventLog(path, [], max_count=1) as log:
+        log.prune_interval = 0
+        ids = [log.record(match(t=1_700_000_000.0 + i)) for i in range(3)]
+        assert [e.id for e in log.recent(10)] == ids[::-1]
+        assert "cannot delete old events (kept)" in caplog.text
+        log._gallery.db.execute("DROP TRIGGER keep")
+        ids.append(log.record(match(t=1_700_000_010.0)))
+        assert [e.id for e in log.recent(10)] == ids[-1:]
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(kind="maybe"), "kind"),
     (dict(score=float("nan")), "finite"),
