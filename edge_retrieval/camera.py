@@ -701,6 +701,8 @@ class LiveSource:
         if reduction > 1:
             jpeg, image = image, _decode_reduced(image, reduction)
             if image is None:  # a damaged packet: dropped (a stream of them runs into read_timeout)
+                if not self.frames_damaged:
+                    log.warning("%s: damaged frame(s) skipped (counted; the stream goes on)", self.name)
                 self.frames_damaged += 1
                 return None
         self._last_frame_at = now

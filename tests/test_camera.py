@@ -401,7 +401,7 @@ def test_an_http_mjpeg_camera_decodes_only_what_it_hands_over_at_the_size_asked(
     assert whole.image.shape == (480, 640, 3) and whole.jpeg is None  # not asked: decoded by the capture
 
 
-def test_a_damaged_packet_of_an_http_mjpeg_camera_is_dropped_and_counted():
+def test_a_damaged_packet_of_an_http_mjpeg_camera_is_dropped_and_counted(caplog):
     good = cv2.imencode(".jpg", np.full((480, 640, 3), 90, np.uint8))[1].tobytes()
     damaged = good[: len(good) // 2]  # cut in its image data: no end-of-image marker
     server = MjpegServer([good, damaged, good, damaged, good], interval=0.3)
@@ -413,6 +413,7 @@ def test_a_damaged_packet_of_an_http_mjpeg_camera_is_dropped_and_counted():
         server.close()
     assert [f.image.shape for f in frames] == [(240, 320, 3)] * 3
     assert source.frames_damaged == 2 and [f.index for f in frames] == [0, 2, 4]
+    assert caplog.text.count("damaged frame(s) skipped") == 1  # logged once, then counted
 
 
 @pytest.mark.parametrize("image, kind, converted", [
