@@ -91,7 +91,8 @@ def pipeline_round(emb: Embedder, gallery: Gallery, video: str, n: int, prefetch
     config = Config(motion=MotionConfig(enabled=False), service=ServiceConfig(log_interval=0))
     metrics = Metrics(window=n)
     # as `edge-retrieval run` opens a video file for the whole-frame preset (Daemon.open)
-    source = FileSource(video, prefetch=prefetch, decode_size=emb.input_size if reduced else None)
+    source = FileSource(video, prefetch=prefetch, decode_size=emb.input_size if reduced else None,
+                        yield_to=emb.idle)
     daemon = Daemon(config, embedder=emb, gallery=gallery, source=Limited(source, n), sinks=[],
                     notifier=Notifier(None), stop=threading.Event(), metrics=metrics)
     start = time.perf_counter()

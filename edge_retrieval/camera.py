@@ -48,6 +48,7 @@ URL_TIMEOUT_MS = 5000  # FFmpeg's own open and read timeouts for stream URLs
 FALLBACK_FPS = 25.0  # a file whose frame rate OpenCV cannot read
 FOLDER_INTERVAL = 1.0  # media seconds between the images of a folder played without a target fps
 DAMAGED_GRABS = 100  # failed grabs in a row that end a file (fewer are damaged frames, skipped)
+PREFETCH_FRAMES = 2  # frames a file's decoder thread keeps ready (it decodes only while the model is idle)
 MAX_STUCK = 2  # captures hanging in their driver before a reconnecting source gives up (see Reconnecting)
 
 
@@ -258,14 +259,20 @@ class FileSource:
     the image stays at least that large (libjpeg scales while decoding: 1/2 of a 640×480
     frame in 0.55 ms, about two thirds of a full decode's 0.83–0.88 ms); each frame keeps its
     JPEG for `Frame.full`. Other codecs decode at full size.
+
+    `yield_to`: an event clear while the model runs (`Embedder.idle`). The decoder thread then
+    starts no decode until it is set again, and keeps up to PREFETCH_FRAMES frames ready: it
+    decodes on the core the pipeline's own steps leave idle instead of taking one from the
+    interpreter's threads, whose every operation waits for the slowest of them.
     """
 
     live = False
 
     def __init__(self, path: str, *, fps: float = 0.0, loop: bool = False, realtime: bool = False,
                  name: str = "", open_fn: Callable[[str], Capture] | None = None, prefetch: bool = True,
-                 decode_size: tuple[int, int] | None = None):
+                 decode_size: tuple[int, int] | None = None, yield_to: threading.Event | None = None):
         self.path = str(path)
+        self._yield_to = yield_to
         self.name = name or self.path
         self.loop, self.realtime = loop, realtime
         self.prefetch = prefetch and not realtime
@@ -341,17 +348,25 @@ class FileSource:
         if not keep:
             self.frames_skipped += 1
             return None
+        if self._reduction == 1:
+            self._yield_to_model()  # retrieve() decodes
         ok, image = self._cap.retrieve()
         jpeg = None
         if ok and image is not None and self._reduction > 1:  # the packet: a JPEG
             jpeg = image.reshape(-1)
-            image = _decode_reduced(jpeg, self._reduction)
+            image = _decode_reduced(jpeg, self._reduction, before=self._yield_to_model)
         if not ok or image is None:  # grabbed but not decodable: a damaged frame
             self.frames_damaged += 1
             self._pass_damaged += 1
             return None
         self._pass_decoded += 1
         return image, jpeg
+
+    def _yield_to_model(self) -> None:
+        """In the decoder thread, before decoding: wait while the model runs (`yield_to` clear)."""
+        if self._yield_to is not None:
+            while self._running and not self._yield_to.wait(0.1):
+                pass
 
     def _next(self) -> Frame:
         """The next frame due by media time (skipped ones are grabbed, not decoded)."""
@@ -366,9 +381,10 @@ class FileSource:
         return Frame(decoded[0], t, self._base + self._index - 1, jpeg=decoded[1])
 
     def _prefetch(self) -> None:
-        # The decoder thread yields to the model: at nice 19 (Linux sets it per thread) it runs
-        # on the cores the interpreter's threads leave idle (pooling, scan, decision) instead of
-        # slowing the invoke (benchmarks/README.md: pipeline.py).
+        # The decoder thread yields to the model: it starts no decode while the model runs
+        # (`yield_to`), and at nice 19 (Linux sets it per thread) the rest of its work (reading
+        # packets) runs on the cores the interpreter's threads leave idle instead of slowing the
+        # invoke (benchmarks/README.md: pipeline.py).
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except (AttributeError, OSError):
@@ -395,7 +411,7 @@ class FileSource:
             raise SourceEnded(self.path)
         if self.prefetch:
             if self._thread is None:
-                self._queue, self._running = queue.Queue(maxsize=1), True
+                self._queue, self._running = queue.Queue(maxsize=PREFETCH_FRAMES), True
                 self._thread = threading.Thread(target=self._prefetch, name=f"decode {self.name}", daemon=True)
                 self._thread.start()
             try:
@@ -437,15 +453,17 @@ _REDUCED_FLAGS = {f: flag | cv2.IMREAD_IGNORE_ORIENTATION for f, flag in
                   ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))}
 
 
-def _decode_reduced(jpeg: np.ndarray, factor: int) -> np.ndarray | None:
+def _decode_reduced(jpeg: np.ndarray, factor: int, before: Callable[[], None] | None = None) -> np.ndarray | None:
     """A JPEG packet decoded at 1/factor; None when damaged. libjpeg decodes damaged data
     anyway (grey blocks, and a warning on stderr), so the markers are checked first (≈ 30 µs):
     that refuses most damaged frames (16 of the damaged-clip test's frames, where FFmpeg's
-    own decoder refuses 6 and patches the rest)."""
+    own decoder refuses 6 and patches the rest). `before` is called between the two."""
     try:
         preprocess.image_size(jpeg.tobytes())
     except ValueError:
         return None
+    if before is not None:
+        before()
     return cv2.imdecode(jpeg, _REDUCED_FLAGS[factor])
 
 
@@ -854,10 +872,10 @@ def source_name(config) -> str:
 
 def open_source(config, stop: threading.Event | None = None,
                 open_fn: Callable[[str], Capture] | None = None,
-                decode_size: tuple[int, int] | None = None) -> FrameSource:
+                decode_size: tuple[int, int] | None = None, yield_to: threading.Event | None = None) -> FrameSource:
     """The source a `SourceConfig` describes. Live ones come wrapped in `Reconnecting`
     (and so open lazily, on the first read); files and folders open now (SourceError).
-    `decode_size`: see `FileSource`; for stream URLs, `LiveSource`."""
+    `decode_size`: see `FileSource`; for stream URLs, `LiveSource`. `yield_to`: see `FileSource`."""
     uri = config.uri.strip()
     if not uri:
         raise SourceError("no source configured (source.uri)")
@@ -868,7 +886,7 @@ def open_source(config, stop: threading.Event | None = None,
                             realtime=config.realtime, name=name)
     if kind == "file":
         return FileSource(uri, fps=config.fps, loop=config.loop, realtime=config.realtime, name=name,
-                          open_fn=open_fn, decode_size=decode_size)
+                          open_fn=open_fn, decode_size=decode_size, yield_to=yield_to)
     opener = open_fn or (lambda u: open_capture(u, config.width, config.height))
     # a device keeps OpenCV's own decoding: its V4L2 packet mode is untested here
     packets = decode_size if kind == "url" else None

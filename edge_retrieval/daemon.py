@@ -238,7 +238,8 @@ class Daemon:
             # decodes its frame again at full size); search presets and the kiosk's view, full ones
             whole = config.decision.preset == WHOLE and not self.full_frames
             size = getattr(self._embedder, "input_size", None) if whole else None
-            self._source = self._own(open_source(config.source, self.stop, decode_size=size))
+            self._source = self._own(open_source(config.source, self.stop, decode_size=size,
+                                                 yield_to=getattr(self._embedder, "idle", None)))
         source_name = getattr(self._source, "name", source_name)
         self.pipeline = Pipeline(self._embedder, gallery, Decider.from_config(config.decision),
                                  MotionGate.from_config(config.motion), roi=config.roi, source=source_name,

@@ -1,6 +1,7 @@
 """The embedder: a LiteRT int8 model and its card → L2-normalized float32 descriptors."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -96,6 +97,10 @@ class Embedder:
         self._lut = preprocess.input_lut(self.input_quant.scale, self.input_quant.zero_point, self.input_quant.dtype)
         self.input_size = (w, h)
         self.whitening = self._load_whitening()
+        # clear while `invoke` runs the interpreter, whose threads take every core they are given:
+        # a video file's decoder thread waits for it (camera.FileSource `yield_to`)
+        self.idle = threading.Event()
+        self.idle.set()
 
     def _load_whitening(self) -> "regions.Whitening | None":
         spec = self.card.whitening
@@ -139,9 +144,13 @@ class Embedder:
 
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
         """One prepared input → the dequantized float32 output (feature map H×W×C or vector C)."""
-        self._interp.set_tensor(self._in_index, tensor[None])
-        self._interp.invoke()
-        out = self._interp.get_tensor(self._out_index)[0].astype(np.float32)
+        self.idle.clear()
+        try:
+            self._interp.set_tensor(self._in_index, tensor[None])
+            self._interp.invoke()
+            out = self._interp.get_tensor(self._out_index)[0].astype(np.float32)
+        finally:
+            self.idle.set()
         q = self.output_quant
         if q.scale:  # in place: no temporaries (right after an invoke every byte touched is a cache miss)
             out -= np.float32(q.zero_point)

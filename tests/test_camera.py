@@ -124,6 +124,24 @@ def test_a_motion_jpeg_file_decodes_at_the_size_asked_and_keeps_the_full_frame(p
     quarter.close(), none.close()
 
 
+@pytest.mark.parametrize("decode_size", [(320, 240), None])
+def test_a_file_decoder_yields_to_the_model(photo_clip, decode_size):
+    """With `yield_to` clear (the model running) the decoder thread starts no decode, reduced or
+    full; once set, the frames come as they would without it, in order."""
+    model_idle = threading.Event()
+    source = FileSource(str(photo_clip), decode_size=decode_size, yield_to=model_idle)
+    try:
+        assert source.read(0.3) is None  # the decoder waits: nothing decoded
+        assert source._pass_decoded == 0
+        model_idle.set()
+        frames = [source.read(2.0) for _ in range(6)]
+    finally:
+        source.close()
+    expected = read_all(FileSource(str(photo_clip), decode_size=decode_size))
+    assert [(f.index, f.image.shape) for f in frames] == [(f.index, f.image.shape) for f in expected]
+    assert all(mean_difference(a.image, b.image) == 0 for a, b in zip(frames, expected))
+
+
 def test_a_reduced_file_stays_reduced_when_it_loops(photo_clip):
     source = FileSource(str(photo_clip), loop=True, decode_size=(320, 240))
     frames = [source.read() for _ in range(9)]

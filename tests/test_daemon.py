@@ -227,8 +227,10 @@ def test_a_clip_is_decoded_at_the_model_input_size_and_snapshots_stay_full_size(
                     snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")),
                     roi=RoiConfig(x=0.0625, y=0.0625, width=0.875, height=0.875))
     seen = []
-    summary = Daemon(config, embedder=embedder, notifier=Notifier(None),
-                     on_decision=lambda decision, result: seen.append(result.frame)).run()
+    daemon = Daemon(config, embedder=embedder, notifier=Notifier(None),
+                    on_decision=lambda decision, result: seen.append(result.frame))
+    summary = daemon.run()
+    assert daemon._source._yield_to is embedder.idle  # the decoder thread waits while the model runs
     assert [d.label for d in summary.decisions] == ["cat"]
     assert seen[0].image.shape == (240, 320, 3) and seen[0].size == (640, 480)
     with EventLog(tmp_path / "demo.db", []) as log:

@@ -80,6 +80,28 @@ def test_model_errors(tmp_path, embedder):
         Embedder(fake)
 
 
+def test_idle_is_clear_only_while_the_model_runs(embedder):
+    import threading
+
+    tensor = embedder.prepare(np.full((240, 320, 3), 128, np.uint8))
+    seen, done = set(), threading.Event()
+
+    def invoke_many():
+        for _ in range(30):
+            embedder.invoke(tensor)
+        done.set()
+
+    worker = threading.Thread(target=invoke_many)
+    worker.start()
+    while not done.is_set():
+        seen.add(embedder.idle.is_set())
+    worker.join()
+    assert seen == {True, False} and embedder.idle.is_set()
+    with pytest.raises(ValueError):  # a failed invoke leaves it set
+        embedder.invoke(np.zeros((2, 2, 3), np.int8))
+    assert embedder.idle.is_set()
+
+
 def test_threads_do_not_change_results(embedder):
     img = read_image(photo(ITEMS[0]))
     with Embedder(embedder.model_path, num_threads=1) as one:
