@@ -115,8 +115,7 @@ class EventLog:
         self._gallery = Gallery(gallery_db_path)
         self.path = self._gallery.path
         self._pruned_at = -math.inf
-        if max_count or max_age_days:
-            self._prune_or_log()
+        self._prune_or_log()
 
     def record(self, event: Event) -> int:
         """Store the event and its outbox rows in one transaction; returns the event id."""
@@ -140,13 +139,16 @@ class EventLog:
                                     [(event_id, sink) for sink in self.sink_names])
         except sqlite3.Error as e:
             raise EventError(f"{self.path}: cannot record the event ({e})") from None
-        if (self.max_count or self.max_age_days) and time.monotonic() - self._pruned_at >= self.prune_interval:
+        if time.monotonic() - self._pruned_at >= self.prune_interval:
             self._prune_or_log()
         return int(event_id)
 
     def _prune_or_log(self) -> None:
         """Retention never stops the service nor fails a recorded event (a full disk cannot take
-        the deletions' WAL pages either): logged, tried again after `prune_interval`."""
+        the deletions' WAL pages either): logged, tried again after `prune_interval`. Nothing
+        without a limit."""
+        if not (self.max_count or self.max_age_days):
+            return
         try:
             self.prune()
         except EventError as e:
@@ -165,7 +167,7 @@ class EventLog:
 
     def _prune(self, now: float) -> int:
         conn, deleted = self._gallery.db.conn, 0
-        settled = ("NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id AND o.delivered IS NULL)")
+        settled = "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id AND o.delivered IS NULL)"
         if self.max_count:
             row = conn.execute("SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?", [self.max_count]).fetchone()
             if row is not None:
