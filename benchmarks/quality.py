@@ -38,7 +38,7 @@ import captures as capture_sim  # noqa: E402
 
 from edge_retrieval.embedder import Embedder  # noqa: E402
 from edge_retrieval.enroll import enroll  # noqa: E402
-from edge_retrieval.gallery import Gallery  # noqa: E402
+from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 from edge_retrieval.identify import PRESETS, Identifier, Preset  # noqa: E402
 from edge_retrieval.preprocess import read_image  # noqa: E402
 

@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_retrieval import scan, store  # noqa: E402
+from edge_retrieval import scan  # noqa: E402
+from edge_retrieval.storage import vectors as store  # noqa: E402
 from edge_retrieval.quantize import dequantize, quantize  # noqa: E402
 
 K = 10

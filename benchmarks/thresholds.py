@@ -30,7 +30,7 @@ from edge_retrieval.camera import FileSource, SourceEnded  # noqa: E402
 from edge_retrieval.demo import photo  # noqa: E402
 from edge_retrieval.embedder import Embedder  # noqa: E402
 from edge_retrieval.enroll import enroll  # noqa: E402
-from edge_retrieval.gallery import Gallery  # noqa: E402
+from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 
 
 def measure(embedder: Embedder, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:

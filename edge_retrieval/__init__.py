@@ -12,7 +12,7 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")
 from .embedder import Embedder
 from .errors import (BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelError,
                      ModelMismatchError)
-from .gallery import Gallery, Item, Matches
+from .storage.gallery import Gallery, Item, Matches
 from .modelcard import DEFAULT_MODEL, ModelCard
 
 __all__ = [

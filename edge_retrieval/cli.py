@@ -19,7 +19,7 @@ from .enroll import enroll as enroll_pairs
 from .enroll import enroll_negatives
 from .enroll import list_images, plan
 from .errors import EdgeRetrievalError
-from .gallery import Gallery
+from .storage.gallery import Gallery
 from .modelcard import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -427,7 +427,7 @@ def run(config_path, source, fps, gallery_path, model_path, threads, settings, s
     import signal
     import threading
 
-    from .daemon import Daemon
+    from .service.daemon import Daemon
 
     config, demo = service_config(config_path, settings, demo, {
         "source.uri": source, "source.fps": fps, "gallery.path": gallery_path, "model.path": model_path,

@@ -207,7 +207,7 @@ def clip_path(seed: int = 0, folder: str | Path | None = None, stop=None) -> Pat
 def prepare(embedder, folder: str | Path, seed: int = 0, stop=None) -> tuple[Path, Path]:
     """(clip, gallery): the cached clip, and a gallery in `folder` holding the enrolled demo photos."""
     from .enroll import enroll
-    from .gallery import Gallery
+    from .storage.gallery import Gallery
 
     clip = clip_path(seed, stop=stop)
     db = Path(folder) / "demo-gallery.db"

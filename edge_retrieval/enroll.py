@@ -11,7 +11,7 @@ from . import augment as augment_mod
 from . import verify
 from .embedder import Embedder
 from .errors import BadImageError, GalleryError
-from .gallery import Gallery
+from .storage.gallery import Gallery
 from .preprocess import IMAGE_SUFFIXES, read_image
 
 

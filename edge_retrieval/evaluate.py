@@ -11,7 +11,7 @@ import numpy as np
 from .embedder import Embedder
 from .enroll import list_images
 from .errors import GalleryError
-from .gallery import Gallery
+from .storage.gallery import Gallery
 
 
 @dataclass(frozen=True)

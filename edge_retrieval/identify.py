@@ -25,7 +25,7 @@ import numpy as np
 
 from . import verify as verify_mod
 from .embedder import Embedder
-from .gallery import Gallery
+from .storage.gallery import Gallery
 from .quantize import dequantize
 from .regions import Regions
 from .vocabulary import InvertedFile, Vocabulary

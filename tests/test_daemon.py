@@ -16,13 +16,13 @@ from _conftests import conftest_module
 from edge_retrieval import democlip
 from edge_retrieval.cli import cli
 from edge_retrieval.config import Config, DecisionConfig, GalleryConfig, ServiceConfig, SourceConfig, VotesConfig
-from edge_retrieval.daemon import Daemon
+from edge_retrieval.service.daemon import Daemon
 from edge_retrieval.demo import photo
 from edge_retrieval.enroll import enroll
-from edge_retrieval.events import EventLog
-from edge_retrieval.gallery import Gallery
+from edge_retrieval.storage.events import EventLog
+from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.identify import PRESETS
-from edge_retrieval.systemd import Notifier
+from edge_retrieval.service.systemd import Notifier
 
 _tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
 BACKGROUND, FakeEmbedder, FakeSource, fake_frame, fake_vector = (
@@ -90,7 +90,7 @@ def test_the_service_keeps_the_event_history_its_config_asks_for(fake_gallery):
 def test_the_roi_is_what_the_model_sees(fake_gallery):
     from edge_retrieval.camera import Frame
     from edge_retrieval.config import RoiConfig
-    from edge_retrieval.daemon import Pipeline
+    from edge_retrieval.service.daemon import Pipeline
     from edge_retrieval.decide import Decider
     from edge_retrieval.motion import MotionGate
 
@@ -136,7 +136,7 @@ def test_stop_event_ends_a_live_loop_quickly(fake_gallery):
 
 ENROL = textwrap.dedent("""
     import sys, numpy as np
-    from edge_retrieval.gallery import Gallery
+    from edge_retrieval.storage.gallery import Gallery
     with Gallery(sys.argv[1]) as g:
         v = np.zeros(8, np.float32); v[int(sys.argv[2])] = 1
         g.add(sys.argv[3], v, model_sha256="f" * 64, metadata={"owner": "enrolled live"})

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_retrieval.events import Event, EventError, EventLog, prune_snapshots, write_snapshot
-from edge_retrieval.gallery import SCHEMA_VERSION, Gallery
+from edge_retrieval.storage.events import Event, EventError, EventLog, prune_snapshots, write_snapshot
+from edge_retrieval.storage.gallery import SCHEMA_VERSION, Gallery
 from edge_retrieval.sinks import SnapshotConfig
 
 _JPEG_MEAN_ABS_ERROR = 4.0  # mean |pixel difference| of an undrawn snapshot at quality 90

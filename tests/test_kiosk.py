@@ -29,10 +29,10 @@ from edge_retrieval.config import DEMO_THRESHOLD
 from edge_retrieval import democlip
 from edge_retrieval.camera import FileSource, SourceEnded
 from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig, load_config
-from edge_retrieval.daemon import Pipeline
+from edge_retrieval.service.daemon import Pipeline
 from edge_retrieval.decide import Decider
 from edge_retrieval.demo import photo
-from edge_retrieval.gallery import Gallery
+from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.motion import MotionGate
 from edge_retrieval.kiosk import STATIC, Kiosk, Screen, Server, decode_image, image_header, KioskError
 

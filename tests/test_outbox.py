@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import time
 
-from edge_retrieval.events import Event, EventLog
-from edge_retrieval.outbox import Dispatcher, backoff
+from edge_retrieval.storage.events import Event, EventLog
+from edge_retrieval.storage.outbox import Dispatcher, backoff
 from edge_retrieval.sinks import CommandSinkConfig, WebhookSinkConfig
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.webhook import WebhookSink

@@ -4,7 +4,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from edge_retrieval import store
+from edge_retrieval.storage import vectors as store
 
 DIM = 16
 SCHEMA = """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_retrieval.systemd import Notifier, socket_address, watchdog_seconds
+from edge_retrieval.service.systemd import Notifier, socket_address, watchdog_seconds
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "edge-retrieval.service"
 

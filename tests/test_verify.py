@@ -10,7 +10,7 @@ from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll
 from edge_retrieval.explain import draw
-from edge_retrieval.gallery import Gallery
+from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.identify import Identifier
 from edge_retrieval.modelcard import REPO_MODELS
 from edge_retrieval.preprocess import read_image

@@ -117,7 +117,7 @@ def open_kiosk(folder: Path, embedder, token: str, **kiosk_settings):
 
     from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig
     from edge_retrieval.demo import photo
-    from edge_retrieval.gallery import Gallery
+    from edge_retrieval.storage.gallery import Gallery
     from edge_retrieval.kiosk import Kiosk
 
     camera = folder / "camera"
@@ -136,7 +136,7 @@ def gallery_state(kiosk) -> tuple:
     """Everything a write could change: items (labels, metadata, photos), the threshold setting, photo files."""
     import json
 
-    from edge_retrieval.gallery import Gallery
+    from edge_retrieval.storage.gallery import Gallery
 
     with Gallery(kiosk.config.gallery.path) as g:
         items = [(i.id, i.label, json.dumps(i.metadata, sort_keys=True), i.embeddings) for i in g.items()]

@@ -27,12 +27,12 @@ import pytest
 from click.testing import CliRunner
 
 from edge_retrieval import BadImageError, Gallery, GalleryError
-from edge_retrieval import manifest as manifest_mod
+from edge_retrieval.storage import transfer as manifest_mod
 from edge_retrieval import preprocess
 from edge_retrieval.cli import cli
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
-from edge_retrieval.gallery import EXPORT_TABLES, SCHEMA_VERSION
+from edge_retrieval.storage.gallery import EXPORT_TABLES, SCHEMA_VERSION
 from edge_retrieval.modelcard import DEFAULT_MODEL, ModelCard, sha256_file
 
 # The runtime (LiteRT) prints this on its own stderr whenever a model is loaded: not ours, allowed.
@@ -677,7 +677,7 @@ def test_the_kiosk_pages_never_render_labels_as_html():
     value (the staff token) is escaped."""
     from edge_retrieval import kiosk
 
-    static = Path(kiosk.__file__).parent / "kiosk_static"
+    static = Path(kiosk.__file__).parent / "static"
     for script in static.glob("*.js"):
         code = script.read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
@@ -760,7 +760,7 @@ def test_export_never_overwrites_the_gallery_or_a_folder(case, tmp_path, gallery
 
 
 def test_export_carries_a_manifest_and_leaks_no_event_history(tmp_path, gallery):
-    from edge_retrieval.events import Event, EventLog
+    from edge_retrieval.storage.events import Event, EventLog
 
     with EventLog(gallery, ["stdout"]) as log:
         log.record(Event(time=1.0, source="SECRET-CAMERA-7", kind="unknown", score=0.1))

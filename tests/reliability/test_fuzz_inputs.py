@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from edge_retrieval.config import Config, documented_keys, from_dict, load_config, set_path, to_toml
 from edge_retrieval.demo import photo
 from edge_retrieval.errors import ConfigError
-from edge_retrieval.gallery import Gallery
+from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.kiosk import create_app
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.webhook import WebhookSink

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_retrieval import Gallery, store, verify
+from edge_retrieval import Gallery, verify
+from edge_retrieval.storage import vectors as store
 
 try:
     from conftest import budget
@@ -87,8 +88,8 @@ def dump(path: str | Path) -> dict[str, list]:
 def _serve() -> None:
     import edge_retrieval.cli  # noqa: F401 - the imports every child would otherwise pay
     import edge_retrieval.enroll  # noqa: F401
-    import edge_retrieval.events  # noqa: F401
-    import edge_retrieval.outbox  # noqa: F401
+    import edge_retrieval.storage.events  # noqa: F401
+    import edge_retrieval.storage.outbox  # noqa: F401
 
     for line in sys.stdin:
         sys.stdout.write(json.dumps(_trial(json.loads(line))) + "\n")
@@ -134,7 +135,8 @@ def _trial(req: dict) -> dict:
 
 
 def _child(req: dict) -> int:
-    from edge_retrieval import DEFAULT_MODEL, Embedder, Gallery, store
+    from edge_retrieval import DEFAULT_MODEL, Embedder, Gallery
+    from edge_retrieval.storage import vectors as store
     from edge_retrieval.cli import cli
     from edge_retrieval.enroll import enroll, plan
 
@@ -201,7 +203,7 @@ class FileSink:
 
 
 def make_event(run: int, seq: int):
-    from edge_retrieval.events import Event
+    from edge_retrieval.storage.events import Event
 
     match = seq % 4 != 0
     return Event(time=1_700_000_000.0 + run * 1000 + seq, source=f"cam{run % 3}", kind="match" if match else "unknown",
@@ -211,8 +213,8 @@ def make_event(run: int, seq: int):
 
 
 def _record_events(path: str, run: int, folder: str) -> None:
-    from edge_retrieval.events import EventLog
-    from edge_retrieval.outbox import Dispatcher
+    from edge_retrieval.storage.events import EventLog
+    from edge_retrieval.storage.outbox import Dispatcher
 
     acks = os.open(Path(folder) / "acks.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sinks = [FileSink(name, folder, str(run)) for name in SINKS]
@@ -417,8 +419,8 @@ def _sink_lines(folder: Path, name: str) -> list[tuple[str, int]]:
 
 
 def test_event_recording_killed_at_random_points_loses_nothing(server, tmp_path):
-    from edge_retrieval.events import EVENT_COLUMNS, Event
-    from edge_retrieval.outbox import Dispatcher
+    from edge_retrieval.storage.events import EVENT_COLUMNS, Event
+    from edge_retrieval.storage.outbox import Dispatcher
 
     db = tmp_path / "gallery.db"
     killer = Killer(server, budget(12, 60), seed=27)

@@ -38,7 +38,7 @@ from edge_retrieval import democlip
 from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig, example_config, load_config
 from edge_retrieval.demo import photo
 from edge_retrieval.errors import ConfigError, DeliveryError
-from edge_retrieval.gallery import Gallery
+from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.kiosk import LOOPBACK_NAMES, Kiosk, Server, create_app, is_loopback
 from edge_retrieval.sinks import CommandSinkConfig, WebhookSinkConfig
 from edge_retrieval.sinks.command import CommandSink
@@ -57,8 +57,8 @@ JPEG = photo("brick").read_bytes()
 # Every place in the code that can open a listening socket, and the test that covers it. A new one
 # fails test_every_listening_socket_is_known until it is added here and covered.
 LISTENERS = {
-    ("edge_retrieval/kiosk.py", "socket.bind"): "the kiosk's server: test_the_kiosk_processes_*",
-    ("edge_retrieval/kiosk.py", "import uvicorn"): "the kiosk's server (on the socket bound above)",
+    ("edge_retrieval/kiosk/__init__.py", "socket.bind"): "the kiosk's server: test_the_kiosk_processes_*",
+    ("edge_retrieval/kiosk/__init__.py", "import uvicorn"): "the kiosk's server (on the socket bound above)",
 }
 _SERVER_MODULES = ("uvicorn", "http.server", "socketserver", "aiohttp", "flask", "fastapi", "hypercorn",
                    "wsgiref", "xmlrpc.server", "asyncio.start_server")

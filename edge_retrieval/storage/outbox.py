@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import GalleryError
+from ..errors import GalleryError
 from .events import EVENT_COLUMNS, Event
 from .gallery import Gallery
-from .sinks import Sink
+from ..sinks import Sink
 
 log = logging.getLogger(__name__)
 

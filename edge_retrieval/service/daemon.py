@@ -19,16 +19,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import democlip
-from .camera import DROPPED, NOTED, Frame, FrameSource, SourceEnded, SourceError, inspect_image, open_source
-from .config import Config
-from .decide import Candidate, Decider, Decision
-from .embedder import Embedder
-from .errors import ConfigError, EdgeRetrievalError
-from .gallery import Gallery
-from .identify import Identification, Identifier
+from .. import democlip
+from ..camera import DROPPED, NOTED, Frame, FrameSource, SourceEnded, SourceError, inspect_image, open_source
+from ..config import Config
+from ..decide import Candidate, Decider, Decision
+from ..embedder import Embedder
+from ..errors import ConfigError, EdgeRetrievalError
+from ..storage.gallery import Gallery
+from ..identify import Identification, Identifier
 from .metrics import SNAPSHOT_LOST, Metrics
-from .motion import Motion, MotionGate, crop_roi
+from ..motion import Motion, MotionGate, crop_roi
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -248,9 +248,9 @@ class Daemon:
                  card.name if card else type(self._embedder).__name__, gallery.path, items, embeddings, source_name)
 
     def _open_events(self) -> None:
-        from .events import EventLog
-        from .outbox import Dispatcher
-        from .sinks import build_sinks
+        from ..storage.events import EventLog
+        from ..storage.outbox import Dispatcher
+        from ..sinks import build_sinks
 
         if self._gallery.path == ":memory:":
             log.warning("in-memory gallery: events are not recorded")
@@ -382,7 +382,7 @@ class Daemon:
             self.on_decision(decision, result)
         if self.event_log is None:
             return
-        from .events import Event
+        from ..storage.events import Event
 
         metadata = self.pipeline.items().get(decision.item_id, {}) if decision.item_id is not None else {}
         details = {"margin": decision.margin if math.isfinite(decision.margin) else None,

@@ -11,7 +11,7 @@ interpreter and gallery connection (searches and enrolments never wait for the c
 the loop sees new items through the gallery's change counter).
 
 `create_app` is the Starlette app (pages, static files, the JSON API); `Server` runs it with
-uvicorn. Every asset is served from `kiosk_static/`: the pages work offline.
+uvicorn. Every asset is served from `static/`: the pages work offline.
 
 The staff token is never written to a log: a configured one is only compared, and a generated one
 is kept in `<gallery>.kiosk-token` (mode 600) and shown only on a terminal (`Server.staff_address`).
@@ -44,23 +44,23 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from . import demo as demo_data
-from . import democlip
-from .camera import kind_of, source_name
-from .config import Config
-from .daemon import Daemon, FrameResult
-from .decide import MATCH, Decider
-from .embedder import Embedder
-from .enroll import enroll
-from . import preprocess
-from .preprocess import IMAGE_SUFFIXES
-from .errors import BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelMismatchError
-from .gallery import Gallery, Item
-from .motion import crop_roi
+from .. import demo as demo_data
+from .. import democlip
+from ..camera import kind_of, source_name
+from ..config import Config
+from ..service.daemon import Daemon, FrameResult
+from ..decide import MATCH, Decider
+from ..embedder import Embedder
+from ..enroll import enroll
+from .. import preprocess
+from ..preprocess import IMAGE_SUFFIXES
+from ..errors import BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelMismatchError
+from ..storage.gallery import Gallery, Item
+from ..motion import crop_roi
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).resolve().parent / "kiosk_static"
+STATIC = Path(__file__).resolve().parent / "static"
 TOKEN_ENV = "EDGE_RETRIEVAL_KIOSK_TOKEN"
 MAX_PIXELS = 40_000_000  # larger uploads are refused before decoding (a 10 MB PNG can hold gigabytes)
 STREAM_WIDTH = 960  # the live view is scaled down to this width (wider camera frames cost CPU to encode)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from .errors import EventError
+from ..errors import EventError
 from .gallery import Gallery
-from .sinks import SnapshotConfig
+from ..sinks import SnapshotConfig
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import GalleryError, one_line
+from ..errors import GalleryError, one_line
 
 FORMAT = 1
 TABLE = "export_manifest"

@@ -34,10 +34,10 @@ from typing import Any, Callable, Protocol
 import cv2
 import numpy as np
 
-from . import preprocess
-from .errors import BadImageError, EdgeRetrievalError
-from .sinks import redact_url  # a stream URL's password and query values never reach a log
-from .preprocess import IMAGE_SUFFIXES
+from .. import preprocess
+from ..errors import BadImageError, EdgeRetrievalError
+from ..sinks import redact_url  # a stream URL's password and query values never reach a log
+from ..preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 if "OPENCV_LOG_LEVEL" not in os.environ:  # our own log says when a source fails, once

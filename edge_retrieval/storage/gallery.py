@@ -21,10 +21,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import sqlite_utils
 
-from . import manifest, quantize
-from .errors import GalleryError, ModelMismatchError, one_line
-from . import store
-from .scan import CodeMatrix
+from .. import quantize
+from . import transfer
+from ..errors import GalleryError, ModelMismatchError, one_line
+from . import vectors
+from ..scan import CodeMatrix
 
 # A step is one SQL script (split on ';') or a list of statements (which may hold ';' themselves).
 MIGRATIONS: list[str | list[str]] = [
@@ -104,7 +105,7 @@ MIGRATIONS: list[str | list[str]] = [
     );
     """,
 ]
-MIGRATIONS.append(store.STATEMENTS)  # 4: the packed vector blocks that make start-up fast (store.py)
+MIGRATIONS.append(vectors.STATEMENTS)  # 4: the packed vector blocks that make start-up fast (store.py)
 SCHEMA_VERSION = len(MIGRATIONS)
 GALLERY_TABLES = ("meta", "items", "embeddings")  # what makes a file a gallery
 # Per-item rows that travel with an export/import (item_id first); thresholds are calibrated for
@@ -143,7 +144,7 @@ def migrate(db: sqlite_utils.Database) -> None:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {number + 1}")
             if number + 1 == SCHEMA_VERSION:
-                store.pack(db.conn)
+                vectors.pack(db.conn)
 
 
 @contextmanager
@@ -279,9 +280,9 @@ def check_gallery_file(conn: sqlite3.Connection, path: str) -> None:
 
 
 def _checked_label(label: Any) -> str:
-    """The label stripped; GalleryError unless an import would accept it too (`manifest.check_label`)."""
+    """The label stripped; GalleryError unless an import would accept it too (`transfer.check_label`)."""
     try:
-        return manifest.check_label(label)
+        return transfer.check_label(label)
     except ValueError as e:
         raise GalleryError(str(e)) from None
 
@@ -292,8 +293,8 @@ def _metadata_text(label: str, metadata: dict[str, Any]) -> str:
         text = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as e:
         raise GalleryError(f"item {label!r}: metadata is not JSON ({e})") from None
-    if len(text.encode("utf-8", "surrogatepass")) > manifest.MAX_METADATA_BYTES:
-        raise GalleryError(f"item {label!r}: metadata is larger than {manifest.MAX_METADATA_BYTES} bytes")
+    if len(text.encode("utf-8", "surrogatepass")) > transfer.MAX_METADATA_BYTES:
+        raise GalleryError(f"item {label!r}: metadata is larger than {transfer.MAX_METADATA_BYTES} bytes")
     return text
 
 
@@ -335,7 +336,7 @@ def _first_distinct(keys: list[int], k: int) -> list[int]:
 class _Cache:
     stamp: int = -1
     matrix: CodeMatrix | None = None
-    state: store.StoreState | None = None
+    state: vectors.StoreState | None = None
     dim: int | None = None
     labels: dict[int, str] = field(default_factory=dict)   # of this generation, filled as searched
     checked: float = -math.inf                             # time.monotonic() of the last generation check
@@ -437,7 +438,7 @@ class Gallery:
             raise GalleryError(f"{self.path}: cannot write ({sqlite_failure(e, self.path)})") from None
 
     def _changed(self) -> None:
-        store.pack(self.db.conn)  # a count query until a block's worth of rows is waiting
+        vectors.pack(self.db.conn)  # a count query until a block's worth of rows is waiting
         self.db.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
                         "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
@@ -580,9 +581,9 @@ class Gallery:
         if cache.matrix is None or stamp != cache.stamp:
             cache.dim = self.dim
             if cache.matrix is None:
-                cache.matrix, cache.state = store.load_matrix(self.db.conn, cache.dim)
+                cache.matrix, cache.state = vectors.load_matrix(self.db.conn, cache.dim)
             else:
-                cache.matrix, cache.state = store.refresh(self.db.conn, cache.matrix, cache.state)
+                cache.matrix, cache.state = vectors.refresh(self.db.conn, cache.matrix, cache.state)
             cache.labels = {}
             cache.stamp = stamp
         return cache
@@ -740,7 +741,7 @@ class Gallery:
         verifies: rows and a sha256 per table (manifest.py). The device's own history (events,
         outbox) is not exported, not even in free pages: the copy is vacuumed after it is emptied."""
         path = Path(path)
-        if self.path != ":memory:" and manifest.same_file(path, self.path):
+        if self.path != ":memory:" and transfer.same_file(path, self.path):
             raise GalleryError(f"{path}: is this gallery's own file; export to another file")
         if path.is_dir():
             raise GalleryError(f"{path}: is a folder; export to a file")
@@ -756,8 +757,8 @@ class Gallery:
                 for table in LOCAL_TABLES:
                     if table in tables:
                         out.execute(f"DELETE FROM [{table}]")
-                contents = manifest.compute(out, EXPORT_TABLES)
-                manifest.write(out, contents)
+                contents = transfer.compute(out, EXPORT_TABLES)
+                transfer.write(out, contents)
                 out.execute("COMMIT")
                 out.execute("VACUUM")  # the deleted history leaves no pages behind
             finally:
@@ -797,8 +798,8 @@ class Gallery:
           characters, metadata a JSON object, vectors of the gallery's dimension with a finite
           scale and no longer than a unit vector, local features consistent; rows must belong
           to an item of the file;
-        - tables of more than `manifest.MAX_ROWS` rows and values of more than
-          `manifest.MAX_VALUE_BYTES` are refused unread; rows are read `manifest.FETCH_ROWS` at a
+        - tables of more than `transfer.MAX_ROWS` rows and values of more than
+          `transfer.MAX_VALUE_BYTES` are refused unread; rows are read `transfer.FETCH_ROWS` at a
           time, so memory stays bounded whatever the file holds.
 
         An export without a manifest (written before exports had one, or stripped of it) is
@@ -817,10 +818,10 @@ class Gallery:
             raise GalleryError(f"{path}: no such file") from None
         if not stat.S_ISREG(mode):
             raise GalleryError(f"{path}: not a regular file")
-        if self.path != ":memory:" and manifest.same_file(path, self.path):
+        if self.path != ":memory:" and transfer.same_file(path, self.path):
             raise GalleryError(f"{path}: is this gallery's own file")
         try:
-            src = manifest.open_import(path)
+            src = transfer.open_import(path)
         except sqlite3.Error as e:
             raise GalleryError(f"{path}: cannot be opened ({one_line(e)})") from None
         try:
@@ -834,24 +835,24 @@ class Gallery:
             if not 1 <= version <= SCHEMA_VERSION:
                 newer = f", newer than this program's {SCHEMA_VERSION}" if version > SCHEMA_VERSION else ""
                 raise GalleryError(f"{path}: not an exported gallery (schema version {version}{newer})")
-            present = manifest.check_schema(src, path, EXPORT_TABLES, GALLERY_TABLES)
-            contents = manifest.read_manifest(src, path)
+            present = transfer.check_schema(src, path, EXPORT_TABLES, GALLERY_TABLES)
+            contents = transfer.read_manifest(src, path)
             if contents is None and verify:
                 raise GalleryError(f"{path}: has no export manifest (exported by an older version, or stripped); "
                                    f"nothing imported (--unverified imports it with its rows checked, not verified)")
             counts = {table: src.execute(f"SELECT count(*) FROM [{table}]").fetchone()[0] for table in present}
-            keys = manifest.MODEL_KEYS
+            keys = transfer.MODEL_KEYS
             model = dict(src.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})",
                                      keys).fetchall())
-            dim = manifest.parse_dim(model.get("dim")) or 0
+            dim = transfer.parse_dim(model.get("dim")) or 0
             wrong = {table: src.execute(f"SELECT count(*) FROM [{table}] WHERE typeof(vector) != 'blob' "
                                         f"OR length(vector) != ?", [dim]).fetchone()[0]
                      for table in ("embeddings", "negatives") if table in present}
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # damage; text that is not UTF-8
             raise GalleryError(f"{path}: not an exported gallery ({one_line(e)})") from None
         for table, n in counts.items():
-            if n > manifest.MAX_ROWS:
-                raise GalleryError(f"{path}: {n} rows in {table}, more than the limit of {manifest.MAX_ROWS}")
+            if n > transfer.MAX_ROWS:
+                raise GalleryError(f"{path}: {n} rows in {table}, more than the limit of {transfer.MAX_ROWS}")
         if contents is not None:
             listed = contents["tables"]
             for table in sorted(set(listed) | present):
@@ -869,7 +870,7 @@ class Gallery:
         if not any(counts[t] for t in ("items", *ITEM_TABLES) if t in counts):
             return {"items": 0, "embeddings": 0}
         try:
-            sha, name, dim = manifest.check_model(model)
+            sha, name, dim = transfer.check_model(model)
         except ValueError as e:
             raise GalleryError(f"{path}: exported gallery has no valid model ({e})") from None
         for table, n in wrong.items():  # blob lengths, counted before any blob is read
@@ -878,15 +879,15 @@ class Gallery:
         self.check_model(sha, name)  # before anything is read or locked
         if self.dim is not None and self.dim != dim:
             raise GalleryError(f"{path}: vectors have {dim} dimensions, the gallery {self.dim}")
-        digests = {table: manifest.Digest() for table in present}
+        digests = {table: transfer.Digest() for table in present}
         try:
             with self.transaction():
                 self._bind(sha, name, dim)
                 new_ids: dict[int, int] = {}
-                for rows in manifest.read_chunks(src, path, manifest.select("items", EXPORT_TABLES["items"])):
+                for rows in transfer.read_chunks(src, path, transfer.select("items", EXPORT_TABLES["items"])):
                     digests["items"].update(rows)
                     for row in rows:
-                        old_id, label, metadata, created = manifest.check_item(row)
+                        old_id, label, metadata, created = transfer.check_item(row)
                         if old_id in new_ids:
                             raise ValueError(f"item id {old_id} appears twice")
                         found = self.db.execute("SELECT id FROM items WHERE label = ?", [label]).fetchone()
@@ -898,12 +899,12 @@ class Gallery:
                         continue
                     insert = f"INSERT INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
                     at = cols.index("source")
-                    for rows in manifest.read_chunks(src, path, manifest.select(table, cols)):
+                    for rows in transfer.read_chunks(src, path, transfer.select(table, cols)):
                         digests[table].update(rows)
                         if table == "features":
-                            manifest.check_features(rows)
+                            transfer.check_features(rows)
                         else:
-                            manifest.check_vectors(rows, dim, table)
+                            transfer.check_vectors(rows, dim, table)
                         out = []
                         for row in rows:
                             if row[0] not in new_ids:
@@ -914,7 +915,7 @@ class Gallery:
                             out.append((new_ids[row[0]], *row[1:at], source, *row[at + 1:]))
                         self.db.conn.executemany(insert, out)
                 for table in present - {"items", *ITEM_TABLES}:  # verified, not imported (thresholds)
-                    for rows in manifest.read_chunks(src, path, manifest.select(table, EXPORT_TABLES[table])):
+                    for rows in transfer.read_chunks(src, path, transfer.select(table, EXPORT_TABLES[table])):
                         digests[table].update(rows)
                 if contents is not None:
                     for table, digest in digests.items():

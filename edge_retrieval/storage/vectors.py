@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scan import CodeMatrix
+from ..scan import CodeMatrix
 
 BLOCK_ROWS = 4096
 

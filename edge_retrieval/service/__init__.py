@@ -1,0 +1,1 @@
+"""The service: the frame loop, systemd notify, metrics."""

@@ -1,0 +1,1 @@
+"""The SQLite file: gallery, vectors, transfer (export/import), events, outbox."""
