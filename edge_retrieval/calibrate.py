@@ -24,7 +24,7 @@ from . import augment
 from .demo import PHOTOS
 from .enroll import list_images
 from .errors import GalleryError
-from .identify import Identifier
+from .recognize import Recognizer
 from .preprocess import read_image
 
 MIN_POSITIVES_PER_ITEM = 5
@@ -58,10 +58,10 @@ def threshold_at(scores: np.ndarray, fpir: float) -> float:
     return float(s[allowed]) if allowed < len(s) else float("-inf")
 
 
-def builtin_negatives(identifier: Identifier) -> tuple[list[np.ndarray], str]:
+def builtin_negatives(recognizer: Recognizer) -> tuple[list[np.ndarray], str]:
     """Bundled photos that are not enrolled (label or file name), each with views; plus the
     readable photos of enrolled negatives."""
-    gallery = identifier.gallery
+    gallery = recognizer.gallery
     labels = {item.label for item in gallery.items()}
     enrolled_files = {Path(s).name for (s,) in gallery.db.execute("SELECT source FROM embeddings")}
     frames = []
@@ -76,31 +76,31 @@ def builtin_negatives(identifier: Identifier) -> tuple[list[np.ndarray], str]:
 
 
 def calibrate(
-    identifier: Identifier,
+    recognizer: Recognizer,
     positives: Iterable[tuple[str, np.ndarray]] = (),
     negatives: Iterable[np.ndarray] | None = None,
     *,
     fpir: float = 0.01,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
 ) -> Calibration:
-    """Thresholds for `identifier`'s preset from (label, frame) positives and negative frames
+    """Thresholds for `recognizer`'s preset from (label, frame) positives and negative frames
     (None: the built-in bank). Does not store them: `store` does."""
     if not 0 < fpir < 1:
         raise GalleryError(f"target false-alarm rate must be between 0 and 1, not {fpir}")
-    gallery = identifier.gallery
+    gallery = recognizer.gallery
     ids = {item.label: item.id for item in gallery.items()}
     if not ids:
         raise GalleryError(f"{gallery.path}: nothing enrolled to calibrate")
     notes = []
     if negatives is None:
-        negatives, source = builtin_negatives(identifier)
+        negatives, source = builtin_negatives(recognizer)
     else:
         negatives, source = list(negatives), "given"
     if not negatives:
         raise GalleryError("no negative images to calibrate with")
     neg_scores, neg_items = [], []
     for frame in progress(negatives):
-        result = identifier.identify(frame)
+        result = recognizer.recognize(frame)
         best = result.best
         neg_scores.append(result.score if best and not best.vetoed else float("-inf"))
         neg_items.append(best.item_id if best else None)
@@ -114,7 +114,7 @@ def calibrate(
     for label, frame in progress(list(positives)):
         if label not in ids:
             raise GalleryError(f"positive labelled {label!r}: no such item in {gallery.path}")
-        result = identifier.identify(frame)
+        result = recognizer.recognize(frame)
         best = result.best
         pos.append((ids[label], best is not None and best.item_id == ids[label] and not best.vetoed, result.score))
 
@@ -137,7 +137,7 @@ def calibrate(
         return score > per_item.get(item_id, threshold)
 
     measured_fpir = float(np.mean([passes(i, s) for s, i in zip(neg_scores, neg_items)]))
-    result = Calibration(identifier.preset.name, fpir, threshold, per_item, len(negatives), source, measured_fpir,
+    result = Calibration(recognizer.preset.name, fpir, threshold, per_item, len(negatives), source, measured_fpir,
                          notes=notes)
     if pos:
         result = Calibration(**{**asdict(result), "positives": len(pos),
@@ -146,9 +146,9 @@ def calibrate(
     return result
 
 
-def store(identifier: Identifier, calibration: Calibration) -> None:
-    """Write the thresholds into the gallery (the daemon's decider reads them from there)."""
-    identifier.gallery.set_thresholds(calibration.threshold, calibration.per_item, calibration.report())
+def store(recognizer: Recognizer, calibration: Calibration) -> None:
+    """Write the thresholds into the gallery (every recognizer of that preset reads them from there)."""
+    recognizer.gallery.set_thresholds(calibration.threshold, calibration.per_item, calibration.report())
 
 
 def labelled_frames(folder: Path) -> list[tuple[str, np.ndarray]]:

@@ -5,16 +5,13 @@ import json
 import sqlite3
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import click
 import cv2
-import numpy as np
 
 from . import demo as demo_data
 from .embedder import Embedder
-from .config import DEMO_MARGIN, DEMO_THRESHOLD
 from .enroll import enroll as enroll_pairs
 from .enroll import enroll_negatives
 from .enroll import list_images, plan
@@ -56,9 +53,9 @@ model_option = click.option(
     "--model", "-m", "model_path", default=str(DEFAULT_MODEL), show_default=True, envvar="EDGE_RETRIEVAL_MODEL",
     type=click.Path(dir_okay=False), help="The .tflite model; its .json card must sit beside it.")
 preset_option = click.option(
-    "--preset", default="default", show_default=True, type=click.Choice(["default", "quick", "fast"]),
+    "--preset", default="default", show_default=True, type=click.Choice(["default", "quick", "fast", "whole"]),
     help="default: CNN regions + ORB votes over the gallery + geometric verification; quick: the "
-         "same with half the ORB features; fast: CNN regions only.")
+         "same with half the ORB features; fast: CNN regions only; whole: the whole-frame descriptor.")
 threads_option = click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
                               help="Interpreter threads.")
 
@@ -135,10 +132,11 @@ def expand_queries(paths) -> list[Path]:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000),
+              help="How many ranked candidates to list.")
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per query: query, match (label or null), score (calibrated), "
-                   "matches[label, score, item_id, metadata].")
+              help="One JSON object per query: query, match (label or null), score, threshold, margin, inliers, "
+                   "matches (the final ranking, best first: label, item_id, score, cosine, inliers, votes, metadata).")
 @click.option("--explain", type=click.Path(dir_okay=False),
               help="Draw where the item was found into this image (several queries: NAME-0.jpg, NAME-1.jpg, …).")
 @preset_option
@@ -148,44 +146,39 @@ def expand_queries(paths) -> list[Path]:
 def search(images, top_k, as_json, explain, preset, gallery_path, model_path, threads):
     """Look up one or many images (or folders of them): which item it is, or unknown.
 
-    "matches" rank items by whole-image cosine; "match" and "score" come from regions,
-    geometric verification and the gallery's calibrated thresholds (see `calibrate`)."""
+    The same recognizer as the service and the kiosk: `matches` is the final ranking and its
+    first entry is `match` when there is one; when the answer is unknown the best candidates
+    are still listed with their scores.
+
+    \b
+    Example:
+        edge-retrieval search photo.jpg --json -g gallery.db
+    """
     from .explain import draw
-    from .identify import Identifier
     from .preprocess import read_image
+    from .recognize import open_recognizer, ranking_json
 
     queries = expand_queries(images)
     with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
         gallery.check_model(emb.sha256, emb.card.name)
-        identifier = Identifier(emb, gallery, preset)
+        recognizer = open_recognizer(emb, gallery, preset)
         meta = {item.id: item.metadata for item in gallery.items()}
-        results = []
         for q, path in enumerate(queries):
             frame = read_image(path)
-            result = identifier.identify(frame)
-            matches = gallery.search(result.regions.vectors[:1], top_k) if result.regions is not None else None
-            results.append((path, result, matches))
+            ranking = recognizer.recognize(frame)
             if explain:
                 out = Path(explain)
                 if len(queries) > 1:
                     out = out.with_name(f"{out.stem}-{q}{out.suffix or '.jpg'}")
-                if not cv2.imwrite(str(out), draw(frame, result)):
+                if not cv2.imwrite(str(out), draw(frame, ranking)):
                     raise click.ClickException(f"{out}: cannot write the explanation image")
-    for path, result, matches in results:
-        found = [] if matches is None else [
-            {"label": str(label), "score": round(float(score), 4), "item_id": int(item_id), "metadata": meta[item_id]}
-            for item_id, label, score in zip(matches.item_ids[0], matches.labels[0], matches.scores[0])
-        ]
-        score = round(float(result.score), 4) if np.isfinite(result.score) else None
-        if as_json:
-            best = result.best
-            click.echo(json.dumps({"query": str(path), "match": result.match, "score": score,
-                                   "threshold": result.threshold,
-                                   "inliers": best.inliers if best else 0, "matches": found}))
-        else:
-            verdict = result.match or "unknown"
-            ranked = ", ".join(f"{m['label']} {m['score']:.3f}" for m in found)
-            click.echo(f"{path}: {verdict} (score {result.score:.3f}); {ranked}")
+            found = ranking_json(ranking, meta, top_k)
+            if as_json:
+                click.echo(json.dumps({"query": str(path), **found}))
+            else:
+                ranked = ", ".join(f"{m['label']} {m['score']:.3f}" for m in found["matches"])
+                click.echo(f"{path}: {ranking.label or 'unknown'} (score {ranking.score:.3f}); {ranked}")
+        recognizer.close()
 
 
 @cli.command()
@@ -204,17 +197,18 @@ def search(images, top_k, as_json, explain, preset, gallery_path, model_path, th
 def calibrate(positives, negatives, fpir, dry_run, as_json, preset, gallery_path, model_path, threads):
     """Set the thresholds that say "unknown" for a target false-alarm rate, and report the expected detection rate."""
     from . import calibrate as cal
-    from .identify import Identifier
     from .preprocess import read_image
+    from .recognize import open_recognizer
 
     with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
         gallery.check_model(emb.sha256, emb.card.name)
-        identifier = Identifier(emb, gallery, preset)
+        recognizer = open_recognizer(emb, gallery, preset)
         pos = cal.labelled_frames(Path(positives)) if positives else []
         neg = [read_image(p) for p in list_images(Path(negatives))] if negatives else None
-        result = cal.calibrate(identifier, pos, neg, fpir=fpir, progress=progress)
+        result = cal.calibrate(recognizer, pos, neg, fpir=fpir, progress=progress)
         if not dry_run:
-            cal.store(identifier, result)
+            cal.store(recognizer, result)
+        recognizer.close()
     if as_json:
         click.echo(json.dumps(result.report()))
         return
@@ -317,14 +311,20 @@ def info(as_json, gallery_path, model_path):
 @click.argument("ground_truth", type=click.Path(exists=True, dir_okay=False))
 @click.option("--subset", help="Only queries whose path starts with this folder (e.g. qsd1_w1).")
 @click.option("--json", "as_json", is_flag=True)
+@preset_option
 @model_option
 @threads_option
-def eval_(ground_truth, subset, as_json, model_path, threads):
-    """Measure recall@1, recall@5 and MRR on a ground-truth JSON (query path → record path)."""
+def eval_(ground_truth, subset, as_json, preset, model_path, threads):
+    """Measure recall@1, recall@5 and MRR on a ground-truth JSON (query path → record path).
+
+    \b
+    Example:
+        edge-retrieval eval ../shared/data/museum/ground_truth.json --subset qsd1_w1
+    """
     from .evaluate import evaluate
 
     with Embedder(model_path, threads) as emb:
-        result = evaluate(Path(ground_truth), emb, subset)
+        result = evaluate(Path(ground_truth), emb, subset, preset)
     if as_json:
         fields = {k: v for k, v in result.__dict__.items() if k != "ranks"}
         click.echo(json.dumps(fields))
@@ -336,30 +336,22 @@ def eval_(ground_truth, subset, as_json, model_path, threads):
 
 @cli.command()
 @click.option("--seed", default=0, show_default=True, help="Seed of the simulated camera views.")
+@preset_option
 @model_option
 @threads_option
-def demo(seed, model_path, threads):
+def demo(seed, preset, model_path, threads):
     """Enrol the built-in photos, then look up simulated camera views of them (no camera needed)."""
-    rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp, Embedder(model_path, threads) as emb, \
             Gallery(Path(tmp) / "demo.db") as gallery:
-        report = enroll_pairs(gallery, emb, [(name, demo_data.photo(name)) for name in demo_data.ITEMS])
-        click.echo(f"enrolled {report.items} items from {demo_data.PHOTOS} with model {emb.card.name}")
-        hits = 0
-        for name in demo_data.ITEMS + demo_data.UNKNOWN:
-            view = demo_data.camera_view(cv2.imread(str(demo_data.photo(name))), rng)
-            start = time.perf_counter()
-            m = gallery.search(emb.embed(view), k=2)
-            ms = 1000 * (time.perf_counter() - start)
-            label, score, runner = m.labels[0, 0], m.scores[0, 0], m.scores[0, 1]
-            known = score >= DEMO_THRESHOLD and score - runner >= DEMO_MARGIN
-            verdict = label if known else "unknown"
-            truth = name if name in demo_data.ITEMS else "unknown"
-            hits += verdict == truth
-            click.echo(f"camera view of {name:<10} → {verdict:<10} (best {label} {score:.3f}, "
-                       f"next {runner:.3f})  {ms:5.1f} ms  truth: {truth}")
-        click.echo(f"{hits}/{len(demo_data.ITEMS) + len(demo_data.UNKNOWN)} right (threshold {DEMO_THRESHOLD}, "
-                   f"margin {DEMO_MARGIN}: the service's demo defaults)")
+        lookups = demo_data.run(emb, gallery, seed, preset)
+        click.echo(f"enrolled {len(demo_data.ITEMS)} items from {demo_data.PHOTOS} with model {emb.card.name}")
+        for x in lookups:
+            best = x.ranking.best
+            seen = f"best {best.label} {best.score:.3f}" if best else "empty gallery"
+            click.echo(f"camera view of {x.name:<10} → {x.answer:<10} ({seen}, threshold "
+                       f"{x.ranking.threshold or float('nan'):.3f})  {x.ms:5.1f} ms  truth: {x.truth}")
+        hits = sum(x.answer == x.truth for x in lookups)
+        click.echo(f"{hits}/{len(lookups)} right (preset {preset}, as `search`, the service and the kiosk answer)")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
@@ -406,23 +398,43 @@ def service_config(config_path, settings, demo: bool, flags: dict):
     return config, demo or (not config.source.uri and not config.gallery.path)
 
 
+def apply(*decorators):
+    """A group of options shared by several commands, applied as one decorator."""
+    def wrap(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return wrap
+
+
+service_options = apply(
+    click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_CONFIG",
+                 help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it."),
+    click.option("--source", "-s", help="V4L2 device index (0), video file, rtsp/http URL or image folder."),
+    click.option("--gallery", "-g", "gallery_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_GALLERY",
+                 help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY)."),
+    click.option("--model", "-m", "model_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_MODEL",
+                 help="The .tflite model (default: the built-in one)."),
+    click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                 help="Override any config key, e.g. --set decision.preset=quick (repeatable)."),
+    click.option("--demo", is_flag=True, help="Play the built-in demo clip against the built-in demo gallery (also "
+                                              "the default when no source and no gallery are configured)."),
+)
+
+
 @cli.command()
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_CONFIG",
-              help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it.")
-@click.option("--source", "-s", help="V4L2 device index (0), video file, rtsp/http URL or image folder.")
+@service_options
 @click.option("--fps", type=click.FloatRange(min=0), help="Target rate of processed frames (0 = as fast as frames come).")
-@click.option("--gallery", "-g", "gallery_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_GALLERY",
-              help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY).")
-@click.option("--model", "-m", "model_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_MODEL",
-              help="The .tflite model (default: the built-in one).")
 @click.option("--threads", type=click.IntRange(1, 64), help="Interpreter threads.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override any config key, e.g. --set decision.votes.m=2 (repeatable).")
 @click.option("--stats", is_flag=True, help="Print fps and per-stage timings while running and a table at the end.")
-@click.option("--demo", is_flag=True, help="Play the built-in demo clip against the built-in demo gallery "
-                                           "(also the default when no source and no gallery are configured).")
-def run(config_path, source, fps, gallery_path, model_path, threads, settings, stats, demo):
-    """Watch a camera (or file, stream, folder) and alert on gallery items: the on-device service."""
+def run(config_path, source, gallery_path, model_path, settings, demo, fps, threads, stats):
+    """Watch a camera (or file, stream, folder) and alert on gallery items: the on-device service.
+
+    \b
+    Examples:
+        edge-retrieval run                                  # the built-in demo
+        edge-retrieval run --source 0 -g gallery.db --set sinks.webhook.url=http://hub.local/alerts
+    """
     import logging
     import signal
     import threading
@@ -473,23 +485,19 @@ def check_config(path, show):
 
 # -- the kiosk -------------------------------------------------------------------------
 @cli.command()
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_CONFIG",
-              help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it.")
-@click.option("--source", "-s", help="V4L2 device index (0), video file, rtsp/http URL or image folder.")
-@click.option("--gallery", "-g", "gallery_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_GALLERY",
-              help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY); created if missing.")
-@click.option("--model", "-m", "model_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_MODEL",
-              help="The .tflite model (default: the built-in one).")
+@service_options
 @click.option("--host", help="Address to serve on (default 127.0.0.1; 0.0.0.0 = the network too).")
 @click.option("--port", "-p", type=click.IntRange(0, 65535), help="TCP port (default 8080; 0 = any free port).")
 @click.option("--token", envvar="EDGE_RETRIEVAL_KIOSK_TOKEN",
               help="Staff token (env EDGE_RETRIEVAL_KIOSK_TOKEN; default: kiosk.token, else a new random one).")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override any config key, e.g. --set kiosk.hold=5 (repeatable).")
-@click.option("--demo", is_flag=True, help="The built-in demo clip and gallery (also the default when no source "
-                                           "and no gallery are configured).")
-def kiosk(config_path, source, gallery_path, model_path, host, port, token, settings, demo):
-    """Serve the kiosk page: the live camera and the record of the item held up to it; /admin for staff."""
+def kiosk(config_path, source, gallery_path, model_path, settings, demo, host, port, token):
+    """Serve the kiosk page: the live camera and the record of the item held up to it; /admin for staff.
+
+    \b
+    Examples:
+        edge-retrieval kiosk                                # the built-in demo
+        edge-retrieval kiosk --source 0 --gallery gallery.db --port 9000
+    """
     from .kiosk import Kiosk, Server
 
     config, demo = service_config(config_path, settings, demo, {

@@ -121,41 +121,30 @@ class VotesConfig:
             raise ConfigError(f"{_join(path, 'm')}: {self.m} is more than n ({self.n})")
 
 
-# Measured on the built-in demo clip with the default model (240×320, whitened 256-d) and the
-# whole-frame descriptor (python benchmarks/thresholds.py --seed 0/1/2, 475 frames each): top
-# scores of frames showing an enrolled item were >= 0.486 (p05 >= 0.536), of the held-out item
-# <= 0.222 and of the empty background <= 0.168, so the threshold sits in the gap at 0.35; margins
-# were >= 0.326 for items and <= 0.130 for everything else, so the margin sits at 0.2.
-# Re-measure for another model.
-DEMO_THRESHOLD = 0.35
-DEMO_MARGIN = 0.2
-
-
 @dataclass(frozen=True)
 class DecisionConfig:
-    """When a match becomes an alert."""
+    """How a frame is recognised, and when a match becomes an alert."""
 
-    threshold: float = setting(DEMO_THRESHOLD, "Global minimum cosine score of the top match (an item's "
-                                               "`threshold` metadata or `thresholds` below take precedence). "
-                                               "Default measured on the demo clip (benchmarks/thresholds.py).",
-                               min=-1, max=1)
-    margin: float = setting(DEMO_MARGIN, "Minimum lead of the top score over the best score of a different "
-                                         "label.", min=0, max=2)
-    thresholds: dict[str, float] = setting(default_factory=dict, doc="Per-label thresholds, e.g. "
-                                           "{ cat = 0.7 }; an item's own `threshold` metadata wins over these.")
+    preset: str = setting("default", "How a frame is matched (the same for `search`, the service and the kiosk). "
+                                     "default: regions of the frame and of the motion, ORB votes over the "
+                                     "gallery and geometric verification: finds items anywhere in a scene "
+                                     "(≈ 25 ms a 640×480 frame on 2 cores); quick: the same with half the ORB "
+                                     "features (≈ 20 % faster, a little less recall); fast: CNN regions only; "
+                                     "whole: the whole-frame descriptor (≈ 5 ms; only items that fill much "
+                                     "of the frame). Scores and thresholds are the preset's, set by "
+                                     "`edge-retrieval calibrate`; README: Finding items in scenes.",
+                          choices=("default", "quick", "fast", "whole"))
+    threshold: Optional[float] = setting(None, "Global threshold on the preset's score, over the gallery's "
+                                               "calibrated one (absent: calibrated, else the preset's own; an "
+                                               "item's calibrated threshold wins over both).", min=-1, max=10)
+    margin: Optional[float] = setting(None, "Minimum lead of the top score over the best score of a different "
+                                            "label (absent: the preset's: 0.2 for whole, none for the others).",
+                                      min=0, max=10)
     votes: VotesConfig = setting(default_factory=VotesConfig, doc="Temporal voting.")
     cooldown: float = setting(30.0, "Seconds per (label, source): a label alerts again only after it has not "
                                     "been confirmed for this long, so one standing in view alerts once.", min=0)
     unknown: bool = setting(False, "Also raise \"unknown\" events: the scene moved in M of the last N frames "
                                    "and nothing in the gallery passed.")
-    preset: str = setting("whole", "How a frame is matched. whole: the whole-frame descriptor (the fastest; items "
-                                   "that fill much of the frame; `threshold`, `thresholds` and item `threshold` "
-                                   "metadata apply). fast, quick, default: `edge-retrieval search`'s presets "
-                                   "(regions of the frame and of the motion, ORB votes and geometric "
-                                   "verification for quick and default; snapshots show the item's outline); "
-                                   "scores and thresholds are then search's, set by `edge-retrieval calibrate`, "
-                                   "and only `margin` applies from here.",
-                          choices=("whole", "fast", "quick", "default"))
 
 
 @dataclass(frozen=True)

@@ -1,45 +1,33 @@
-"""The decision: when does a frame's best match become an alert?
+"""The decision: when does a frame's verdict become an alert? The only place votes and
+cooldowns live; what a frame says (its `Ranking`: match or unknown) comes from the recognizer.
 
 Pure logic with the clock passed in (the frame's time), so tests replay any timeline:
 
-1. a frame *votes* for its top label when the score passes the threshold (the item's own
-   `threshold` metadata, else `thresholds[label]`, else the global one) and leads the best
-   score of a different label by at least `margin`;
+1. a frame *votes* for its match's label (the recognizer's verdict: threshold, margin, veto);
 2. a label is *confirmed* when it has M of the last N votes of its source;
 3. a confirmed label alerts unless it is cooling down for that (label, source); every
    confirmation extends the cooldown, so a label standing in view alerts once and again only
    after it has been gone for `cooldown` seconds. Cooldowns are per label: a different label
    alerts as soon as it is confirmed.
 
-Optionally, frames where the scene moved but nothing passed vote "unknown", which is
-confirmed and cooled down the same way.
+Frames where the scene moved but nothing matched vote "unknown", which is confirmed the same
+way (the kiosk shows it); it alerts only with `unknown = True`.
 """
 from __future__ import annotations
 
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Sequence
+from typing import Hashable
+
+from .recognize import Ranking
 
 MATCH, UNKNOWN = "match", "unknown"
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """What one processed frame says."""
-
-    label: str | None  # the top label (None: empty gallery)
-    item_id: int | None
-    score: float  # its cosine score
-    margin: float  # over the best different label (inf when there is none)
-    threshold: float  # the threshold that applied
-    passed: bool  # score and margin both good enough
-    moving: bool = False  # the scene changed (motion gate) in this frame
-
-
-@dataclass(frozen=True)
 class Decision:
-    """An alert."""
+    """An alert (or, from `confirmed`, what M of the last N frames agree on)."""
 
     kind: str  # "match" or "unknown"
     label: str | None  # None for unknown
@@ -50,6 +38,7 @@ class Decision:
     window: int  # N
     source: str
     time: float  # the frame's time (seconds, the source's clock)
+    threshold: float | None = None  # the threshold the frame's score passed
 
 
 @dataclass
@@ -59,70 +48,55 @@ class _SourceState:
 
 
 class Decider:
-    """Turns per-frame candidates into decisions, per source."""
+    """Turns per-frame rankings into decisions, per source."""
 
-    def __init__(self, *, threshold: float = 0.5, margin: float = 0.05, m: int = 3, n: int = 5,
-                 cooldown: float = 30.0, unknown: bool = False, thresholds: dict[str, float] | None = None,
-                 item_threshold: Callable[[int], float | None] | None = None):
+    def __init__(self, *, m: int = 3, n: int = 5, cooldown: float = 30.0, unknown: bool = False):
         if not 1 <= m <= n:
             raise ValueError(f"votes: need 1 <= m <= n, got m={m}, n={n}")
-        self.threshold, self.margin, self.m, self.n = threshold, margin, m, n
+        self.m, self.n = m, n
         self.cooldown, self.unknown = cooldown, unknown
-        self.thresholds = dict(thresholds or {})
-        self.item_threshold = item_threshold
         self._sources: dict[str, _SourceState] = {}
+        self._confirmed: dict[str, Decision | None] = {}
 
     @classmethod
-    def from_config(cls, config, item_threshold: Callable[[int], float | None] | None = None) -> "Decider":
-        return cls(threshold=config.threshold, margin=config.margin, m=config.votes.m, n=config.votes.n,
-                   cooldown=config.cooldown, unknown=config.unknown, thresholds=config.thresholds,
-                   item_threshold=item_threshold)
+    def from_config(cls, config) -> "Decider":
+        return cls(m=config.votes.m, n=config.votes.n, cooldown=config.cooldown, unknown=config.unknown)
 
-    def threshold_for(self, item_id: int | None, label: str | None) -> float:
-        if item_id is not None and self.item_threshold is not None:
-            own = self.item_threshold(item_id)
-            if own is not None:
-                return float(own)
-        if label is not None and label in self.thresholds:
-            return self.thresholds[label]
-        return self.threshold
-
-    def candidate(self, item_ids: Sequence[int], labels: Sequence[str], scores: Sequence[float],
-                  moving: bool = False) -> Candidate:
-        """One frame's top-k row (best first) → its candidate."""
-        if len(labels) == 0:
-            return Candidate(None, None, -math.inf, math.inf, self.threshold, False, moving)
-        label, item_id, score = str(labels[0]), int(item_ids[0]), float(scores[0])
-        runner = next((float(s) for lab, s in zip(labels[1:], scores[1:]) if str(lab) != label), None)
-        margin = score - runner if runner is not None else math.inf
-        threshold = self.threshold_for(item_id, label)
-        passed = score >= threshold and margin >= self.margin
-        return Candidate(label, item_id, score, margin, threshold, passed, moving)
-
-    def update(self, source: str, candidate: Candidate, t: float) -> Decision | None:
-        """Record one processed frame of `source` at time t; the decision it completes, if any."""
+    def update(self, source: str, ranking: Ranking, t: float, moving: bool = False) -> Decision | None:
+        """Record one processed frame of `source` at time t; the alert it completes, if any."""
         state = self._sources.setdefault(source, _SourceState(votes=deque(maxlen=self.n)))
         self._prune(state, t)
-        if candidate.passed:
-            key: Hashable = (MATCH, candidate.label)
-        elif self.unknown and candidate.moving:
+        match = ranking.match
+        if match is not None:
+            key: Hashable = (MATCH, match.label)
+        elif moving:
             key = (UNKNOWN, None)
         else:
             key = None
         state.votes.append(key)
+        self._confirmed[source] = None
         if key is None:
             return None
         count = sum(1 for v in state.votes if v == key)
         if count < self.m:
             return None
+        kind = key[0]
+        best = ranking.best
+        decision = Decision(kind=kind, label=match.label if match else None, item_id=match.item_id if match else None,
+                            score=best.score if best else -math.inf, margin=ranking.margin, votes=count,
+                            window=self.n, source=source, time=t, threshold=ranking.threshold)
+        self._confirmed[source] = decision
+        if kind == UNKNOWN and not self.unknown:
+            return None
         until = state.cooldown_until.get(key)
         state.cooldown_until[key] = t + self.cooldown
         if until is not None and t < until:
             return None
-        kind = key[0]
-        return Decision(kind=kind, label=candidate.label if kind == MATCH else None,
-                        item_id=candidate.item_id if kind == MATCH else None, score=candidate.score,
-                        margin=candidate.margin, votes=count, window=self.n, source=source, time=t)
+        return decision
+
+    def confirmed(self, source: str) -> Decision | None:
+        """What the last frame of `source` confirmed (M of the last N agree), cooling down or not."""
+        return self._confirmed.get(source)
 
     def cooling(self, source: str, t: float) -> list[str]:
         """Labels (and "unknown") of `source` still cooling down at time t."""
@@ -140,5 +114,7 @@ class Decider:
         """Forget votes and cooldowns (of one source, or all)."""
         if source is None:
             self._sources.clear()
+            self._confirmed.clear()
         else:
             self._sources.pop(source, None)
+            self._confirmed.pop(source, None)

@@ -1,10 +1,14 @@
 """The built-in demo: the repo's own real photos, enrolled and then looked up as a camera would see them."""
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .recognize import DEFAULT_PRESET, Ranking, open_recognizer
 
 PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
 # Photos enrolled as items; the textures are never enrolled and serve as "unknown" scenes.
@@ -47,3 +51,36 @@ DETAILS = {
     "tissue": {"title": "Immunohistochemistry stain", "credit": "scikit-image sample data",
                "rights": "no known copyright restrictions"},
 }
+
+
+@dataclass(frozen=True)
+class DemoLookup:
+    name: str  # the photo shown
+    truth: str  # its label, or "unknown" for a texture never enrolled
+    ranking: Ranking
+    ms: float  # recognize
+
+    @property
+    def answer(self) -> str:
+        return self.ranking.label or "unknown"
+
+
+def run(embedder, gallery, seed: int = 0, preset: str = DEFAULT_PRESET) -> list[DemoLookup]:
+    """Enrol the built-in photos into `gallery`, then look up a simulated camera view of each
+    and of the textures never enrolled, with the preset's recognizer (as `search` would)."""
+    from .enroll import enroll
+
+    rng = np.random.default_rng(seed)
+    enroll(gallery, embedder, [(name, photo(name)) for name in ITEMS])
+    recognizer = open_recognizer(embedder, gallery, preset)
+    out = []
+    try:
+        for name in ITEMS + UNKNOWN:
+            view = camera_view(cv2.imread(str(photo(name))), rng)
+            start = time.perf_counter()
+            ranking = recognizer.recognize(view)
+            ms = 1000 * (time.perf_counter() - start)
+            out.append(DemoLookup(name, name if name in ITEMS else "unknown", ranking, ms))
+    finally:
+        recognizer.close()
+    return out

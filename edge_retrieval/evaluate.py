@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from .embedder import Embedder
-from .enroll import list_images
+from .enroll import enroll, list_images
+from .preprocess import read_image
+from .recognize import DEFAULT_PRESET, open_recognizer
 from .errors import GalleryError
 from .storage.gallery import Gallery
 
@@ -21,7 +23,7 @@ class EvalResult:
     recall_at_1: float
     recall_at_5: float
     mrr: float
-    ms_per_query: float  # embed + search, per query
+    ms_per_query: float  # recognize, per query (reading the image included)
     ranks: tuple[int, ...]  # 1-based rank of the right record per query (0 = not in the top k)
 
 
@@ -39,25 +41,26 @@ def load_ground_truth(path: Path, subset: str | None) -> dict[str, str]:
     return gt
 
 
-def evaluate(ground_truth: Path, embedder: Embedder, subset: str | None = None, k: int = 10) -> EvalResult:
+def evaluate(ground_truth: Path, embedder: Embedder, subset: str | None = None,
+             preset: str = DEFAULT_PRESET) -> EvalResult:
     """Enroll every image in the folders holding the expected records (labels = record paths),
-    then look up each query; paths are relative to the ground-truth file's folder."""
+    then look up each query with the preset's recognizer (its final ranking); paths are relative
+    to the ground-truth file's folder."""
     root = Path(ground_truth).parent
     gt = load_ground_truth(ground_truth, subset)
     folders = sorted({(root / r).parent for r in gt.values()})
     records = [p for folder in folders for p in list_images(folder)]
-    gallery = Gallery(":memory:")
-    vectors = embedder.embed_files(records)
-    with gallery.transaction():
-        for path, vector in zip(records, vectors):
-            gallery.add(path.relative_to(root).as_posix(), vector, model_sha256=embedder.sha256)
-    queries = sorted(gt)
-    start = time.perf_counter()
-    ranks = []
-    for query in queries:
-        found = list(gallery.search(embedder.embed_files([root / query]), k).labels[0])
-        ranks.append(found.index(gt[query]) + 1 if gt[query] in found else 0)
-    elapsed = time.perf_counter() - start
+    with Gallery(":memory:") as gallery:
+        enroll(gallery, embedder, [(path.relative_to(root).as_posix(), path) for path in records])
+        recognizer = open_recognizer(embedder, gallery, preset)
+        queries = sorted(gt)
+        start = time.perf_counter()
+        ranks = []
+        for query in queries:
+            found = [c.label for c in recognizer.recognize(read_image(root / query)).candidates]
+            ranks.append(found.index(gt[query]) + 1 if gt[query] in found else 0)
+        elapsed = time.perf_counter() - start
+        recognizer.close()
     r = np.array(ranks)
     return EvalResult(
         queries=len(queries),

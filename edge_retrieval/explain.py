@@ -8,27 +8,28 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .identify import Identification
+from .recognize import Ranking
 
 GREEN, AMBER, RED = (60, 200, 60), (0, 170, 255), (50, 50, 230)
 
 
-def draw(frame: np.ndarray, result: Identification) -> np.ndarray:
+def draw(frame: np.ndarray, result: Ranking) -> np.ndarray:
     """A copy of the BGR frame with the best candidate's evidence and the verdict drawn on it."""
     out = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     h, w = out.shape[:2]
     best = result.best
     colour = GREEN if result.match else RED
     if best is not None:
-        x0, y0, x1, y1 = (np.asarray(best.region) * [w, h, w, h]).astype(int)
-        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), AMBER, 1)  # the region that matched best
-        if best.quad is not None:
-            cv2.polylines(out, [best.quad.astype(np.int32).reshape(-1, 1, 2)], True, colour, 2)
+        if best.region is not None:
+            x0, y0, x1, y1 = (np.asarray(best.region) * [w, h, w, h]).astype(int)
+            cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), AMBER, 1)  # the region that matched best
+        if best.outline is not None:
+            cv2.polylines(out, [best.outline.astype(np.int32).reshape(-1, 1, 2)], True, colour, 2)
         if best.points is not None:
             for x, y in best.points.astype(int):
                 cv2.circle(out, (int(x), int(y)), 2, colour, -1)
     if result.match:
-        text = f"{result.match}  score {result.score:.2f}"
+        text = f"{result.label}  score {result.score:.2f}"
     elif best is not None:
         text = f"unknown  (best {best.label} {result.score:.2f})"
     else:

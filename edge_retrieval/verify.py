@@ -1,7 +1,7 @@
 """Geometric verification of a shortlist: ORB features of the frame matched against the
 features stored for each candidate (Hamming, Lowe's ratio test), then a homography fitted with
 USAC-MAGSAC (`fit`); the inliers are the evidence that the item is really there and where.
-`identify` finds the matches of all candidates at once (vocabulary.InvertedFile); `Verifier`
+`recognize.regional` finds the matches of all candidates at once (vocabulary.InvertedFile); `Verifier`
 matches one frame against one candidate by brute force.
 
 ORB because it is fast (≈ 6 ms for 2000 features on a 640×480 frame here) and binary (32 bytes

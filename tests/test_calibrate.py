@@ -15,7 +15,7 @@ from edge_retrieval.demo import ITEMS, camera_view, photo
 from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll, enroll_negatives
 from edge_retrieval.storage.gallery import SCHEMA_VERSION, Gallery
-from edge_retrieval.identify import Identifier
+from edge_retrieval.recognize import open_recognizer
 from edge_retrieval.modelcard import REPO_MODELS
 from edge_retrieval.preprocess import read_image
 
@@ -52,17 +52,17 @@ def test_thresholds_live_in_the_gallery(gallery):
     assert SCHEMA_VERSION >= 3
     a = gallery.add("a", np.ones((1, 4)), model_sha256="a" * 64)
     b = gallery.add("b", -np.ones((1, 4)), model_sha256="a" * 64)
-    assert gallery.threshold is None and gallery.threshold_for(a) is None
+    assert gallery.threshold is None and gallery.thresholds.for_item(a) is None
     gallery.set_thresholds(0.9, {a: 0.7}, {"preset": "default"})
     assert gallery.thresholds() == {a: 0.7}
-    assert gallery.threshold_for(a) == 0.7 and gallery.threshold_for(b) == 0.9
+    assert gallery.thresholds.for_item(a) == 0.7 and gallery.thresholds.for_item(b) == 0.9
     assert gallery.calibration() == {"preset": "default"}
     gallery.remove("a")
     assert gallery.thresholds() == {}
 
 
 def test_calibrate_with_the_builtin_negatives_and_positives(regional, demo_gallery):
-    ident = Identifier(regional, demo_gallery)
+    ident = open_recognizer(regional, demo_gallery)
     rng = np.random.default_rng(0)
     positives = [(name, camera_view(read_image(photo(name)), rng)) for name in ITEMS[:5] for _ in range(5)]
     result = calibrate.calibrate(ident, positives, fpir=0.05)
@@ -73,17 +73,18 @@ def test_calibrate_with_the_builtin_negatives_and_positives(regional, demo_galle
     calibrate.store(ident, result)
     assert demo_gallery.threshold == pytest.approx(result.threshold)
     assert demo_gallery.calibration()["preset"] == "default"
-    assert ident.threshold_for(1) == demo_gallery.threshold_for(1)  # the identifier now uses them
-    assert Identifier(regional, demo_gallery, "fast").threshold_for(1) == 0.60  # not calibrated for fast
+    demo_gallery.matrix()  # (a recognizer's next search sees the new generation)
+    assert ident.thresholds.for_item(1) == demo_gallery.thresholds().get(1, demo_gallery.threshold)  # now used
+    assert open_recognizer(regional, demo_gallery, "fast").thresholds.for_item(1) == 0.60  # not calibrated for fast
 
 
 def test_a_negative_vetoes_its_item(regional, demo_gallery):
     view = camera_view(read_image(photo(ITEMS[0])), np.random.default_rng(1))
-    ident = Identifier(regional, demo_gallery)
-    assert ident.identify(view).match == ITEMS[0]
+    ident = open_recognizer(regional, demo_gallery)
+    assert ident.recognize(view).label == ITEMS[0]
     enroll_negatives(demo_gallery, regional, ITEMS[0], [photo(ITEMS[0])])  # "this is NOT item 0"
-    result = ident.identify(view)
-    assert result.match is None and result.candidates[0].vetoed
+    result = ident.recognize(view)
+    assert result.label is None and result.candidates[0].vetoed
 
 
 def test_enrolment_checks_warn():

@@ -21,7 +21,7 @@ from edge_retrieval.demo import photo
 from edge_retrieval.enroll import enroll
 from edge_retrieval.storage.events import EventLog
 from edge_retrieval.storage.gallery import Gallery
-from edge_retrieval.identify import PRESETS
+from edge_retrieval.recognize import PRESETS, open_recognizer
 from edge_retrieval.service.systemd import Notifier
 
 _tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
@@ -29,7 +29,7 @@ BACKGROUND, FakeEmbedder, FakeSource, fake_frame, fake_vector = (
     _tests.BACKGROUND, _tests.FakeEmbedder, _tests.FakeSource, _tests.fake_frame, _tests.fake_vector)
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = Config(decision=DecisionConfig(threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
+FAST = Config(decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
               service=ServiceConfig(status_interval=0.1, log_interval=0))
 
 
@@ -96,15 +96,17 @@ def test_the_roi_is_what_the_model_sees(fake_gallery):
 
     image = fake_frame(1, shape=(48, 64))
     image[:, 32:] = fake_frame(2, shape=(48, 32))  # item1 on the left, item2 on the right
+    recognizer = open_recognizer(FakeEmbedder(), fake_gallery, "whole")
     for roi, label in ((None, "item1"), (RoiConfig(x=0.5, width=0.5), "item2")):
-        pipeline = Pipeline(FakeEmbedder(), fake_gallery, Decider(), MotionGate(), roi=roi)
+        pipeline = Pipeline(recognizer, fake_gallery, Decider(), MotionGate(), roi=roi)
         result = pipeline.process(Frame(image, 0.0, 0))
-        assert result.candidate.label == label
+        assert result.ranking.best.label == label
     assert pipeline.box(Frame(image, 0.0, 0)) == (32.0, 0.0, 64.0, 48.0)
 
 
 def test_per_item_threshold(fake_gallery):
-    fake_gallery.add("item1", fake_vector(1), model_sha256=FakeEmbedder.sha256, metadata={"threshold": 0.999})
+    item1 = fake_gallery.item("item1").id
+    fake_gallery.set_thresholds(0.5, {item1: 0.999}, {"preset": "whole"})  # as `calibrate` stores them
     daemon = daemon_for(fake_gallery, FakeSource([1, 1, 1, 2, 2, 2]))
     summary = daemon.run()
     assert [d.label for d in summary.decisions] == ["item2"]  # item1's own threshold is out of reach
@@ -175,9 +177,9 @@ def test_enrol_and_remove_while_running_take_effect_within_a_second(fake_gallery
         result = CliRunner().invoke(cli, ["remove", "item5", "--gallery", fake_gallery.path])
         assert result.exit_code == 0, result.output
         removed = time.monotonic()
-        while daemon.last_result.candidate.label == "item5" and time.monotonic() < removed + 3:
+        while daemon.last_result.ranking.best.label == "item5" and time.monotonic() < removed + 3:
             time.sleep(0.01)
-        assert daemon.last_result.candidate.label != "item5" and time.monotonic() - removed < 1.0
+        assert daemon.last_result.ranking.best.label != "item5" and time.monotonic() - removed < 1.0
     finally:
         stop.set()
         thread.join(2)
@@ -208,7 +210,7 @@ def test_real_model_on_a_demo_clip_alerts_the_enrolled_item_only(embedder, tmp_p
     summary = Daemon(config, embedder=embedder, notifier=Notifier(None)).run()
     assert [d.label for d in summary.decisions] == ["cat"]
     d = summary.decisions[0]
-    assert d.score >= config.decision.threshold and d.margin >= config.decision.margin
+    assert d.score > PRESETS["default"].threshold  # the default preset's scale (the gallery: uncalibrated)
     assert 2.0 < d.time < 4.0  # while the cat is coming in (it enters at 2 s, fully in at 3 s)
     assert summary.embedded < summary.frames  # the motion gate skipped the still background
 
@@ -216,6 +218,7 @@ def test_real_model_on_a_demo_clip_alerts_the_enrolled_item_only(embedder, tmp_p
 def test_a_clip_is_decoded_at_the_model_input_size_and_snapshots_stay_full_size(embedder, tmp_path, short_clip):
     """The whole-frame preset decodes a Motion-JPEG clip's frames at half size (240×320, the
     model's input); the event's box is in the frame's own pixels, its snapshot the full frame."""
+    from edge_retrieval.config import DecisionConfig
     from dataclasses import replace
 
     from edge_retrieval.config import RoiConfig
@@ -225,7 +228,8 @@ def test_a_clip_is_decoded_at_the_model_input_size_and_snapshots_stay_full_size(
         enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
     config = Config(source=SourceConfig(uri=str(short_clip)), gallery=GalleryConfig(path=str(tmp_path / "demo.db")),
                     snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")),
-                    roi=RoiConfig(x=0.0625, y=0.0625, width=0.875, height=0.875))
+                    roi=RoiConfig(x=0.0625, y=0.0625, width=0.875, height=0.875),
+                    decision=DecisionConfig(preset="whole"))
     seen = []
     daemon = Daemon(config, embedder=embedder, notifier=Notifier(None),
                     on_decision=lambda decision, result: seen.append(result.frame))
@@ -257,8 +261,7 @@ def test_a_search_preset_decides_and_draws_the_outline(embedder, tmp_path, short
         enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
     config = Config(source=SourceConfig(uri=str(short_clip)), gallery=GalleryConfig(path=str(tmp_path / "demo.db")),
                     snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")))
-    config = replace(config, decision=replace(config.decision, preset="default"))
-    daemon = Daemon(config, embedder=embedder, notifier=Notifier(None))
+    daemon = Daemon(config, embedder=embedder, notifier=Notifier(None))  # the default preset
     summary = daemon.run()
     assert [d.label for d in summary.decisions] == ["cat"]  # not the held-out tissue
     assert summary.decisions[0].score > PRESETS["default"].threshold  # search's scale (the gallery: uncalibrated)
@@ -327,4 +330,4 @@ def test_readme_command_shows_alerts_from_the_built_in_default(monkeypatch):
     alerts = [line.split("alert: ")[1].split(" ")[0] for line in result.stderr.splitlines() if "alert: " in line]
     expected = [name for name in democlip.SEQUENCE if name not in democlip.HELD_OUT]
     assert alerts == expected
-    assert "ended: 475 frame(s) processed" in result.stderr and "invoke" in result.stderr
+    assert "ended: 475 frame(s) processed" in result.stderr and "identify" in result.stderr  # the default preset

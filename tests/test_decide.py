@@ -1,50 +1,28 @@
 """The decision logic on replayed timelines (the clock is the frame time passed in)."""
-import math
-
 import pytest
 
 from edge_retrieval.config import DecisionConfig, VotesConfig
-from edge_retrieval.decide import MATCH, UNKNOWN, Candidate, Decider
+from edge_retrieval.decide import MATCH, UNKNOWN, Decider
+from edge_retrieval.recognize import Candidate, Ranking
 
 
-def cand(label, score=0.9, passed=True, moving=False):
-    return Candidate(label, 1 if label else None, score, 0.2, 0.5, passed, moving)
+def ranking(label, score=0.9):
+    """A frame's ranking whose verdict is `label` (None: unknown)."""
+    if label is None:
+        return Ranking("whole", [Candidate(9, "owl", 0.1, 0.1)], None, 0.5, 0.0)
+    c = Candidate(1, label, score, score)
+    return Ranking("whole", [c, Candidate(2, "other", 0.5, 0.5)], c, 0.5, score - 0.5)
 
 
 def replay(decider, labels, source="cam", step=1.0, start=0.0):
-    """Feed one candidate per label (None = nothing passed); [(time, label)] of the alerts."""
+    """Feed one ranking per label (None = nothing passed); [(time, label)] of the alerts."""
     out = []
     for i, label in enumerate(labels):
         t = start + i * step
-        d = decider.update(source, cand(label, passed=label is not None), t)
+        d = decider.update(source, ranking(label), t)
         if d is not None:
             out.append((t, d.label))
     return out
-
-
-def test_candidate_threshold_and_margin_to_the_next_different_label():
-    d = Decider(threshold=0.7, margin=0.05)
-    c = d.candidate([3, 4], ["cat", "dog"], [0.9, 0.8])
-    assert (c.label, c.item_id, c.passed) == ("cat", 3, True)
-    assert c.margin == pytest.approx(0.1)
-    assert not d.candidate([3, 4], ["cat", "dog"], [0.82, 0.8]).passed  # margin 0.02 < 0.05
-    assert not d.candidate([3, 4], ["cat", "dog"], [0.65, 0.1]).passed  # below the threshold
-    same = d.candidate([3, 3, 4], ["cat", "cat", "dog"], [0.9, 0.89, 0.5])  # same label skipped
-    assert same.margin == pytest.approx(0.4)
-    alone = d.candidate([3], ["cat"], [0.9])
-    assert alone.passed and math.isinf(alone.margin)
-    empty = d.candidate([], [], [])
-    assert empty.label is None and not empty.passed
-
-
-def test_item_threshold_beats_per_label_beats_global():
-    d = Decider(threshold=0.5, thresholds={"cat": 0.8, "dog": 0.8},
-                item_threshold=lambda item_id: 0.95 if item_id == 1 else None)
-    assert d.threshold_for(1, "cat") == 0.95
-    assert d.threshold_for(2, "dog") == 0.8
-    assert d.threshold_for(3, "owl") == 0.5
-    assert not d.candidate([1], ["cat"], [0.9]).passed
-    assert d.candidate([2], ["dog"], [0.85]).passed
 
 
 def test_m_of_n_votes():
@@ -73,23 +51,34 @@ def test_a_different_label_alerts_at_once_and_sources_are_independent():
     assert sorted(d.cooling("cam", 7.0)) == ["cat", "dog"]
 
 
-def test_unknown_events_need_motion_and_are_optional():
-    frames = [Candidate("cat", 1, 0.3, 0.0, 0.5, False, moving=True)] * 4
+def test_confirmed_says_what_the_window_agrees_on_even_while_cooling_down():
+    d = Decider(m=2, n=3, cooldown=60)
+    assert d.update("cam", ranking("cat"), 0) is None and d.confirmed("cam") is None
+    assert d.update("cam", ranking("cat"), 1).label == "cat"
+    assert d.update("cam", ranking("cat"), 2) is None  # cooling down: no alert ...
+    assert d.confirmed("cam").label == "cat"  # ... but still confirmed (the kiosk keeps showing it)
+    d.update("cam", ranking(None), 3)
+    assert d.confirmed("cam") is None
+
+
+def test_unknown_needs_motion_is_always_confirmed_and_alerts_only_when_asked():
     off = Decider(m=2, n=3)
-    assert [off.update("cam", c, i) for i, c in enumerate(frames)] == [None] * 4
+    out = [off.update("cam", ranking(None), i, moving=True) for i in range(4)]
+    assert out == [None] * 4
+    assert off.confirmed("cam").kind == UNKNOWN  # the kiosk shows "unknown item" all the same
     on = Decider(m=2, n=3, unknown=True, cooldown=60)
-    out = [on.update("cam", c, i) for i, c in enumerate(frames)]
+    out = [on.update("cam", ranking(None), i, moving=True) for i in range(4)]
     assert out[0] is None and out[1].kind == UNKNOWN and out[1].label is None and out[2:] == [None, None]
-    still = [Candidate("cat", 1, 0.3, 0.0, 0.5, False, moving=False)] * 4
-    on2 = Decider(m=2, n=3, unknown=True)
-    assert [on2.update("cam", c, i) for i, c in enumerate(still)] == [None] * 4
+    still = Decider(m=2, n=3, unknown=True)
+    assert [still.update("cam", ranking(None), i, moving=False) for i in range(4)] == [None] * 4
 
 
 def test_decision_fields_and_from_config():
-    d = Decider.from_config(DecisionConfig(threshold=0.6, margin=0.1, votes=VotesConfig(m=1, n=1), cooldown=5))
-    decision = d.update("cam", d.candidate([7, 8], ["cat", "dog"], [0.9, 0.5]), 12.5)
-    assert decision.kind == MATCH and decision.label == "cat" and decision.item_id == 7
+    d = Decider.from_config(DecisionConfig(votes=VotesConfig(m=1, n=1), cooldown=5))
+    decision = d.update("cam", ranking("cat", 0.9), 12.5)
+    assert decision.kind == MATCH and decision.label == "cat" and decision.item_id == 1
     assert decision.score == pytest.approx(0.9) and decision.margin == pytest.approx(0.4)
+    assert decision.threshold == 0.5
     assert (decision.votes, decision.window, decision.source, decision.time) == (1, 1, "cam", 12.5)
     with pytest.raises(ValueError):
         Decider(m=4, n=3)

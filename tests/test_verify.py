@@ -11,7 +11,7 @@ from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll
 from edge_retrieval.explain import draw
 from edge_retrieval.storage.gallery import Gallery
-from edge_retrieval.identify import Identifier
+from edge_retrieval.recognize import open_recognizer
 from edge_retrieval.modelcard import REPO_MODELS
 from edge_retrieval.preprocess import read_image
 
@@ -83,38 +83,38 @@ def demo_gallery(regional, tmp_path_factory):
 
 def test_identify_an_item_in_a_scene_and_explain_it(regional, demo_gallery, cameraman_scene):
     frame, quad = cameraman_scene
-    ident = Identifier(regional, demo_gallery)
-    result = ident.identify(frame)
-    assert result.match == "cameraman" and result.best.inliers >= MIN_INLIERS_SAME
+    ident = open_recognizer(regional, demo_gallery)
+    result = ident.recognize(frame)
+    assert result.label == "cameraman" and result.best.inliers >= MIN_INLIERS_SAME
     assert result.score > result.threshold
-    assert np.abs(result.best.quad - quad).max() < 3 * CORNER_TOLERANCE_PX
+    assert np.abs(result.best.outline - quad).max() < 3 * CORNER_TOLERANCE_PX
     picture = draw(frame, result)
     assert picture.shape == frame.shape and (picture != frame).any()
-    fast = Identifier(regional, demo_gallery, "fast").identify(frame)
+    fast = open_recognizer(regional, demo_gallery, "fast").recognize(frame)
     assert fast.best.label == "cameraman" and fast.best.inliers == 0
 
 
 def test_identify_says_unknown_for_a_scene_without_an_item(regional, demo_gallery, photos):
     frame = cv2.resize(read_image(photos / "brick.jpg"), (640, 480))
-    result = Identifier(regional, demo_gallery).identify(frame)
-    assert result.match is None and result.item_id is None
+    result = open_recognizer(regional, demo_gallery).recognize(frame)
+    assert result.label is None and result.label is None
     assert draw(frame, result).shape == frame.shape
 
 
 def test_identify_on_an_empty_gallery(regional, tmp_path, photos):
     with Gallery(tmp_path / "empty.db") as g:
-        result = Identifier(regional, g).identify(read_image(photos / "cat.jpg"))
-    assert result.match is None and result.best is None
+        result = open_recognizer(regional, g).recognize(read_image(photos / "cat.jpg"))
+    assert result.label is None and result.best is None
 
 
 def test_votes_find_the_item_without_the_cnn_shortlist(regional, demo_gallery, cameraman_scene):
     frame, quad = cameraman_scene
-    ident = Identifier(regional, demo_gallery)
+    ident = open_recognizer(regional, demo_gallery)
     regions = regional.regions(frame, ident.preset.levels)
     found = sorted(ident.verified(frame, regions, []), key=lambda c: -c.score)  # the votes alone
     assert found[0].label == "cameraman" and found[0].inliers >= MIN_INLIERS_SAME
     assert found[0].votes > max([c.votes for c in found[1:]], default=0)
-    assert np.abs(found[0].quad - quad).max() < 3 * CORNER_TOLERANCE_PX
+    assert np.abs(found[0].outline - quad).max() < 3 * CORNER_TOLERANCE_PX
     assert 0 < found[0].cosine <= 1.0001  # the CNN's view of a voted item is still reported
 
 
@@ -124,11 +124,11 @@ def test_a_new_enrolment_is_voted_for_at_once(regional, photos, tmp_path, camera
     with Gallery(tmp_path / "g.db") as g:
         enroll(g, regional, [("cat", photos / "cat.jpg"), ("blank", tmp_path / "blank.png")])
         assert [len(f[3]) for _row, _item, f in g.all_features()][1] == 0  # a photo without features
-        ident = Identifier(regional, g)
-        assert ident.identify(frame).match is None
+        ident = open_recognizer(regional, g)
+        assert ident.recognize(frame).label is None
         enroll(g, regional, [("cameraman", photos / "cameraman.jpg")])
-        result = ident.identify(frame)
-        assert result.match == "cameraman" and result.best.votes > 0 and result.best.inliers >= MIN_INLIERS_SAME
+        result = ident.recognize(frame)
+        assert result.label == "cameraman" and result.best.votes > 0 and result.best.inliers >= MIN_INLIERS_SAME
 
 
 def test_an_item_enrolled_elsewhere_between_two_matrix_refreshes(regional, photos, tmp_path, cameraman_scene):
@@ -138,16 +138,16 @@ def test_an_item_enrolled_elsewhere_between_two_matrix_refreshes(regional, photo
     with Gallery(tmp_path / "g.db") as g, Gallery(tmp_path / "g.db") as other:
         enroll(g, regional, [("cat", photos / "cat.jpg")])
         g.refresh_interval = 3600.0
-        ident = Identifier(regional, g)
-        assert ident.identify(frame).match is None
+        ident = open_recognizer(regional, g)
+        assert ident.recognize(frame).label is None
         enroll(other, regional, [("cameraman", photos / "cameraman.jpg")])
-        assert ident.identify(frame).match is None  # voted for, but not in the matrix yet
+        assert ident.recognize(frame).label is None  # voted for, but not in the matrix yet
         g.refresh_interval = 0.0
-        assert ident.identify(frame).match == "cameraman"
+        assert ident.recognize(frame).label == "cameraman"
 
 
 def test_the_local_index_follows_enrolments_and_removals_incrementally(regional, photos, tmp_path, cameraman_scene):
-    from edge_retrieval.identify import LocalIndex
+    from edge_retrieval.recognize.regional import LocalIndex
     from edge_retrieval.vocabulary import Vocabulary
 
     vocab = Vocabulary.load()

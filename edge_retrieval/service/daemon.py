@@ -19,14 +19,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import democlip
-from ..camera import DROPPED, NOTED, Frame, FrameSource, SourceEnded, SourceError, inspect_image, open_source
+from ..camera import DROPPED, NOTED, Frame, FrameSource, SourceEnded, SourceError, inspect_image
 from ..config import Config
-from ..decide import Candidate, Decider, Decision
-from ..embedder import Embedder
-from ..errors import ConfigError, EdgeRetrievalError
+from ..decide import Decider, Decision
+from ..errors import EdgeRetrievalError
+from ..recognize import Ranking, Recognizer
 from ..storage.gallery import Gallery
-from ..identify import Identification, Identifier
+from . import parts
 from .metrics import SNAPSHOT_LOST, Metrics
 from ..motion import Motion, MotionGate, crop_roi
 from .systemd import Notifier
@@ -40,33 +39,29 @@ READ_TIMEOUT = 0.25  # the longest the loop waits for a frame before looking at 
 STOP_TIMEOUT = 0.8  # what the sinks' dispatcher gets to finish when stopping (exit within 2 s)
 DRAIN_TIMEOUT = 5.0  # what the sinks get to deliver pending events when a file or folder ended
 IDLE_PING = 1.0  # seconds between watchdog pings while the source waits as designed (see _loop)
-WHOLE = "whole"  # decision.preset: match by the whole-frame descriptor
 
 
 @dataclass(frozen=True)
 class FrameResult:
     frame: Frame
     motion: Motion
-    embedded: bool  # the model ran on this frame (else the last descriptor was searched again)
-    candidate: Candidate
-    decision: Decision | None
-    identification: Identification | None = None  # a `search` preset's view of the frame (decision.preset)
+    embedded: bool  # the recognizer ran on this frame (else the last ranking voted again)
+    ranking: Ranking
+    decision: Decision | None  # the alert this frame completed
+    confirmed: Decision | None = None  # what M of the last N frames agree on now, cooling down or not
 
 
 class Pipeline:
-    """One frame's journey: ROI → motion gate → model → gallery scan → decision."""
+    """One frame's journey: ROI → motion gate → recognizer → decision."""
 
-    def __init__(self, embedder, gallery: Gallery, decider: Decider, gate: MotionGate, *, roi=None,
-                 metrics: Metrics | None = None, source: str = "camera", preset: str = WHOLE):
-        self.embedder, self.gallery, self.decider, self.gate = embedder, gallery, decider, gate
+    def __init__(self, recognizer: Recognizer, gallery: Gallery, decider: Decider, gate: MotionGate, *, roi=None,
+                 metrics: Metrics | None = None, source: str = "camera"):
+        self.recognizer, self.gallery, self.decider, self.gate = recognizer, gallery, decider, gate
         self.roi, self.source = roi, source
         self.metrics = metrics or Metrics()
-        # whole: the whole-frame descriptor; else search's Identifier, with its thresholds
-        self.identifier = None if preset == WHOLE else Identifier(embedder, gallery, preset)
-        self.identification: Identification | None = None
-        self.decider.item_threshold = self._item_threshold if self.identifier is None else self._search_threshold
         gallery.refresh_interval = REFRESH_INTERVAL
-        self._descriptor: np.ndarray | None = None
+        self.ranking: Ranking | None = None
+        self._ranked_at = -1  # the gallery generation the ranking saw
         self._generation = -1
         self._items: dict[int, dict] = {}
 
@@ -78,19 +73,6 @@ class Pipeline:
             self._generation = generation
             log.debug("gallery (re)loaded: %d item(s)", len(self._items))
         return self._items
-
-    def _item_threshold(self, item_id: int) -> float | None:
-        value = self._items.get(item_id, {}).get("threshold")
-        if value is None:
-            return None
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return None
-
-    def _search_threshold(self, item_id: int) -> float:
-        threshold = self.identifier.threshold_for(item_id)
-        return math.inf if threshold is None else threshold  # no match before `calibrate` (another model)
 
     def box(self, frame: Frame) -> tuple[float, float, float, float] | None:
         """The ROI in frame pixels (x0, y0, x1, y1), None for the whole frame."""
@@ -105,46 +87,19 @@ class Pipeline:
         image = crop_roi(frame.image, self.roi)
         with stage("motion"):
             motion = self.gate.check(image, frame.time)
-        if self.identifier is not None:
-            return self._identify(frame, image, motion)
-        embedded = motion.changed or self._descriptor is None
-        if embedded:
-            emb = self.embedder
-            with stage("preprocess"):
-                tensor = emb.prepare(image)
-            with stage("invoke"):
-                output = emb.invoke(tensor)
-            with stage("pool"):
-                self._descriptor = emb.describe(output)
-        with stage("scan"):
-            matches = self.gallery.search(self._descriptor, k=2)
-            self.items()
-        with stage("decide"):
-            candidate = self.decider.candidate(matches.item_ids[0], matches.labels[0], matches.scores[0],
-                                               moving=motion.reason == "motion")
-            decision = self.decider.update(self.source, candidate, frame.time)
-        return FrameResult(frame, motion, embedded, candidate, decision)
-
-    def _identify(self, frame: Frame, image: np.ndarray, motion: Motion) -> FrameResult:
-        """`process` with a search preset: the frame's regions (and the moving part's) → votes,
-        verification → the ranked candidates, decided on with search's scores and thresholds."""
-        embedded = motion.changed or self.identification is None
+            self.gallery.matrix()  # asks SQLite whether the gallery changed, at most every REFRESH_INTERVAL
+        embedded = motion.changed or self.ranking is None or self.gallery.seen_generation != self._ranked_at
         if embedded:
             boxes = []
             if motion.reason == "motion" and motion.box is not None:
                 x, y, w, h = motion.box
                 boxes.append((x, y, x + w, y + h))
-            with self.metrics.stage("identify"):
-                self.identification = self.identifier.identify(image, boxes)
-        ident = self.identification
-        with self.metrics.stage("decide"):
-            ranked = ident.candidates
-            candidate = self.decider.candidate([c.item_id for c in ranked], [c.label for c in ranked],
-                                               [c.score for c in ranked], moving=motion.reason == "motion")
-            if ident.best is not None and ident.best.vetoed:  # a negative of the item looks more like it
-                candidate = replace(candidate, passed=False)
-            decision = self.decider.update(self.source, candidate, frame.time)
-        return FrameResult(frame, motion, embedded, candidate, decision, ident)
+            self.ranking = self.recognizer.recognize(image, boxes)
+            self._ranked_at = self.gallery.seen_generation
+        with stage("decide"):
+            decision = self.decider.update(self.source, self.ranking, frame.time, moving=motion.reason == "motion")
+            self.items()
+        return FrameResult(frame, motion, embedded, self.ranking, decision, self.decider.confirmed(self.source))
 
 
 @dataclass
@@ -164,24 +119,29 @@ def describe_decision(d: Decision) -> str:
 
 
 class Daemon:
-    """Opens the parts a Config describes (or takes them ready-made, for tests) and runs the loop."""
+    """Opens the parts a Config describes (`parts`; or takes them ready-made, for tests) and runs the loop.
 
-    full_frames = False  # whether frames must be decoded at full size even for the whole-frame preset
+    `on_frame(result)` is called after every processed frame (the kiosk's screen),
+    `on_decision(decision, result)` after every alert; `full_frames` keeps frames at full size
+    (the kiosk's live view) even where the recognizer would take them smaller."""
 
     def __init__(self, config: Config, *, stop: threading.Event | None = None, notifier: Notifier | None = None,
                  embedder=None, gallery: Gallery | None = None, source: FrameSource | None = None,
-                 sinks: list | None = None, demo: bool = False, demo_seed: int = 0,
+                 sinks: list | None = None, recognizer: Recognizer | None = None, demo: bool = False,
+                 demo_seed: int = 0, full_frames: bool = False,
+                 on_frame: Callable[[FrameResult], None] | None = None,
                  on_decision: Callable[[Decision, FrameResult], None] | None = None,
                  on_stats: Callable[[Metrics], None] | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
         self.config = config
         self.stop = stop or threading.Event()
         self.notifier = notifier or Notifier.from_env()
-        self.demo, self.demo_seed = demo, demo_seed
-        self.on_decision, self.on_stats = on_decision, on_stats
+        self.demo, self.demo_seed, self.full_frames = demo, demo_seed, full_frames
+        self.on_frame, self.on_decision, self.on_stats = on_frame, on_decision, on_stats
         self.metrics = metrics or Metrics()
         self.clock, self.wall_clock = clock, wall_clock
         self._embedder, self._gallery, self._source, self._sinks = embedder, gallery, source, sinks
+        self.recognizer = recognizer
         self._owned: list[Any] = []  # closed in reverse order
         self.event_log = None
         self.dispatcher = None
@@ -202,28 +162,19 @@ class Daemon:
         """Load the model and the gallery, start the sinks and open the source."""
         config = self.config
         if self._embedder is None:
-            self._embedder = self._own(Embedder(config.model.path or None, config.model.threads))
+            self._embedder = self._own(parts.embedder(config))
         card = getattr(self._embedder, "card", None)
         if self.demo:
             folder = self._own(tempfile.TemporaryDirectory(prefix="edge-retrieval-demo-"))
             try:
-                clip, db = democlip.prepare(self._embedder, folder.name, self.demo_seed, self.stop)
+                config = parts.demo(config, self._embedder, folder.name, self.demo_seed, self.stop)
             except InterruptedError:
                 return
-            config = replace(config, source=replace(config.source, uri=str(clip), name=config.source.name or
-                                                    "demo-clip"),
-                             gallery=replace(config.gallery, path=str(db)))
-            log.info("built-in demo: clip %s (items %s; %s shown but not enrolled), gallery %s", clip,
-                     ", ".join(democlip.SEQUENCE), ", ".join(democlip.HELD_OUT), db)
         elif self._source is None and self._gallery is None:
-            missing = [k for k, v in (("source.uri", config.source.uri), ("gallery.path", config.gallery.path))
-                       if not v]
-            if missing:
-                raise ConfigError(f"{missing[0]}: not set (set both source.uri and gallery.path, or neither "
-                                  "for the built-in demo)")
+            parts.check_configured(config)
         self.config = config
         if self._gallery is None:
-            self._gallery = self._own(Gallery(config.gallery.path))
+            self._gallery = self._own(parts.gallery(config))
         gallery = self._gallery
         if card is not None:
             gallery.check_model(self._embedder.sha256, card.name)
@@ -232,30 +183,27 @@ class Daemon:
             log.warning("%s: the gallery is empty; enrol items with `edge-retrieval enroll` (no restart needed)",
                         gallery.path)
         self._open_events()
-        source_name = config.source.name or config.source.uri or "camera"
+        if self.recognizer is None:
+            self.recognizer = self._own(parts.recognizer(config, self._embedder, gallery, self.metrics.stage))
         if self._source is None:
-            # the whole-frame preset needs frames no larger than the model's input (a snapshot
-            # decodes its frame again at full size); search presets and the kiosk's view, full ones
-            whole = config.decision.preset == WHOLE and not self.full_frames
-            size = getattr(self._embedder, "input_size", None) if whole else None
-            self._source = self._own(open_source(config.source, self.stop, decode_size=size,
-                                                 yield_to=getattr(self._embedder, "idle", None)))
-        source_name = getattr(self._source, "name", source_name)
-        self.pipeline = Pipeline(self._embedder, gallery, Decider.from_config(config.decision),
+            self._source = self._own(parts.source(config, self.stop, self._embedder, self.recognizer,
+                                                  full_frames=self.full_frames))
+        source_name = getattr(self._source, "name", None) or config.source.name or config.source.uri or "camera"
+        self.pipeline = Pipeline(self.recognizer, gallery, Decider.from_config(config.decision),
                                  MotionGate.from_config(config.motion), roi=config.roi, source=source_name,
-                                 metrics=self.metrics, preset=config.decision.preset)
-        log.info("model %s, gallery %s (%d item(s), %d embedding(s)), source %s",
-                 card.name if card else type(self._embedder).__name__, gallery.path, items, embeddings, source_name)
+                                 metrics=self.metrics)
+        log.info("model %s, gallery %s (%d item(s), %d embedding(s)), source %s, preset %s",
+                 card.name if card else type(self._embedder).__name__, gallery.path, items, embeddings, source_name,
+                 self.recognizer.preset.name)
 
     def _open_events(self) -> None:
         from ..storage.events import EventLog
         from ..storage.outbox import Dispatcher
-        from ..sinks import build_sinks
 
         if self._gallery.path == ":memory:":
             log.warning("in-memory gallery: events are not recorded")
             return
-        sinks = self._sinks if self._sinks is not None else build_sinks(self.config.sinks)
+        sinks = self._sinks if self._sinks is not None else parts.sinks(self.config)
         history = self.config.events
         self.event_log = self._own(EventLog(self._gallery.path, [s.name for s in sinks],
                                             max_count=history.max_count, max_age_days=history.max_age_days))
@@ -327,6 +275,8 @@ class Daemon:
                 frame = replace(frame, image=image)
             metrics.add(capture_stage, time.perf_counter() - start)
             result = self.last_result = pipeline.process(frame)
+            if self.on_frame is not None:
+                self.on_frame(result)
             if result.decision is not None:
                 with metrics.stage("emit"):
                     self._emit(result)
@@ -386,7 +336,7 @@ class Daemon:
 
         metadata = self.pipeline.items().get(decision.item_id, {}) if decision.item_id is not None else {}
         details = {"margin": decision.margin if math.isfinite(decision.margin) else None,
-                   "votes": decision.votes, "window": decision.window, "threshold": result.candidate.threshold,
+                   "votes": decision.votes, "window": decision.window, "threshold": decision.threshold,
                    "frame": result.frame.index, "source_time": round(result.frame.time, 3)}
         event = Event(time=self.wall_clock(), source=decision.source, kind=decision.kind, score=decision.score,
                       label=decision.label, item_id=decision.item_id, metadata=metadata,
@@ -402,16 +352,16 @@ class Daemon:
             self.dispatcher.wake()
 
     def _outline(self, result: FrameResult) -> tuple[tuple[float, float], ...] | None:
-        """Where a search preset found the matched item, in frame pixels: its verified outline,
-        else the region of the frame that matched it best."""
-        best = result.identification.best if result.identification is not None else None
-        if best is None or best.label != result.decision.label:
+        """Where the recognizer found the matched item, in frame pixels: its verified outline,
+        else the region of the frame that matched it best (none for the whole frame)."""
+        best = result.ranking.best
+        if best is None or best.label != result.decision.label or best.region is None:
             return None
         roi = self.pipeline.box(result.frame)
         w, h = result.frame.size
         x0, y0, x1, y1 = roi if roi is not None else (0, 0, w, h)  # the identification saw the ROI
-        if best.quad is not None:
-            return tuple((float(x) + x0, float(y) + y0) for x, y in best.quad)
+        if best.outline is not None:
+            return tuple((float(x) + x0, float(y) + y0) for x, y in best.outline)
         rx0, ry0, rx1, ry1 = (float(v) for v in best.region)
         xs, ys = (x0 + rx0 * (x1 - x0), x0 + rx1 * (x1 - x0)), (y0 + ry0 * (y1 - y0), y0 + ry1 * (y1 - y0))
         return ((xs[0], ys[0]), (xs[1], ys[0]), (xs[1], ys[1]), (xs[0], ys[1]))

@@ -37,7 +37,7 @@ BACKGROUND, FakeCapture, FakeEmbedder, NotifyListener, fake_frame = (
     _tests.BACKGROUND, _tests.FakeCapture, _tests.FakeEmbedder, _tests.NotifyListener, _tests.fake_frame)
 budget = conftest_module("reliability").budget
 B = BACKGROUND
-FAST = Config(decision=DecisionConfig(threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
+FAST = Config(decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
               service=ServiceConfig(status_interval=0.1, log_interval=0))
 STALL = 1.5  # seconds a stall lasts in these tests: far above every ping interval of a live loop
 IDLE_PING = 0.2  # the daemon's idle ping interval in the reconnect tests (1 s in production)

@@ -117,7 +117,7 @@ def scenario(workdir: Path, folder: Path, fill, free, full_alerts: int, shape) -
         before, expected = alerts(2, 0)
         during, more = alerts(full_alerts, 2)
         after, last = alerts(2, 2 + full_alerts)
-        config = Config(decision=DecisionConfig(threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3),
+        config = Config(decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3),
                                                 cooldown=0.2),
                         motion=MotionConfig(enabled=False),  # frames differ only in the pixel the fake reads
                         service=ServiceConfig(status_interval=0.1, log_interval=0),

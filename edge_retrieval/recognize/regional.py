@@ -1,4 +1,4 @@
-"""Which enrolled item is in this frame — or none: the query path of one frame.
+"""The regional recognizer: items anywhere in a cluttered frame (the `default` preset).
 
     embed once → global + regional descriptors → scan (an item scores by its best region)
     ORB features of the frame → their nearest gallery features (vocabulary.InvertedFile)
@@ -10,90 +10,42 @@
 The votes find an item the CNN ranks low: a small part of a cluttered frame, tilted, under
 other light (issue 4: recall@1 on the capture simulation 0.59 with the CNN shortlist alone).
 
-A `Preset` names a speed/quality trade-off: `default`; `quick` with half the frame's ORB
-features (≈ 25 % faster); `fast` without ORB at all (the CNN alone, ≈ 3× faster, for items
-that fill the frame).
+Presets (recognize.PRESETS): `default`; `quick` with half the frame's ORB features (≈ 25 %
+faster); `fast` without ORB at all (the CNN regions alone, ≈ 3× faster).
 """
 from __future__ import annotations
 
 import math
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
-from . import verify as verify_mod
-from .embedder import Embedder
-from .storage.gallery import Gallery
-from .quantize import dequantize
-from .regions import Regions
-from .vocabulary import InvertedFile, Vocabulary
+from .. import verify as verify_mod
+from ..quantize import dequantize
+from ..regions import Regions
+from ..vocabulary import InvertedFile, Vocabulary
+from . import Candidate, Preset, Ranking, Stage, no_stage
+from .thresholds import Negatives, Thresholds
 
 # score = cosine + INLIER_WEIGHT · ln(1 + inliers), rank = score + VOTE_WEIGHT · ln(1 + votes);
 # chosen on the *tune* capture split (benchmarks/quality.py), where they beat inliers alone,
 # inliers + votes/1000, and cosine + inliers/25 or /50
 INLIER_WEIGHT = 0.25
 VOTE_WEIGHT = 0.1
-QUANTIZATION_SLACK = 0.01  # int8 scan scores vs dequantized negatives: equal within this
 SPLIT_MIN = 256  # frame descriptors per thread below which one thread searches them all
 
 
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    shortlist: int  # the scan's best items, verified (and reported)
-    verify: bool
-    levels: int  # R-MAC grid levels of the query's regions
-    threshold: float  # until `edge-retrieval calibrate` stores one: FPIR 1 % on the tune captures, TUNED_FOR only
-    query_features: int = verify_mod.QUERY_FEATURES
-    voted: int = 0  # the most voted items added to the shortlist (verify only)
+def final_score(cosine: float, inliers: int) -> float:
+    """The evidence that decides match or unknown: what the CNN saw and what the geometry
+    confirmed. Votes stay out: in a small gallery many come by chance."""
+    return cosine + INLIER_WEIGHT * math.log1p(inliers)
 
 
-TUNED_FOR = "mobilenet_v2_240x320_int8"  # the model the presets' thresholds were measured with
-PRESETS = {
-    "default": Preset("default", shortlist=5, verify=True, levels=3, threshold=0.620, voted=3),
-    "quick": Preset("quick", shortlist=5, verify=True, levels=3, threshold=0.620, query_features=1000, voted=3),
-    "fast": Preset("fast", shortlist=5, verify=False, levels=3, threshold=0.60),
-}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    item_id: int
-    label: str
-    cosine: float  # best region's cosine with any of the item's embeddings
-    region: np.ndarray  # that region, frame fractions x0, y0, x1, y1
-    inliers: int = 0
-    quad: np.ndarray | None = None  # the item's outline in the frame (verified), pixels
-    points: np.ndarray | None = None  # inlier points in the frame, pixels
-    vetoed: bool = False  # a negative of this item is closer than the item itself
-    votes: int = 0  # frame features whose nearest gallery feature is the item's (ratio-tested)
-
-    @property
-    def score(self) -> float:
-        """The evidence that decides match or unknown: what the CNN saw and what the geometry
-        confirmed. Votes stay out: in a small gallery many come by chance."""
-        return self.cosine + INLIER_WEIGHT * math.log1p(self.inliers)
-
-    @property
-    def rank(self) -> float:
-        """The order of the candidates: the score, and the votes among unverified ones."""
-        return self.score + VOTE_WEIGHT * math.log1p(self.votes)
-
-
-@dataclass(frozen=True)
-class Identification:
-    match: str | None  # the label, or None: unknown
-    item_id: int | None
-    score: float  # the best candidate's score
-    threshold: float | None
-    candidates: list[Candidate] = field(default_factory=list)  # best first
-    regions: Regions | None = None  # the frame's descriptors (row 0: the whole frame)
-
-    @property
-    def best(self) -> Candidate | None:
-        return self.candidates[0] if self.candidates else None
+def rank_key(c: Candidate) -> float:
+    """The order of the candidates: the score, and the votes among unverified ones."""
+    return c.score + VOTE_WEIGHT * math.log1p(c.votes)
 
 
 class LocalIndex:
@@ -102,7 +54,7 @@ class LocalIndex:
     the images enrolled since are assigned to the vocabulary's leaves (287 items: 0.24 s from
     scratch, ≈ 30 ms after a change)."""
 
-    def __init__(self, gallery: Gallery, vocabulary: Vocabulary, previous: LocalIndex | None = None):
+    def __init__(self, gallery, vocabulary: Vocabulary, previous: LocalIndex | None = None):
         rows = [(row, item, f) for row, item, f in gallery.all_features() if f[0] == verify_mod.KIND]
         self.images = [verify_mod.LocalFeatures(kp, desc, size) for _row, _item, (_kind, size, kp, desc) in rows]
         self.item_of_image = np.array([item for _row, item, _f in rows], np.int64)
@@ -139,14 +91,15 @@ class LocalIndex:
         return good, position[good, 0]
 
 
-class Identifier:
-    """Embedder + gallery (+ the gallery's local features) → `Identification` per frame."""
+class RegionalRecognizer:
+    """Embedder + gallery (+ the gallery's local features) → a `Ranking` per frame."""
 
-    def __init__(self, embedder: Embedder, gallery: Gallery, preset: str | Preset = "default",
+    def __init__(self, embedder, gallery, preset: Preset, thresholds: Thresholds, *, stage: Stage = no_stage,
                  vocabulary: Vocabulary | None = None):
-        self.embedder, self.gallery = embedder, gallery
-        self.preset = PRESETS[preset] if isinstance(preset, str) else preset
+        self.embedder, self.gallery, self.preset, self.thresholds = embedder, gallery, preset, thresholds
+        self.stage = stage
         self.vocabulary = vocabulary
+        self.negatives = Negatives(gallery)
         self._index: LocalIndex | None = None
         self._generation = -1
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="local-features")
@@ -170,7 +123,7 @@ class Identifier:
                 if item_id not in best or score > best[item_id][0]:
                     best[int(item_id)] = (float(score), r, str(label))
         ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
-        return [Candidate(i, label, s, regions.boxes[r]) for i, (s, r, label) in ranked]
+        return [Candidate(i, label, s, s, regions.boxes[r]) for i, (s, r, label) in ranked]
 
     def candidates(self, regions: Regions, item_ids: Sequence[int]) -> list[Candidate]:
         """These items as candidates: each with its best region's cosine."""
@@ -184,7 +137,8 @@ class Identifier:
             vectors = dequantize(matrix.rows(rows), matrix.scales[rows])
             scores = regions.vectors @ vectors.T  # (regions, the item's embeddings)
             r = int(np.argmax(scores.max(1)))
-            out.append(Candidate(int(item_id), str(label), float(scores[r].max()), regions.boxes[r]))
+            cosine = float(scores[r].max())
+            out.append(Candidate(int(item_id), str(label), cosine, cosine, regions.boxes[r]))
         return out
 
     def verified(self, frame: np.ndarray, regions: Regions, candidates: list[Candidate],
@@ -212,53 +166,33 @@ class Identifier:
                 v = verify_mod.fit(query, index.images[img], points[mine], index.point[positions[mine]])
                 if v.inliers > best.inliers:
                     best = v
-            quad = best.quad * [sx, sy] if best.quad is not None else None
-            out.append(Candidate(c.item_id, c.label, c.cosine, c.region, best.inliers, quad, best.points * [sx, sy],
-                                 votes=votes.get(c.item_id, 0)))
+            outline = best.quad * [sx, sy] if best.quad is not None else None
+            out.append(replace(c, score=final_score(c.cosine, best.inliers), inliers=best.inliers, outline=outline,
+                               points=best.points * [sx, sy], votes=votes.get(c.item_id, 0)))
         return out
 
-    def vetoes(self, regions: Regions, candidates: list[Candidate]) -> set[int]:
-        """Items whose enrolled negatives resemble the frame more than the item does."""
-        neg_items, neg_vectors = self.gallery.negatives()
-        if not len(neg_items):
-            return set()
-        best = (regions.vectors @ neg_vectors.T).max(0)
-        return {c.item_id for c in candidates
-                if (neg_items == c.item_id).any()
-                and best[neg_items == c.item_id].max() >= c.cosine - QUANTIZATION_SLACK}
-
     # -- the frame -----------------------------------------------------------------
-    def identify(self, frame: np.ndarray, boxes: Sequence[Sequence[float]] = ()) -> Identification:
-        """One BGR frame (any size) → the identification. `boxes` (frame fractions x0, y0, x1, y1,
-        e.g. from the motion mask) are described as extra regions."""
+    def recognize(self, frame: np.ndarray, boxes: Sequence[Sequence[float]] = ()) -> Ranking:
+        """One BGR frame (any size) → its ranking. `boxes` (frame fractions x0, y0, x1, y1, e.g.
+        where the scene moved) are described as extra regions."""
         preset = self.preset
-        if not self.gallery.matrix().size:  # nothing enrolled (no count(*) of every item per frame)
-            return Identification(None, None, float("-inf"), None)
-        if preset.verify:  # ORB features extracted beside the CNN; then both threads search them
-            extracted = self._worker.submit(verify_mod.extract, frame, preset.query_features)
-        try:
-            regions = self.embedder.regions(frame, preset.levels, boxes)
-            candidates = self.shortlist(regions, preset.shortlist)
-        finally:
-            query = extracted.result() if preset.verify else None
-        if preset.verify:
-            candidates = self.verified(frame, regions, candidates, query)
-        vetoed = self.vetoes(regions, candidates)
-        candidates = [c if c.item_id not in vetoed else Candidate(**{**c.__dict__, "vetoed": True})
-                      for c in candidates]
-        candidates.sort(key=lambda c: -c.rank)
-        top = candidates[0]
-        threshold = self.threshold_for(top.item_id)
-        passed = not top.vetoed and threshold is not None and top.score > threshold
-        return Identification(top.label if passed else None, top.item_id if passed else None, top.score,
-                              threshold, candidates, regions)
+        with self.stage("identify"):
+            if not self.gallery.matrix().size:  # nothing enrolled (no count(*) of every item per frame)
+                return Ranking(preset.name)
+            if preset.verify:  # ORB features extracted beside the CNN; then both threads search them
+                extracted = self._worker.submit(verify_mod.extract, frame, preset.query_features)
+            try:
+                regions = self.embedder.regions(frame, preset.levels, boxes)
+                candidates = self.shortlist(regions, preset.shortlist)
+            finally:
+                query = extracted.result() if preset.verify else None
+            if preset.verify:
+                candidates = self.verified(frame, regions, candidates, query)
+            vetoed = self.negatives.vetoed(regions.vectors, candidates)
+            candidates = [replace(c, vetoed=True) if c.item_id in vetoed else c for c in candidates]
+            candidates.sort(key=lambda c: -rank_key(c))
+            match, threshold, margin = self.thresholds.verdict(candidates)
+            return Ranking(preset.name, candidates, match, threshold, margin, regions)
 
-    def threshold_for(self, item_id: int) -> float | None:
-        """The gallery's calibrated threshold if it was calibrated for this preset, else the
-        preset's when the model is the one it was measured with, else None (no match until
-        `calibrate` ran: scores of another model mean something else)."""
-        if self.gallery.calibration().get("preset") == self.preset.name:
-            t = self.gallery.threshold_for(item_id)
-            if t is not None:
-                return t
-        return self.preset.threshold if self.embedder.card.name == TUNED_FOR else None
+    def close(self) -> None:
+        self._worker.shutdown(wait=False)

@@ -1,0 +1,61 @@
+"""The one assembler: the parts a config describes (embedder, gallery, recognizer, source, sinks),
+opened the same way for `run` and `kiosk`."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+
+from .. import democlip
+from ..camera import open_source
+from ..config import Config
+from ..embedder import Embedder
+from ..errors import ConfigError
+from ..recognize import Recognizer, Stage, no_stage, open_recognizer
+from ..storage.gallery import Gallery
+
+log = logging.getLogger(__name__)
+
+
+def embedder(config: Config) -> Embedder:
+    return Embedder(config.model.path or None, config.model.threads)
+
+
+def gallery(config: Config) -> Gallery:
+    return Gallery(config.gallery.path)
+
+
+def recognizer(config: Config, embedder, gallery, stage: Stage = no_stage) -> Recognizer:
+    d = config.decision
+    return open_recognizer(embedder, gallery, d.preset, threshold=d.threshold, margin=d.margin, stage=stage)
+
+
+def source(config: Config, stop: threading.Event, embedder, recognizer: Recognizer, *, full_frames: bool = False):
+    """The frame source. The whole-frame recognizer needs frames no larger than the model's input
+    (a Motion-JPEG packet is then decoded smaller, and a snapshot decodes it again at full size);
+    the regional ones and the kiosk's view take full frames."""
+    small = not recognizer.preset.regional and not full_frames
+    size = getattr(embedder, "input_size", None) if small else None
+    return open_source(config.source, stop, decode_size=size, yield_to=getattr(embedder, "idle", None))
+
+
+def sinks(config: Config) -> list:
+    from ..sinks import build_sinks
+
+    return build_sinks(config.sinks)
+
+
+def check_configured(config: Config) -> None:
+    missing = [k for k, v in (("source.uri", config.source.uri), ("gallery.path", config.gallery.path)) if not v]
+    if missing:
+        raise ConfigError(f"{missing[0]}: not set (set both source.uri and gallery.path, or neither for the "
+                          "built-in demo)")
+
+
+def demo(config: Config, embedder, folder: str, seed: int, stop: threading.Event) -> Config:
+    """The config with the built-in demo's clip and gallery (made in `folder`, or taken from the cache)."""
+    clip, db = democlip.prepare(embedder, folder, seed, stop)
+    log.info("built-in demo: clip %s (items %s; %s shown but not enrolled), gallery %s", clip,
+             ", ".join(democlip.SEQUENCE), ", ".join(democlip.HELD_OUT), db)
+    return replace(config, source=replace(config.source, uri=str(clip), name=config.source.name or "demo-clip"),
+                   gallery=replace(config.gallery, path=str(db)))
