@@ -71,6 +71,16 @@ def test_video_file_every_frame_with_media_time(video):
     assert [f.time for f in frames] == pytest.approx([i / 10 for i in range(N_FRAMES)])
 
 
+def test_a_source_is_a_context_manager_that_closes(video, tmp_path):
+    with FileSource(str(video)) as source:
+        assert source.read() is not None
+    with pytest.raises(SourceEnded):  # closed
+        source.read()
+    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", fake_frame(3))[1].tobytes())
+    with FolderSource(str(tmp_path)) as folder:
+        assert folder.read() is not None
+
+
 def test_video_file_at_a_target_fps_and_looping(video):
     source = FileSource(str(video), fps=5)
     assert [f.index for f in read_all(source)] == list(range(0, N_FRAMES, 2))
