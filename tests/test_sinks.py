@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -317,6 +318,37 @@ def test_mqtt_events_availability_and_discovery(broker):
     after.close()
     assert after.on(sink.availability_topic) == [(b"offline", True)]
     _clear_retained(broker, retained)
+
+
+_ENTITY_ID = re.compile(r"(?!_)[a-z0-9_]+(?<!_)\.(?!_)(?!.*__)[a-z0-9_]+(?<!_)")  # Home Assistant's entity id
+
+
+def test_mqtt_discovery_configs_name_entities_by_default_entity_id(broker):
+    from edge_retrieval.sinks.mqtt import MqttSink
+    device = f"Test-{uuid.uuid4().hex[:8]}"  # upper case and '-': not allowed in an entity id
+    sub = Subscriber(broker, "homeassistant/#")
+    sink = MqttSink(MqttSinkConfig(port=broker, device_id=device, timeout_s=_DEADLINE_S))
+    try:
+        sink.deliver(payload(1))  # connected, and the discovery configs (published first) are out
+        assert wait_until(lambda: len([m for m in sub.messages if f"/{device}/" in m[0]]) == 4)
+    finally:
+        sink.close()
+        sub.close()
+    ours = [(t, p) for t, p, _ in sub.messages if f"/{device}/" in t]
+    unique_ids, entity_ids = set(), set()
+    for topic, body in ours:
+        prefix, component, node, object_id, last = topic.split("/")
+        assert (prefix, node, last) == ("homeassistant", device, "config")
+        config = json.loads(body)
+        assert "object_id" not in config  # deprecated in HA 2025.10, gone in 2026.4
+        assert _ENTITY_ID.fullmatch(config["default_entity_id"]), config["default_entity_id"]
+        assert config["default_entity_id"].split(".")[0] == component
+        assert config["default_entity_id"] == f"{component}.{device.lower().replace('-', '_')}_{object_id}"
+        assert config["unique_id"]
+        unique_ids.add(config["unique_id"])
+        entity_ids.add(config["default_entity_id"])
+    assert len(unique_ids) == len(entity_ids) == 4
+    _clear_retained(broker, [t for t, _ in ours] + [sink.availability_topic])
 
 
 LAST_WILL_CHILD = """
