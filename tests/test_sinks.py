@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from edge_retrieval.errors import ConfigError
-from edge_retrieval.sinks import (CommandSinkConfig, DeliveryError, MqttSinkConfig, Sink, SinksConfig,
-                                  SnapshotConfig, WebhookSinkConfig, build_sinks)
+from edge_retrieval.sinks import (CommandSinkConfig, DeliveryError, MqttSinkConfig, PermanentDeliveryError, Sink,
+                                  SinksConfig, SnapshotConfig, WebhookSinkConfig, build_sinks)
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.stdout import StdoutSink
 from edge_retrieval.sinks.webhook import WebhookSink
@@ -152,11 +152,13 @@ def test_webhook_posts_json_with_headers(receiver):
     assert headers["idempotency-key"] == "7"
 
 
-@pytest.mark.parametrize("status", [503, 404, 302])
-def test_webhook_non_2xx_is_not_an_ack(receiver, status):
+@pytest.mark.parametrize("status, permanent", [(503, False), (500, False), (302, False), (408, False),
+                                               (429, False), (404, True), (400, True), (401, True), (422, True)])
+def test_webhook_non_2xx_is_not_an_ack_and_4xx_is_for_good(receiver, status, permanent):
     receiver.status = status
-    with pytest.raises(DeliveryError, match=f"HTTP {status}"):
+    with pytest.raises(DeliveryError, match=f"HTTP {status}") as refused:
         WebhookSink(WebhookSinkConfig(url=receiver.url)).deliver(payload(1))
+    assert isinstance(refused.value, PermanentDeliveryError) == permanent  # 408, 429: worth another try
     assert receiver.requests == 1 and receiver.received == []  # (a 302 is not followed)
 
 
@@ -194,8 +196,14 @@ def test_command_gets_the_event_on_stdin_and_in_env(tmp_path):
     sink.deliver(payload(5, label=None, score=0.25))
     assert json.loads((tmp_path / "4.json").read_text()) == payload(4)
     assert (tmp_path / "env.txt").read_text().splitlines() == ["match|cat|0.9|", "unknown||0.25|"]
-    with pytest.raises(DeliveryError, match="exit status 3: no such contact: fail"):
+    with pytest.raises(DeliveryError, match="exit status 3: no such contact: fail") as refused:
         sink.deliver(payload(6, label="fail"))
+    assert not isinstance(refused.value, PermanentDeliveryError)  # retried unless configured otherwise
+    sink = CommandSink(CommandSinkConfig(argv=[str(script), str(tmp_path)], permanent_exit_codes=[3, 64]))
+    with pytest.raises(PermanentDeliveryError, match="exit status 3: no such contact: fail"):
+        sink.deliver(payload(6, label="fail"))
+    with pytest.raises(ConfigError, match=r"sinks.command.permanent_exit_codes: 0 is not an exit status"):
+        CommandSink(CommandSinkConfig(argv=["true"], permanent_exit_codes=[0]))
 
 
 def test_command_timeout_kills_the_whole_group_and_missing_program_fails(tmp_path):
