@@ -216,7 +216,7 @@ class EventLog:
     def retry(self, event_ids: Sequence[int] | None = None) -> list[tuple[int, str]]:
         """Un-park the parked outbox rows of these events (None = of every event): the running
         dispatcher delivers them at its next look (within its idle_s), or the next one at start.
-        Returns the (event id, sink) pairs un-parked."""
+        Returns the (event id, sink) pairs un-parked, in the outbox's order."""
         where, args = "parked IS NOT NULL", []
         if event_ids is not None:
             where += f" AND event_id IN ({', '.join('?' * len(event_ids))})"
@@ -224,10 +224,10 @@ class EventLog:
         try:
             with self._gallery.db.atomic():  # not a gallery change: the generation stays
                 rows = self._gallery.db.execute(f"UPDATE outbox SET parked = NULL, next_try = 0 WHERE {where} "
-                                                "RETURNING event_id, sink", args).fetchall()
+                                                "RETURNING id, event_id, sink", args).fetchall()
         except sqlite3.Error as e:
             raise EventError(f"{self.path}: cannot un-park events ({e})") from None
-        return sorted((int(event_id), sink) for event_id, sink in rows)
+        return [(int(event_id), sink) for _, event_id, sink in sorted(rows)]
 
     def event(self, event_id: int) -> Event:
         row = self._gallery.db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", [event_id]).fetchone()
