@@ -482,6 +482,55 @@ def check_config(path, show):
         click.echo(f"{path}: ok")
 
 
+@cli.group()
+def events():
+    """The service's events and where each stands with every sink (delivered, pending, parked)."""
+
+
+def open_events(gallery_path):
+    from .storage.events import EventLog
+
+    Gallery(gallery_path, create=False).close()  # a missing file is an error, not a new gallery
+    return EventLog(gallery_path, [])
+
+
+@events.command("list")
+@click.option("--parked", is_flag=True, help="Only events a sink refused for good (parked until retried).")
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(1), help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event: its payload and \"deliveries\".")
+@gallery_option
+def events_list(parked, limit, as_json, gallery_path):
+    """Recent events, newest first, with each sink's delivery: delivered, pending or parked (and the error)."""
+    with open_events(gallery_path) as log:
+        rows = log.deliveries(limit, parked=parked)
+    for event, deliveries in rows:
+        if as_json:
+            click.echo(json.dumps({**event.payload(), "deliveries": [vars(d) for d in deliveries]}))
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time))
+        states = ", ".join(f"{d.sink} {d.state}" + (f" ({d.error})" if d.error and d.state != "delivered" else "")
+                           for d in deliveries)
+        click.echo(f"{event.id:>6}  {when}  {event.source}  {event.label or event.kind} {event.score:.2f}  "
+                   f"{states or 'no sinks'}")
+
+
+@events.command("retry")
+@click.argument("event_ids", nargs=-1, type=int)
+@click.option("--all", "every", is_flag=True, help="Every parked event.")
+@gallery_option
+def events_retry(event_ids, every, gallery_path):
+    """Un-park events a sink refused for good: the running service sends them again within
+    30 s (the next service at its start)."""
+    if bool(event_ids) == every:
+        raise click.UsageError("give EVENT_ID... or --all")
+    with open_events(gallery_path) as log:
+        retried = log.retry(None if every else event_ids)
+    for event_id, sink in retried:
+        click.echo(f"event {event_id}: {sink} will be tried again")
+    for event_id in sorted(set(event_ids) - {e for e, _ in retried}):
+        click.echo(f"event {event_id}: nothing parked", err=True)
+
+
 
 # -- the kiosk -------------------------------------------------------------------------
 @cli.command()

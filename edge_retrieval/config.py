@@ -153,7 +153,8 @@ class EventsConfig:
 
     max_count: int = setting(100_000, "Keep at most this many events (the oldest go, with their delivery "
                                       "records); 0 = no limit. An event a sink has not acknowledged yet is "
-                                      "always kept.", min=0)
+                                      "always kept (one a sink refused for good, parked, until max_age_days).",
+                             min=0)
     max_age_days: float = setting(365.0, "Delete events older than this (by their time); 0 = no limit. "
                                          "Snapshots have their own retention ([snapshot]).", min=0)
 

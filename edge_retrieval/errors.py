@@ -44,3 +44,8 @@ class EventError(EdgeRetrievalError):
 
 class DeliveryError(EdgeRetrievalError):
     """A sink did not acknowledge an event (the outbox will try again)."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A sink refused an event for good (sending it again cannot help): the outbox parks it
+    and goes on with the next event; `edge-retrieval events retry` sends it again."""

@@ -111,3 +111,15 @@ def test_an_imported_gallery_identifies_like_the_original(tmp_path, folder, embe
         assert len(b.negatives()[0]) == len(a.negatives()[0]) == 1
     out = [json.loads(line) for line in run("search", photo(ITEMS[1]), "--json", "-g", db2).output.splitlines()]
     assert out[0]["match"] == ITEMS[1]
+
+
+def test_events_list_and_retry_name_the_gallery_and_what_to_retry(tmp_path):
+    from edge_retrieval.storage.gallery import Gallery
+    missing = run("events", "list", "-g", tmp_path / "none.db", ok=False)
+    assert missing.exit_code == 1 and "none.db" in missing.stderr and not (tmp_path / "none.db").exists()
+    db = tmp_path / "gallery.db"
+    Gallery(db).close()
+    assert run("events", "list", "--parked", "-g", db).stdout == ""
+    usage = run("events", "retry", "-g", db, ok=False)
+    assert usage.exit_code == 2 and "EVENT_ID... or --all" in usage.stderr
+    assert run("events", "retry", "5", "-g", db).stderr == "event 5: nothing parked\n"

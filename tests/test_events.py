@@ -67,7 +67,12 @@ def test_record_is_one_transaction(tmp_path):
 
 
 def _deliver_all(log: EventLog) -> None:
-    log._gallery.db.execute("UPDATE outbox SET delivered = 1 WHERE delivered IS NULL")
+    log._gallery.db.execute("UPDATE outbox SET delivered = 1 WHERE delivered IS NULL AND parked IS NULL")
+
+
+def _park(log: EventLog, event_id: int, sink: str, error: str = "PermanentDeliveryError: HTTP 400") -> None:
+    log._gallery.db.execute("UPDATE outbox SET parked = ?, last_error = ? WHERE event_id = ? AND sink = ?",
+                            [time.time(), error, event_id, sink])
 
 
 def test_history_keeps_the_newest_events_but_never_one_a_sink_waits_for(tmp_path):
@@ -102,6 +107,58 @@ def test_history_drops_events_older_than_its_age_once_delivered(tmp_path):
         assert log.prune(now=now + 2 * day) == 1  # `recent` is 31 days old by then
     with pytest.raises(EventError, match="retention"):
         EventLog(tmp_path / "gallery.db", [], max_count=-1)
+
+
+def test_a_parked_event_is_kept_whatever_the_count_but_goes_with_its_age(tmp_path):
+    day = 86400.0
+    now = time.time()
+    with EventLog(tmp_path / "gallery.db", ["webhook", "mqtt"], max_count=2, max_age_days=30) as log:
+        log.prune_interval = 0
+        parked = log.record(match(t=now - 20 * day))
+        _park(log, parked, "webhook")  # refused for good by the webhook, delivered to mqtt
+        _deliver_all(log)
+        ids = [log.record(match(t=now - k * day)) for k in (3, 2, 1)]
+        _deliver_all(log)
+        ids.append(log.record(match(t=now)))
+        assert [e.id for e in log.recent(10)] == [ids[3], ids[2], parked]  # beyond the count, yet kept
+        [(event, deliveries)] = log.deliveries(10, parked=True)
+        assert event.id == parked
+        assert [(d.sink, d.state, d.error) for d in deliveries] == [
+            ("webhook", "parked", "PermanentDeliveryError: HTTP 400"), ("mqtt", "delivered", None)]
+        assert log.prune(now=now + 9 * day) == 0  # 29 days old: still there to be looked at, retried
+        assert log.prune(now=now + 11 * day) == 1  # 31 days: gone, like any settled event
+        assert log.deliveries(10, parked=True) == []
+
+
+def test_retry_un_parks_the_rows_given_or_all(tmp_path):
+    with EventLog(tmp_path / "gallery.db", ["webhook", "command"]) as log:
+        ids = [log.record(match(t=1_700_000_000.0 + i)) for i in range(3)]
+        for event_id, sink in [(ids[0], "webhook"), (ids[0], "command"), (ids[2], "command")]:
+            _park(log, event_id, sink)
+        assert log.retry([ids[1]]) == []  # nothing parked there
+        assert log.retry([ids[2]]) == [(ids[2], "command")]
+        states = {(e.id, d.sink): d.state for e, ds in log.deliveries() for d in ds}
+        assert states[(ids[2], "command")] == "pending" and states[(ids[0], "webhook")] == "parked"
+        assert log.retry() == [(ids[0], "webhook"), (ids[0], "command")]
+        assert log.deliveries(parked=True) == [] and log.retry() == []
+
+
+def test_an_outbox_from_before_parking_is_migrated_with_its_rows(tmp_path, monkeypatch):
+    import edge_retrieval.storage.gallery as gallery
+    path = tmp_path / "gallery.db"
+    with monkeypatch.context() as m:  # a file made by the previous version (no `parked` column)
+        m.setattr(gallery, "SCHEMA_VERSION", 4)
+        with Gallery(path) as g:
+            g.db.execute("INSERT INTO events(id, time, kind, score) VALUES (7, 1, 'match', 0.9)")
+            g.db.execute("INSERT INTO outbox(event_id, sink, attempts, last_error) VALUES (7, 'webhook', 2, 'down')")
+            assert "parked" not in {c.name for c in g.db["outbox"].columns}
+    with EventLog(path, ["webhook"]) as log:
+        [(event, [delivery])] = log.deliveries()
+        assert (event.id, delivery.state, delivery.attempts, delivery.error) == (7, "pending", 2, "down")
+        plan = " ".join(str(r) for r in log._gallery.db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE sink = 'webhook' AND delivered IS NULL "
+            "AND parked IS NULL ORDER BY event_id"))
+        assert "outbox_pending" in plan  # the dispatcher's look skips parked rows by the index
 
 
 def test_history_that_cannot_be_pruned_is_logged_and_the_events_still_recorded(tmp_path, caplog):

@@ -165,3 +165,83 @@ def test_mqtt_alerts_survive_a_broker_restart(tmp_path):
     finally:
         broker.kill()
         broker.wait(5)
+
+
+# -- refused for good: parked --------------------------------------------------------
+def cli(*args) -> str:
+    from click.testing import CliRunner
+    from edge_retrieval.cli import cli as main
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output + result.stderr
+    return result.stdout
+
+
+def parked_ids(db) -> list[int]:
+    return [json.loads(line)["event_id"] for line in cli("events", "list", "--parked", "--json", "-g", db).splitlines()]
+
+
+def test_a_webhook_400_parks_that_event_the_later_ones_arrive_and_retry_sends_it(tmp_path):
+    receiver = Receiver(status=400)
+    db = tmp_path / "gallery.db"
+    with EventLog(db, ["webhook"]) as log, Dispatcher(db, [webhook(receiver.url)], idle_s=0.05,
+                                                      **_FAST) as dispatcher:
+        refused = log.record(event(0))
+        dispatcher.wake()
+        assert wait_until(lambda: dispatcher.parked() == 1)
+        assert receiver.requests == 1  # parked at once: not retried
+        receiver.status = 200
+        ids = [log.record(event(i)) for i in range(1, 4)]
+        dispatcher.wake()
+        assert wait_until(lambda: dispatcher.pending() == 0)
+        assert receiver.ids() == ids and dispatcher.parked() == 1 and receiver.requests == 4
+
+        assert parked_ids(db) == [refused]
+        [line] = cli("events", "list", "--parked", "-g", db).splitlines()
+        assert line.split()[0] == str(refused) and "webhook parked (PermanentDeliveryError" in line
+        assert "HTTP 400" in line
+        listed = [json.loads(x) for x in cli("events", "list", "--json", "-g", db).splitlines()]
+        assert [(e["event_id"], [d["state"] for d in e["deliveries"]]) for e in listed] == \
+               [(i, ["delivered"]) for i in reversed(ids)] + [(refused, ["parked"])]
+
+        assert cli("events", "retry", refused, "-g", db) == f"event {refused}: webhook will be tried again\n"
+        assert wait_until(lambda: receiver.ids() == ids + [refused])  # the running dispatcher, no wake()
+        assert dispatcher.parked() == dispatcher.pending() == 0 and parked_ids(db) == []
+    receiver.close()
+
+
+REFUSE_ONE = """
+test -e "$REFUSE" && [ "$EDGE_EVENT_LABEL" = item0 ] && { echo "no such contact" >&2; exit 65; }
+echo "$EDGE_EVENT_ID" >> "$OUT"
+"""
+
+
+def test_a_commands_permanent_exit_code_parks_that_event_across_restarts_until_retried(tmp_path, monkeypatch):
+    out, refuse = tmp_path / "delivered.txt", tmp_path / "refuse"
+    refuse.touch()
+    monkeypatch.setenv("OUT", str(out))
+    monkeypatch.setenv("REFUSE", str(refuse))
+
+    def sink():
+        return CommandSink(CommandSinkConfig(argv=["sh", "-c", REFUSE_ONE], permanent_exit_codes=[65]))
+
+    def delivered():
+        return [int(x) for x in out.read_text().split()] if out.exists() else []
+
+    db = tmp_path / "gallery.db"
+    with EventLog(db, ["command"]) as log:
+        with Dispatcher(db, [sink()], **_FAST) as dispatcher:
+            ids = [log.record(event(i)) for i in range(4)]
+            dispatcher.wake()
+            assert wait_until(lambda: dispatcher.pending() == 0)
+            assert delivered() == ids[1:] and dispatcher.parked() == 1
+        with Dispatcher(db, [sink()], **_FAST) as dispatcher:  # a restart does not retry a parked row
+            time.sleep(0.3)
+            assert delivered() == ids[1:] and dispatcher.parked() == 1
+            assert attempts(log, "command") == 4
+        assert parked_ids(db) == [ids[0]]
+        assert "exit status 65: no such contact" in cli("events", "list", "--parked", "-g", db)
+        refuse.unlink()  # the cause is fixed
+        assert cli("events", "retry", "--all", "-g", db) == f"event {ids[0]}: command will be tried again\n"
+        with Dispatcher(db, [sink()], **_FAST) as dispatcher:  # the next service sends it
+            assert wait_until(lambda: delivered() == ids[1:] + ids[:1])
+            assert wait_until(lambda: dispatcher.pending() == dispatcher.parked() == 0)

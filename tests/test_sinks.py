@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from edge_retrieval.errors import ConfigError
-from edge_retrieval.sinks import (CommandSinkConfig, DeliveryError, MqttSinkConfig, Sink, SinksConfig,
-                                  SnapshotConfig, WebhookSinkConfig, build_sinks)
+from edge_retrieval.sinks import (CommandSinkConfig, DeliveryError, MqttSinkConfig, PermanentDeliveryError, Sink,
+                                  SinksConfig, SnapshotConfig, WebhookSinkConfig, build_sinks)
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.stdout import StdoutSink
 from edge_retrieval.sinks.webhook import WebhookSink
@@ -151,11 +152,13 @@ def test_webhook_posts_json_with_headers(receiver):
     assert headers["idempotency-key"] == "7"
 
 
-@pytest.mark.parametrize("status", [503, 404, 302])
-def test_webhook_non_2xx_is_not_an_ack(receiver, status):
+@pytest.mark.parametrize("status, permanent", [(503, False), (500, False), (302, False), (408, False),
+                                               (429, False), (404, True), (400, True), (401, True), (422, True)])
+def test_webhook_non_2xx_is_not_an_ack_and_4xx_is_for_good(receiver, status, permanent):
     receiver.status = status
-    with pytest.raises(DeliveryError, match=f"HTTP {status}"):
+    with pytest.raises(DeliveryError, match=f"HTTP {status}") as refused:
         WebhookSink(WebhookSinkConfig(url=receiver.url)).deliver(payload(1))
+    assert isinstance(refused.value, PermanentDeliveryError) == permanent  # 408, 429: worth another try
     assert receiver.requests == 1 and receiver.received == []  # (a 302 is not followed)
 
 
@@ -193,8 +196,14 @@ def test_command_gets_the_event_on_stdin_and_in_env(tmp_path):
     sink.deliver(payload(5, label=None, score=0.25))
     assert json.loads((tmp_path / "4.json").read_text()) == payload(4)
     assert (tmp_path / "env.txt").read_text().splitlines() == ["match|cat|0.9|", "unknown||0.25|"]
-    with pytest.raises(DeliveryError, match="exit status 3: no such contact: fail"):
+    with pytest.raises(DeliveryError, match="exit status 3: no such contact: fail") as refused:
         sink.deliver(payload(6, label="fail"))
+    assert not isinstance(refused.value, PermanentDeliveryError)  # retried unless configured otherwise
+    sink = CommandSink(CommandSinkConfig(argv=[str(script), str(tmp_path)], permanent_exit_codes=[3, 64]))
+    with pytest.raises(PermanentDeliveryError, match="exit status 3: no such contact: fail"):
+        sink.deliver(payload(6, label="fail"))
+    with pytest.raises(ConfigError, match=r"sinks.command.permanent_exit_codes: 0 is not an exit status"):
+        CommandSink(CommandSinkConfig(argv=["true"], permanent_exit_codes=[0]))
 
 
 def test_command_timeout_kills_the_whole_group_and_missing_program_fails(tmp_path):
@@ -317,6 +326,37 @@ def test_mqtt_events_availability_and_discovery(broker):
     after.close()
     assert after.on(sink.availability_topic) == [(b"offline", True)]
     _clear_retained(broker, retained)
+
+
+_ENTITY_ID = re.compile(r"(?!_)[a-z0-9_]+(?<!_)\.(?!_)(?!.*__)[a-z0-9_]+(?<!_)")  # Home Assistant's entity id
+
+
+def test_mqtt_discovery_configs_name_entities_by_default_entity_id(broker):
+    from edge_retrieval.sinks.mqtt import MqttSink
+    device = f"Test-{uuid.uuid4().hex[:8]}"  # upper case and '-': not allowed in an entity id
+    sub = Subscriber(broker, "homeassistant/#")
+    sink = MqttSink(MqttSinkConfig(port=broker, device_id=device, timeout_s=_DEADLINE_S))
+    try:
+        sink.deliver(payload(1))  # connected, and the discovery configs (published first) are out
+        assert wait_until(lambda: len([m for m in sub.messages if f"/{device}/" in m[0]]) == 4)
+    finally:
+        sink.close()
+        sub.close()
+    ours = [(t, p) for t, p, _ in sub.messages if f"/{device}/" in t]
+    unique_ids, entity_ids = set(), set()
+    for topic, body in ours:
+        prefix, component, node, object_id, last = topic.split("/")
+        assert (prefix, node, last) == ("homeassistant", device, "config")
+        config = json.loads(body)
+        assert "object_id" not in config  # deprecated in HA 2025.10, gone in 2026.4
+        assert _ENTITY_ID.fullmatch(config["default_entity_id"]), config["default_entity_id"]
+        assert config["default_entity_id"].split(".")[0] == component
+        assert config["default_entity_id"] == f"{component}.{device.lower().replace('-', '_')}_{object_id}"
+        assert config["unique_id"]
+        unique_ids.add(config["unique_id"])
+        entity_ids.add(config["default_entity_id"])
+    assert len(unique_ids) == len(entity_ids) == 4
+    _clear_retained(broker, [t for t, _ in ours] + [sink.availability_topic])
 
 
 LAST_WILL_CHILD = """

@@ -321,7 +321,8 @@ class Daemon:
             text += f"; last match {d.label or 'unknown'} {d.score:.2f} {ago:.0f} s ago"
         else:
             text += "; no match yet"
-        trouble = metrics.trouble()
+        parked = self.dispatcher.parked() if self.dispatcher is not None else 0  # outbox: parked rows
+        trouble = "; ".join(filter(None, [metrics.trouble(), f"{parked} event(s) parked" if parked else ""]))
         return text + (f"; {trouble}" if trouble else "")
 
     def _emit(self, result: FrameResult) -> None:

@@ -1,7 +1,8 @@
 """Sinks: where a decision goes once it is an event (stdout, webhook, MQTT, a command).
 
 A sink acknowledges an event by returning from `deliver` and refuses it by raising; the
-outbox (`outbox.py`) retries a refused event until it is acknowledged. Each sink's config is
+outbox (`outbox.py`) retries a refused event until it is acknowledged, except one refused
+with `PermanentDeliveryError` (the receiver will never take it): that one is parked. Each sink's config is
 a frozen dataclass documented per field; `build_sinks` turns `SinksConfig` into sinks.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
-from ..errors import DeliveryError  # noqa: F401 (re-exported for the sinks)
+from ..errors import DeliveryError, PermanentDeliveryError  # noqa: F401 (re-exported for the sinks)
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -23,7 +24,8 @@ class Sink(Protocol):
     name: str  # stable across restarts: the outbox keys pending rows by it
 
     def deliver(self, payload: dict[str, Any]) -> None:
-        """Hand over one event payload; return = acknowledged, raise = try again later."""
+        """Hand over one event payload; return = acknowledged, raise = try again later
+        (PermanentDeliveryError: never, park it)."""
 
     def close(self) -> None:
         """Release connections; deliver is not called afterwards."""
@@ -31,7 +33,9 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class WebhookSinkConfig:
-    url: str = field(metadata={"doc": "http(s) URL that receives each event as a JSON POST; any 2xx is an ack"})
+    url: str = field(metadata={"doc": "http(s) URL that receives each event as a JSON POST; any 2xx is an ack; a "
+                                      "4xx other than 408 and 429 parks the event (not retried until `edge-"
+                                      "retrieval events retry`)"})
     timeout_s: float = field(default=5.0, metadata={"doc": "seconds to wait for the whole request before retrying"})
     headers: dict[str, str] = field(default_factory=dict,
                                     metadata={"doc": "extra request headers, e.g. Authorization (never logged); "
@@ -102,12 +106,19 @@ class CommandSinkConfig:
                                              "variables; exit 0 is an ack"})
     timeout_s: float = field(default=10.0, metadata={"doc": "seconds before the command (and its children) is "
                                                              "killed and the event retried"})
+    permanent_exit_codes: list[int] = field(default_factory=list,
+                                            metadata={"doc": "exit statuses that mean \"never take this event\": "
+                                                             "it is parked, not retried, until `edge-retrieval "
+                                                             "events retry`; any other non-zero status is retried"})
 
     def validate(self, path: str = "sinks.command") -> None:
         if not self.argv or not all(isinstance(a, str) and a and "\0" not in a for a in self.argv):
             raise ConfigError(f"{path}.argv: must be a non-empty list of non-empty strings")
         if not self.timeout_s > 0:
             raise ConfigError(f"{path}.timeout_s: must be positive, not {self.timeout_s}")
+        for code in self.permanent_exit_codes:
+            if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 255:
+                raise ConfigError(f"{path}.permanent_exit_codes: {code!r} is not an exit status 1-255")
 
 
 @dataclass(frozen=True)
@@ -176,5 +187,5 @@ def build_sinks(config: SinksConfig) -> list[Sink]:
     return sinks
 
 
-__all__ = ["CommandSinkConfig", "DeliveryError", "MqttSinkConfig", "Sink", "SinksConfig", "SnapshotConfig",
+__all__ = ["CommandSinkConfig", "DeliveryError", "MqttSinkConfig", "PermanentDeliveryError", "Sink", "SinksConfig", "SnapshotConfig",
            "WebhookSinkConfig", "build_sinks", "redact_url"]

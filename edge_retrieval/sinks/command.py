@@ -2,7 +2,9 @@
 
 The event JSON is the program's standard input and, flattened, its environment:
 EDGE_EVENT_ID, _TIME, _SOURCE, _KIND, _LABEL, _ITEM_ID, _SCORE, _SNAPSHOT (empty when
-absent) and EDGE_EVENT_JSON (the whole payload). On timeout the program's whole process
+absent) and EDGE_EVENT_JSON (the whole payload). An exit status listed in
+`permanent_exit_codes` refuses the event for good (the outbox parks it); any other non-zero
+status is retried. On timeout the program's whole process
 group is killed, so a script's children cannot keep the pipe (and the outbox) waiting. The
 program does not inherit the kiosk's staff token (EDGE_RETRIEVAL_KIOSK_TOKEN).
 """
@@ -14,7 +16,7 @@ import signal
 import subprocess
 from typing import Any
 
-from . import CommandSinkConfig, DeliveryError
+from . import CommandSinkConfig, DeliveryError, PermanentDeliveryError
 
 _ENV_FIELDS = ("event_id", "time", "source", "kind", "label", "item_id", "score", "snapshot")
 _PRIVATE_ENV = ("EDGE_RETRIEVAL_KIOSK_TOKEN",)  # secrets of this process that a sink's program has no use for
@@ -53,7 +55,8 @@ class CommandSink:
             raise DeliveryError(f"{argv[0]}: no exit within {self.config.timeout_s:g} s (killed)") from None
         if process.returncode != 0:
             tail = stderr.decode(errors="replace").strip().splitlines()[-1:] if stderr else []
-            raise DeliveryError(f"{argv[0]}: exit status {process.returncode}" + (f": {tail[0]}" if tail else ""))
+            error = PermanentDeliveryError if process.returncode in self.config.permanent_exit_codes else DeliveryError
+            raise error(f"{argv[0]}: exit status {process.returncode}" + (f": {tail[0]}" if tail else ""))
 
     def close(self) -> None:
         pass

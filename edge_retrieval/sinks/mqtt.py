@@ -7,7 +7,9 @@ Topics, with `base = <topic_prefix>/<device_id>`:
   as the Last Will, when the connection dies without a goodbye.
 - `<discovery_prefix>/{sensor,binary_sensor,event}/<node>/<object>/config` (retained): a sensor
   of the last label, one of the last score, a binary sensor "match" (on for 10 s after a match)
-  and an event entity (event types `match` and `unknown`), all reading `base/event`.
+  and an event entity (event types `match` and `unknown`), all reading `base/event`. Each names
+  its entity with `default_entity_id` (`<component>.<node>_<object>`, lower-case), which
+  replaces `object_id` (deprecated in Home Assistant 2025.10, removed in 2026.4).
 
 The client connects in the background and reconnects by itself; `deliver` waits at most
 `timeout_s` for a connection and then for the PUBACK. A message that paho could not get
@@ -30,6 +32,9 @@ from . import DeliveryError, MqttSinkConfig, check_topic_part
 _OFF_DELAY_S = 10
 
 
+def entity_slug(text: str) -> str:
+    """`text` as the object part of a Home Assistant entity id (lower-case a-z, 0-9, single `_`)."""
+    return re.sub(r"_+", "_", re.sub(r"[^a-z0-9]", "_", text.lower())).strip("_") or "edge_retrieval"
 
 
 class MqttSink:
@@ -90,26 +95,25 @@ class MqttSink:
                        "manufacturer": "edge-retrieval", "model": "watchlist camera"},
         }
 
-        def entity(object_id: str, name: str, **extra: Any) -> dict[str, Any]:
-            return {"name": name, "unique_id": f"edge_retrieval_{self.node_id}_{object_id}",
-                    "object_id": f"{self.node_id}_{object_id}", **common, **extra}
+        def entity(domain: str, object_id: str, name: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+            # default_entity_id (<domain>.<object id>) replaces object_id, deprecated by HA 2025.10
+            config = {"name": name, "unique_id": f"edge_retrieval_{self.node_id}_{object_id}",
+                      "default_entity_id": f"{domain}.{entity_slug(self.node_id + '_' + object_id)}",
+                      **common, **extra}
+            return f"{prefix}/{domain}/{self.node_id}/{object_id}/config", config
 
-        node = f"{prefix}/%s/{self.node_id}/%s/config"
-        return {
-            node % ("sensor", "last_label"): entity(
-                "last_label", "Last label", icon="mdi:account-search", json_attributes_topic=self.event_topic,
-                value_template="{{ value_json.label if value_json.label else value_json.kind }}"),
-            node % ("sensor", "last_score"): entity(
-                "last_score", "Last score", icon="mdi:percent", state_class="measurement",
-                value_template="{{ value_json.score | round(3) }}"),
-            node % ("binary_sensor", "match"): entity(
-                "match", "Match", off_delay=_OFF_DELAY_S,
-                value_template="{{ 'ON' if value_json.kind == 'match' else 'OFF' }}"),
-            node % ("event", "watchlist"): entity(
-                "watchlist", "Watchlist", event_types=["match", "unknown"],
-                value_template="{{ {'event_type': value_json.kind, 'label': value_json.label, "
-                               "'score': value_json.score, 'event_id': value_json.event_id} | to_json }}"),
-        }
+        return dict([
+            entity("sensor", "last_label", "Last label", icon="mdi:account-search",
+                   json_attributes_topic=self.event_topic,
+                   value_template="{{ value_json.label if value_json.label else value_json.kind }}"),
+            entity("sensor", "last_score", "Last score", icon="mdi:percent", state_class="measurement",
+                   value_template="{{ value_json.score | round(3) }}"),
+            entity("binary_sensor", "match", "Match", off_delay=_OFF_DELAY_S,
+                   value_template="{{ 'ON' if value_json.kind == 'match' else 'OFF' }}"),
+            entity("event", "watchlist", "Watchlist", event_types=["match", "unknown"],
+                   value_template="{{ {'event_type': value_json.kind, 'label': value_json.label, "
+                                  "'score': value_json.score, 'event_id': value_json.event_id} | to_json }}"),
+        ])
 
     # -- delivery --------------------------------------------------------------
     def deliver(self, payload: dict[str, Any]) -> None:

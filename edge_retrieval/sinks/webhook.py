@@ -1,8 +1,11 @@
 """The webhook sink: POST the event as JSON; any 2xx answer is an acknowledgement.
 
 Redirects are not followed (a redirected POST would turn into a GET and "succeed"): a 3xx is
-a failure like a 4xx or 5xx, and the outbox retries it. The `Idempotency-Key` header carries
-the event id, so a receiver can drop the rare duplicate (an answer lost after it was sent).
+a failure like a 5xx, and the outbox retries it. A 4xx other than 408 and 429 says this event
+will never be taken (bad payload, wrong URL, no permission): it raises PermanentDeliveryError
+and the outbox parks the event instead of blocking every later one behind it. The
+`Idempotency-Key` header carries the event id, so a receiver can drop the rare duplicate (an
+answer lost after it was sent).
 
 Credentials never reach the log or the outbox: `user:password@` in the URL is sent as a Basic
 `Authorization` header (urllib would take it for part of the host name), the configured headers
@@ -18,7 +21,9 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from . import DeliveryError, WebhookSinkConfig, redact_url
+from . import DeliveryError, PermanentDeliveryError, WebhookSinkConfig, redact_url
+
+_TRANSIENT_4XX = (408, 429)  # Request Timeout, Too Many Requests: worth trying again
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -53,7 +58,9 @@ class WebhookSink:
                 response.read()
                 status = response.status
         except urllib.error.HTTPError as e:
-            raise DeliveryError(f"{self.where}: HTTP {e.code} {e.reason}") from None
+            permanent = 400 <= e.code < 500 and e.code not in _TRANSIENT_4XX  # the receiver will never take it
+            raise (PermanentDeliveryError if permanent else DeliveryError)(
+                f"{self.where}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # refused, timed out,
             reason = getattr(e, "reason", e)                                                   # garbled
             raise DeliveryError(f"{self.where}: {reason}") from None

@@ -5,7 +5,9 @@ transaction; the dispatcher (`outbox.py`) delivers those rows. Snapshots are wri
 atomically (temporary file, then rename) and kept within a count and an age: the oldest
 files go and their events' `snapshot` becomes NULL. The events themselves are kept within a
 count and an age too (`EventLog(max_count=, max_age_days=)`), except those a sink has not
-acknowledged yet.
+acknowledged yet. An event a sink refused for good (its outbox row parked, see `outbox.py`)
+is kept whatever the count, so it can be looked at and retried (`deliveries`, `retry`), but
+goes once older than max_age_days: a sink that refuses everything cannot fill the disk.
 """
 from __future__ import annotations
 
@@ -87,6 +89,17 @@ class Event:
                    polygon=tuple(tuple(p) for p in polygon) if polygon is not None else None)
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """Where one event stands with one sink."""
+
+    sink: str
+    state: str  # 'delivered' | 'pending' (being tried) | 'parked' (refused for good, until retried)
+    attempts: int
+    error: str | None  # the last refusal (a delivered row has none)
+    time: float | None  # when delivered or parked
+
+
 class EventLog:
     """The events table of one gallery file, with an outbox row per event and sink.
 
@@ -99,7 +112,8 @@ class EventLog:
                  max_age_days: float = 0):
         """`max_count`, `max_age_days`: the events beyond the newest max_count and those older
         than max_age_days (0 = no limit) are deleted with their outbox rows, except events that
-        still wait for a sink (no alert is lost to retention): at open, then by `record` at most
+        still wait for a sink (no alert is lost to retention; a parked one waits only until
+        max_age_days): at open, then by `record` at most
         every `prune_interval` seconds (a pass checks each old event against the outbox: ≈ 8 ms
         with 5,000 events still owed to a sink that is down, 0.8 s for the first pass over
         100,000 events past their age)."""
@@ -167,21 +181,53 @@ class EventLog:
 
     def _prune(self, now: float) -> int:
         conn, deleted = self._gallery.db.conn, 0
-        settled = "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id AND o.delivered IS NULL)"
+        settled = "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id AND o.delivered IS NULL{})"
         if self.max_count:
             row = conn.execute("SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?", [self.max_count]).fetchone()
             if row is not None:
                 deleted += conn.execute(f"DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE id <= ? "
-                                        f"AND {settled})", [row[0]]).rowcount
+                                        f"AND {settled.format('')})", [row[0]]).rowcount
         if self.max_age_days:
             deleted += conn.execute(f"DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE time < ? "
-                                    f"AND {settled})", [now - self.max_age_days * 86400]).rowcount
+                                    f"AND {settled.format(' AND o.parked IS NULL')})",  # parked: kept till here
+                                    [now - self.max_age_days * 86400]).rowcount
         return deleted
 
     def recent(self, n: int = 20) -> list[Event]:
         """The last n events, newest first."""
         rows = self._gallery.db.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", [n])
         return [Event.from_row(r) for r in rows.fetchall()]
+
+    def deliveries(self, n: int = 20, parked: bool = False) -> list[tuple[Event, list[Delivery]]]:
+        """The last n events (only those with a parked row if `parked`), newest first, each with
+        its delivery to every sink."""
+        where = "WHERE id IN (SELECT event_id FROM outbox WHERE parked IS NOT NULL)" if parked else ""
+        events = [Event.from_row(r) for r in self._gallery.db.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY id DESC LIMIT ?", [n]).fetchall()]
+        rows: dict[int, list[Delivery]] = {e.id: [] for e in events}
+        marks = ", ".join("?" * len(rows))
+        for event_id, sink, attempts, delivered, parked_at, error in self._gallery.db.execute(
+                "SELECT event_id, sink, attempts, delivered, parked, last_error FROM outbox "
+                f"WHERE event_id IN ({marks}) ORDER BY id", list(rows)).fetchall():
+            state = "delivered" if delivered is not None else "parked" if parked_at is not None else "pending"
+            rows[event_id].append(Delivery(sink, state, attempts, error, delivered or parked_at))
+        return [(e, rows[e.id]) for e in events]
+
+    def retry(self, event_ids: Sequence[int] | None = None) -> list[tuple[int, str]]:
+        """Un-park the parked outbox rows of these events (None = of every event): the running
+        dispatcher delivers them at its next look (within its idle_s), or the next one at start.
+        Returns the (event id, sink) pairs un-parked, in the outbox's order."""
+        where, args = "parked IS NOT NULL", []
+        if event_ids is not None:
+            where += f" AND event_id IN ({', '.join('?' * len(event_ids))})"
+            args = [int(i) for i in event_ids]
+        try:
+            with self._gallery.db.atomic():  # not a gallery change: the generation stays
+                rows = self._gallery.db.execute(f"UPDATE outbox SET parked = NULL, next_try = 0 WHERE {where} "
+                                                "RETURNING id, event_id, sink", args).fetchall()
+        except sqlite3.Error as e:
+            raise EventError(f"{self.path}: cannot un-park events ({e})") from None
+        return [(int(event_id), sink) for _, event_id, sink in sorted(rows)]
 
     def event(self, event_id: int) -> Event:
         row = self._gallery.db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", [event_id]).fetchone()

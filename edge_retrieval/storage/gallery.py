@@ -106,6 +106,14 @@ MIGRATIONS: list[str | list[str]] = [
     """,
 ]
 MIGRATIONS.append(vectors.STATEMENTS)  # 4: the packed vector blocks that make start-up fast (store.py)
+# 5 — outbox: parked rows. A row a sink refused for good (PermanentDeliveryError) is parked: kept
+#     with its error, skipped by delivery (and by the pending index) until `events retry`.
+MIGRATIONS.append("""
+    ALTER TABLE outbox ADD COLUMN parked REAL;
+    DROP INDEX outbox_pending;
+    CREATE INDEX outbox_pending ON outbox(sink, event_id) WHERE delivered IS NULL AND parked IS NULL;
+    CREATE INDEX outbox_parked ON outbox(event_id) WHERE parked IS NOT NULL;
+""")
 SCHEMA_VERSION = len(MIGRATIONS)
 GALLERY_TABLES = ("meta", "items", "embeddings")  # what makes a file a gallery
 # Per-item rows that travel with an export/import (item_id first); thresholds are calibrated for

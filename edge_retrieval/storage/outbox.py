@@ -4,6 +4,9 @@ One daemon thread per sink, each with its own SQLite connection, takes that sink
 undelivered outbox row, delivers it, and marks it delivered, so a sink sees events in
 order and never an event again once it acknowledged it. A refusal (the sink raised) is
 retried after a capped exponential backoff with jitter; the next event waits behind it.
+A refusal for good (PermanentDeliveryError: an HTTP 400, say) parks the row instead: kept
+with its error and time, not tried again until un-parked (`EventLog.retry`, `edge-retrieval
+events retry`), and the sink goes on with the next event.
 A sink that is down or hangs holds up only its own thread, never another sink nor the frame
 loop. Rows left by a previous run are delivered on start (at once: a restart resets backoff).
 """
@@ -17,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import GalleryError
+from ..errors import GalleryError, PermanentDeliveryError
 from .events import EVENT_COLUMNS, Event
 from .gallery import Gallery
 from ..sinks import Sink
@@ -28,7 +31,7 @@ _NEXT_ROW = (
     "SELECT o.id, o.attempts, o.next_try, "
     + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
     + " FROM outbox o JOIN events e ON e.id = o.event_id"
-    " WHERE o.sink = ? AND o.delivered IS NULL ORDER BY o.event_id, o.id LIMIT 1"
+    " WHERE o.sink = ? AND o.delivered IS NULL AND o.parked IS NULL ORDER BY o.event_id, o.id LIMIT 1"
 )
 
 
@@ -81,6 +84,12 @@ class _Worker(threading.Thread):
         event = Event.from_row(row[3:])
         try:
             self.sink.deliver(event.payload())
+        except PermanentDeliveryError as e:  # retrying cannot help: park it, go on with the next event
+            conn.execute("UPDATE outbox SET attempts = attempts + 1, parked = ?, last_error = ? WHERE id = ?",
+                         [time.time(), f"{type(e).__name__}: {e}", outbox_id])
+            log.warning("outbox %s: event %s refused for good, parked (`edge-retrieval events retry %s` sends "
+                        "it again): %s", self.sink.name, event.id, event.id, e)
+            return
         except Exception as e:  # noqa: BLE001 - any failure means "not acknowledged"
             attempts += 1
             delay = backoff(attempts, self.d.retry_base_s, self.d.retry_max_s)
@@ -119,13 +128,15 @@ class Dispatcher:
         self.retry_base_s, self.retry_max_s, self.idle_s = retry_base_s, retry_max_s, idle_s
         self._stopping = threading.Event()
         self._workers: list[_Worker] = []
+        self._parked = 0
 
     def start(self) -> "Dispatcher":
         if self._workers:
             raise RuntimeError("dispatcher already started")
         conn = _connect(self.path)
         try:  # rows from a previous run: no backoff left over
-            conn.executemany("UPDATE outbox SET next_try = 0 WHERE sink = ? AND delivered IS NULL",
+            conn.executemany("UPDATE outbox SET next_try = 0 WHERE sink = ? AND delivered IS NULL "
+                             "AND parked IS NULL",
                              [(s.name,) for s in self.sinks])
         finally:
             conn.close()
@@ -156,14 +167,26 @@ class Dispatcher:
         return not any(w.is_alive() for w in self._workers)
 
     def pending(self, sink: str | None = None) -> int:
-        """Undelivered outbox rows of this dispatcher's sinks (or of one sink)."""
+        """Undelivered outbox rows of this dispatcher's sinks (or of one sink), parked ones left out."""
+        return self._count("delivered IS NULL AND parked IS NULL", sink)
+
+    def parked(self) -> int:
+        """Outbox rows of this dispatcher's sinks parked (refused for good, kept until retried).
+        Never raises (it feeds STATUS): the last count seen when the file cannot be read."""
+        try:
+            self._parked = self._count("parked IS NOT NULL", None)
+        except sqlite3.Error as e:
+            log.debug("outbox: cannot count parked rows (%s)", e)
+        return self._parked
+
+    def _count(self, where: str, sink: str | None) -> int:
         names = [sink] if sink is not None else [s.name for s in self.sinks]
         if not names:
             return 0
         conn = _connect(self.path)
         try:
             marks = ", ".join("?" * len(names))
-            return conn.execute(f"SELECT count(*) FROM outbox WHERE delivered IS NULL AND sink IN ({marks})",
+            return conn.execute(f"SELECT count(*) FROM outbox WHERE {where} AND sink IN ({marks})",
                                 names).fetchone()[0]
         finally:
             conn.close()
