@@ -22,8 +22,6 @@ from .errors import EdgeRetrievalError
 from .storage.gallery import Gallery
 from .modelcard import DEFAULT_MODEL
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 class Group(click.Group):
     """Turns the library's typed errors into one-line messages and exit code 1."""
@@ -360,23 +358,6 @@ def demo(seed, model_path, threads):
                        f"next {runner:.3f})  {ms:5.1f} ms  truth: {truth}")
         click.echo(f"{hits}/{len(demo_data.ITEMS) + len(demo_data.UNKNOWN)} right (threshold {DEMO_THRESHOLD}, "
                    f"margin {DEMO_MARGIN}: the service's demo defaults)")
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def convert(args):
-    """Convert MobileNet weights to an int8 TFLite model (needs the [convert] extra; --help for options)."""
-    if not (REPO / "tools" / "convert.py").is_file():
-        raise click.ClickException(f"{REPO / 'tools' / 'convert.py'} not found: run from a checkout of the repo")
-    try:
-        import litert_torch  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        raise click.ClickException("the converter needs the [convert] extra: pip install -e '.[convert]'")
-    sys.path.insert(0, str(REPO))
-    from tools.convert import main
-
-    sys.exit(main(list(args)))
 
 
 # -- the service -------------------------------------------------------------------

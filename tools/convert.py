@@ -591,7 +591,7 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="convert",
+        prog="python -m tools.convert",
         description="Convert torchvision MobileNet weights to a full-integer (int8) LiteRT model and its JSON card.",
     )
     p.add_argument("--weights", type=Path, required=True, help="torchvision state dict (.pth)")
