@@ -60,8 +60,8 @@ def test_the_installed_wheel_runs_outside_the_checkout(installed):
         shutil.copy(package / "data" / "photos" / f"{name}.jpg", work / f"{name}.jpg")
     out = _run([cli, "enroll", "cat.jpg", "astronaut.jpg"], work, env).stdout
     assert "enrolled 2 image(s) as 2 item(s)" in out
-    rows = [json.loads(line) for line in _run([cli, "search", "astronaut.jpg", "--json"], work, env).stdout.splitlines()]
-    assert rows[0]["match"] == "astronaut"
+    out = _run([cli, "search", "astronaut.jpg", "--json"], work, env).stdout
+    assert json.loads(out.splitlines()[0])["match"] == "astronaut"
 
     run = _run([cli, "run"], work, env)  # the built-in demo: about 10 s
     assert "INFO alert: cat" in run.stderr and "alert(s)" in run.stdout + run.stderr
