@@ -82,9 +82,7 @@ def require_converter() -> dict[str, Any]:
 
 
 def _interpreter(model_path: str | Path, num_threads: int = LATENCY_THREADS):
-    interp = load_interpreter(str(model_path), num_threads)  # the runtime's own loader
-    interp.allocate_tensors()
-    return interp
+    return load_interpreter(str(model_path), num_threads)  # the runtime's own loader, tensors allocated
 
 
 # ---------------------------------------------------------------- images
