@@ -41,6 +41,7 @@ from edge_retrieval.enroll import enroll  # noqa: E402
 from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 from edge_retrieval.identify import PRESETS, Identifier, Preset  # noqa: E402
 from edge_retrieval.preprocess import read_image  # noqa: E402
+from edge_retrieval.modelcard import DEFAULT_MODEL  # noqa: E402
 
 DATA = capture_sim.DATA
 MODELS = REPO / "models"
@@ -59,11 +60,11 @@ class Config:
 CONFIGS = {
     "whole-224": Config("whole-224", MODELS / "mobilenet_v2_int8.tflite",
                         Preset("whole", shortlist=5, verify=False, levels=0, threshold=0.0), 0),
-    "fast-unwhitened": Config("fast-unwhitened", MODELS / "mobilenet_v2_240x320_int8.tflite", PRESETS["fast"], 8,
+    "fast-unwhitened": Config("fast-unwhitened", DEFAULT_MODEL, PRESETS["fast"], 8,
                               whiten=False),
-    "fast": Config("fast", MODELS / "mobilenet_v2_240x320_int8.tflite", PRESETS["fast"], 8),
-    "quick": Config("quick", MODELS / "mobilenet_v2_240x320_int8.tflite", PRESETS["quick"], 8),
-    "default": Config("default", MODELS / "mobilenet_v2_240x320_int8.tflite", PRESETS["default"], 8),
+    "fast": Config("fast", DEFAULT_MODEL, PRESETS["fast"], 8),
+    "quick": Config("quick", DEFAULT_MODEL, PRESETS["quick"], 8),
+    "default": Config("default", DEFAULT_MODEL, PRESETS["default"], 8),
 }
 
 

@@ -19,8 +19,6 @@ from .errors import EdgeRetrievalError
 from .storage.gallery import Gallery
 from .modelcard import DEFAULT_MODEL
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 class Group(click.Group):
     """Turns the library's typed errors into one-line messages and exit code 1."""
@@ -352,23 +350,6 @@ def demo(seed, preset, model_path, threads):
                        f"{x.ranking.threshold or float('nan'):.3f})  {x.ms:5.1f} ms  truth: {x.truth}")
         hits = sum(x.answer == x.truth for x in lookups)
         click.echo(f"{hits}/{len(lookups)} right (preset {preset}, as `search`, the service and the kiosk answer)")
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def convert(args):
-    """Convert MobileNet weights to an int8 TFLite model (needs the [convert] extra; --help for options)."""
-    if not (REPO / "tools" / "convert.py").is_file():
-        raise click.ClickException(f"{REPO / 'tools' / 'convert.py'} not found: run from a checkout of the repo")
-    try:
-        import litert_torch  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        raise click.ClickException("the converter needs the [convert] extra: pip install -e '.[convert]'")
-    sys.path.insert(0, str(REPO))
-    from tools.convert import main
-
-    sys.exit(main(list(args)))
 
 
 # -- the service -------------------------------------------------------------------

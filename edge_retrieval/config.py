@@ -67,7 +67,7 @@ class ModelConfig:
     """The embedding model."""
 
     path: str = setting("", "The .tflite model (its .json card beside it); empty = the default model "
-                            "models/mobilenet_v2_240x320_int8.tflite.")
+                            "edge_retrieval/data/models/mobilenet_v2_240x320_int8.tflite.")
     threads: int = setting(2, "Interpreter threads.", min=1, max=64)
 
 

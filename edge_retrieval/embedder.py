@@ -1,7 +1,11 @@
 """The embedder: a LiteRT int8 model and its card → L2-normalized float32 descriptors."""
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -12,9 +16,38 @@ from . import descriptors, preprocess, regions
 from .errors import ModelError, one_line
 from .modelcard import DEFAULT_MODEL, ModelCard, sha256_file
 
+XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+_FD2 = threading.Lock()  # file descriptor 2 is the process's: one redirection at a time
+
+
+@contextmanager
+def _without_xnnpack_notice():
+    """LiteRT's C++ prints XNNPACK_NOTICE on file descriptor 2 when tensors are allocated, which a
+    CLI user should not see: fd 2 goes to a temporary file meanwhile, and every other line is
+    written back to fd 2 afterwards (real errors are not lost, only delayed)."""
+    with _FD2:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (closed by the caller): nothing to hide
+            yield
+            return
+        sys.stderr.flush()  # Python's buffered output goes out first, in order
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                caught.seek(0)
+                lines = caught.read().splitlines(keepends=True)
+                rest = b"".join(line for line in lines if line.rstrip(b"\r\n") != XNNPACK_NOTICE)
+                if rest:
+                    os.write(2, rest)
+
 
 def load_interpreter(model_path: str, num_threads: int):
-    """LiteRT's interpreter (ai-edge-litert), falling back to tflite-runtime."""
+    """LiteRT's interpreter (ai-edge-litert), falling back to tflite-runtime, with its tensors allocated."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -24,10 +57,16 @@ def load_interpreter(model_path: str, num_threads: int):
             raise ModelError(
                 "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime with numpy<2)"
             ) from None
-    try:
-        return Interpreter(model_path=model_path, num_threads=num_threads)
-    except (ValueError, RuntimeError) as e:
-        raise ModelError(f"{model_path}: not a loadable TFLite model ({one_line(e)})") from None
+    with _without_xnnpack_notice():
+        try:
+            interp = Interpreter(model_path=model_path, num_threads=num_threads)
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"{model_path}: not a loadable TFLite model ({one_line(e)})") from None
+        try:
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"{model_path}: not a usable TFLite model ({one_line(e)})") from None
+    return interp
 
 
 @dataclass(frozen=True)
@@ -65,7 +104,6 @@ class Embedder:
             )
         self._interp = load_interpreter(str(self.model_path), num_threads)
         try:
-            self._interp.allocate_tensors()
             inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{self.model_path}: not a usable TFLite model ({one_line(e)})") from None

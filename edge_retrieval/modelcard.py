@@ -15,8 +15,8 @@ from typing import Any
 
 from .errors import ModelError
 
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = REPO_MODELS / "mobilenet_v2_240x320_int8.tflite"
+# package data, so an installed wheel carries its model; the repo's models/ holds the converter's other outputs
+DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "models" / "mobilenet_v2_240x320_int8.tflite"
 
 OUTPUT_KINDS = ("vector", "feature_map")
 MAX_INPUT_SIDE = 4096  # a card claiming a larger input is refused (mobile models take a few hundred pixels)

@@ -16,10 +16,10 @@ from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll, enroll_negatives
 from edge_retrieval.storage.gallery import SCHEMA_VERSION, Gallery
 from edge_retrieval.recognize import open_recognizer
-from edge_retrieval.modelcard import REPO_MODELS
+from edge_retrieval.modelcard import DEFAULT_MODEL
 from edge_retrieval.preprocess import read_image
 
-REGIONAL_MODEL = REPO_MODELS / "mobilenet_v2_240x320_int8.tflite"
+REGIONAL_MODEL = DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,16 @@ def test_importing_the_converter_needs_no_torch():
     assert "pip install -e '.[convert]'" in out.stdout
 
 
+def test_the_converter_runs_from_a_checkout_not_from_the_cli():
+    """tools/ is not in the wheel: the converter is `python -m tools.convert`, never an installed command."""
+    from edge_retrieval.cli import cli
+
+    assert "convert" not in cli.commands
+    out = subprocess.run([sys.executable, "-m", "tools.convert", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "usage: python -m tools.convert" in out.stdout, out.stderr
+
+
 def test_committed_default_model_matches_its_card():
     pytest.importorskip("ai_edge_litert", reason="the LiteRT runtime (ai-edge-litert) is not installed")
     card = ModelCard.load(ModelCard.path_for(DEFAULT_MODEL))

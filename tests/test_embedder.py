@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -140,3 +145,23 @@ def test_a_frame_of_the_input_size_is_used_as_is_and_left_untouched(color_order)
     assert np.array_equal(frame, before)
     expected = frame[..., ::-1] if color_order == "RGB" else frame
     assert x.dtype == np.int8 and np.array_equal(x, expected.astype(np.int16) - 128)
+
+
+def test_only_the_xnnpack_notice_is_kept_off_stderr(capfd):
+    from edge_retrieval.embedder import XNNPACK_NOTICE, _without_xnnpack_notice
+
+    with _without_xnnpack_notice():
+        os.write(2, XNNPACK_NOTICE + b"\nERROR: a real one\n")
+    assert capfd.readouterr().err == "ERROR: a real one\n"
+
+
+def test_a_cli_user_sees_no_xnnpack_notice(tmp_path):
+    """LiteRT prints it from C++ on file descriptor 2, out of Python's reach: checked in a real process."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    cli = [sys.executable, "-c", "from edge_retrieval.cli import cli; cli()"]
+    for args in (["info"], ["enroll", photo(ITEMS[0]), "-g", tmp_path / "g.db"]):
+        out = subprocess.run(cli + [str(a) for a in args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "XNNPACK" not in out.stderr, args

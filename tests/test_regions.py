@@ -7,11 +7,11 @@ import pytest
 
 from edge_retrieval import descriptors, regions
 from edge_retrieval.embedder import Embedder
-from edge_retrieval.modelcard import REPO_MODELS
+from edge_retrieval.modelcard import DEFAULT_MODEL
 from edge_retrieval.preprocess import read_image
 
 _EPSILON = 1e-4  # float32 round-off between the integral-image GeM and the direct one
-REGIONAL_MODEL = REPO_MODELS / "mobilenet_v2_240x320_int8.tflite"
+REGIONAL_MODEL = DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")

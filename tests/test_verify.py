@@ -12,7 +12,7 @@ from edge_retrieval.enroll import enroll
 from edge_retrieval.explain import draw
 from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.recognize import open_recognizer
-from edge_retrieval.modelcard import REPO_MODELS
+from edge_retrieval.modelcard import DEFAULT_MODEL
 from edge_retrieval.preprocess import read_image
 
 CORNER_TOLERANCE_PX = 8.0
@@ -41,7 +41,7 @@ def cameraman_scene(photos) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def regional():
-    with Embedder(REPO_MODELS / "mobilenet_v2_240x320_int8.tflite") as emb:
+    with Embedder(DEFAULT_MODEL) as emb:
         yield emb
 
 

@@ -82,9 +82,7 @@ def require_converter() -> dict[str, Any]:
 
 
 def _interpreter(model_path: str | Path, num_threads: int = LATENCY_THREADS):
-    interp = load_interpreter(str(model_path), num_threads)  # the runtime's own loader
-    interp.allocate_tensors()
-    return interp
+    return load_interpreter(str(model_path), num_threads)  # the runtime's own loader, tensors allocated
 
 
 # ---------------------------------------------------------------- images
@@ -591,7 +589,7 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="convert",
+        prog="python -m tools.convert",
         description="Convert torchvision MobileNet weights to a full-integer (int8) LiteRT model and its JSON card.",
     )
     p.add_argument("--weights", type=Path, required=True, help="torchvision state dict (.pth)")

@@ -1,7 +1,7 @@
 """Learn the PCA-whitening of a feature-map model's regional GeM descriptors from a folder of
 distractor photos, save it beside the model and record it in the model card.
 
-    python -m tools.learn_whitening --model models/mobilenet_v2_240x320_int8.tflite \\
+    python -m tools.learn_whitening --model edge_retrieval/data/models/mobilenet_v2_240x320_int8.tflite \\
         --oxford ../shared/data/oxford --dim 256
 
 With --oxford, the photos are the *tune* half of the Oxford pure distractors (no query, good,
