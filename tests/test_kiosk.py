@@ -338,9 +338,9 @@ def test_enrol_the_camera_frame_then_it_is_recognised(camera_server, tmp_path):
 
 def test_a_camera_that_sends_nothing_is_reported(tmp_path, embedder, monkeypatch):
     """A watched folder is a live camera: no new file, no frame; the page says so, then recovers."""
-    import edge_retrieval.kiosk as kiosk_module
+    import edge_retrieval.kiosk.app as kiosk_app
 
-    monkeypatch.setattr(kiosk_module, "STALE", 2.0)
+    monkeypatch.setattr(kiosk_app, "STALE", 2.0)
     folder = tmp_path / "camera"
     folder.mkdir()
     config = replace(kiosk_config(folder, tmp_path / "gallery.db"),

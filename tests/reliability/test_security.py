@@ -57,8 +57,8 @@ JPEG = photo("brick").read_bytes()
 # Every place in the code that can open a listening socket, and the test that covers it. A new one
 # fails test_every_listening_socket_is_known until it is added here and covered.
 LISTENERS = {
-    ("edge_retrieval/kiosk/__init__.py", "socket.bind"): "the kiosk's server: test_the_kiosk_processes_*",
-    ("edge_retrieval/kiosk/__init__.py", "import uvicorn"): "the kiosk's server (on the socket bound above)",
+    ("edge_retrieval/kiosk/server.py", "socket.bind"): "the kiosk's server: test_the_kiosk_processes_*",
+    ("edge_retrieval/kiosk/server.py", "import uvicorn"): "the kiosk's server (on the socket bound above)",
 }
 _SERVER_MODULES = ("uvicorn", "http.server", "socketserver", "aiohttp", "flask", "fastapi", "hypercorn",
                    "wsgiref", "xmlrpc.server", "asyncio.start_server")
