@@ -22,8 +22,8 @@ from .. import democlip
 from ..camera import kind_of, source_name
 from ..config import Config
 from ..service.daemon import Daemon, FrameResult
-from ..decide import Decider
 from ..embedder import Embedder
+from ..recognize import open_recognizer, ranking_json
 from ..enroll import enroll
 from ..preprocess import IMAGE_SUFFIXES
 from ..errors import ConfigError, EdgeRetrievalError, GalleryError
@@ -39,38 +39,8 @@ log = logging.getLogger(__name__)
 STREAM_WIDTH = 960  # the live view is scaled down to this width (wider camera frames cost CPU to encode)
 PHOTO_SIZE = 1024  # enrolled photos are served at most this many pixels on their longer side
 CAPTURE_QUALITY = 92  # JPEG quality of /api/frame.jpg and of photos saved by the staff page
+MIN_THRESHOLD, MAX_THRESHOLD = -1.0, 10.0  # the staff page's threshold (the default preset's scores reach ≈ 3)
 STALE = 10.0  # seconds without a processed frame before the page says the camera is not available
-
-
-# -- the service loop, watched ------------------------------------------------------------
-
-class _Watched:
-    """The daemon's `Pipeline`, reporting every processed frame (everything else passes through)."""
-
-    def __init__(self, pipeline, watch: Callable[[FrameResult], None]):
-        self._pipeline, self._watch = pipeline, watch
-
-    def process(self, frame):
-        result = self._pipeline.process(frame)
-        self._watch(result)
-        return result
-
-    def __getattr__(self, name):
-        return getattr(self._pipeline, name)
-
-
-class KioskDaemon(Daemon):
-    """The service's `Daemon`, unchanged, with every processed frame also handed to `watch`."""
-
-    full_frames = True  # the live view shows them
-
-    def __init__(self, config: Config, *, watch: Callable[[FrameResult], None], **kwargs):
-        super().__init__(config, **kwargs)
-        self._watch = watch
-
-    def open(self) -> None:
-        super().open()
-        self.pipeline = _Watched(self.pipeline, self._watch)
 
 
 def kiosk_config(config: Config) -> Config:
@@ -106,15 +76,15 @@ class Kiosk:
             self.token = secrets.token_urlsafe(18)
         self.stop = stop or threading.Event()
         self.clock = clock
-        self.screen = Screen(config.decision, config.kiosk.hold, clock)
+        self.screen = Screen(config.kiosk.hold, clock)
         self.max_upload = int(config.kiosk.max_upload_mb * 1_000_000)
-        self.daemon: KioskDaemon | None = None
+        self.daemon: Daemon | None = None
+        self.recognizer = None  # the web side's: the same preset and thresholds as the camera loop's
         self.embedder: Embedder | None = None
         self.gallery: Gallery | None = None
         self.photos: Path | None = None
         self.source_name = ""
-        self.threshold = config.decision.threshold
-        self._decider = Decider.from_config(config.decision, item_threshold=self._item_threshold)
+        self.threshold = config.decision.threshold  # the staff page's (None: calibrated, else the preset's)
         self._lock = threading.RLock()  # the web side's interpreter and gallery connection
         self._frame_lock = threading.Lock()
         self._image: np.ndarray | None = None
@@ -125,7 +95,6 @@ class Kiosk:
         self._thread: threading.Thread | None = None
         self._owned: list[Any] = []
         self._photo_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._item_thresholds: dict[int, float] = {}
 
     # -- lifecycle --------------------------------------------------------------------
     def open(self) -> "Kiosk":
@@ -160,17 +129,19 @@ class Kiosk:
         self.photos = Path(config.kiosk.photos) if config.kiosk.photos else \
             gallery_file.with_name(gallery_file.stem + "-photos")
         saved = self._settings().get("threshold")
-        if isinstance(saved, (int, float)) and -1 <= saved <= 1:
+        if isinstance(saved, (int, float)) and MIN_THRESHOLD <= saved <= MAX_THRESHOLD:
             self.threshold = float(saved)
             log.info("recognition threshold %.3f (set on the staff page, %s)", saved, self._settings_path())
-        self._decider.threshold = self.threshold
         if self.token_generated:
             kept = keep_token(config.gallery.path, self.token)
             if kept is not None:
                 self.token, self.token_file = kept
         self.source_name = source_name(config.source)  # shown on the page: a stream URL without its password
-        self.daemon = KioskDaemon(replace(config, decision=replace(config.decision, threshold=self.threshold)),
-                                  stop=self.stop, watch=self._watch)
+        config = replace(config, decision=replace(config.decision, threshold=self.threshold))
+        self.recognizer = open_recognizer(self.embedder, self.gallery, config.decision.preset,
+                                          threshold=self.threshold, margin=config.decision.margin)
+        self._owned.append(self.recognizer)
+        self.daemon = Daemon(config, stop=self.stop, on_frame=self._watch, full_frames=True)
         return self
 
     def start(self) -> None:
@@ -261,7 +232,8 @@ class Kiosk:
                 "score": round(shown.score, 4) if item is not None and shown.score is not None else None,
                 "since": shown.since, "message": message, "source": self.source_name,
                 "frame": screen.frame_index, "frames": screen.frames, "fps": round(self._fps, 1),
-                "threshold": self.threshold, "margin": d.margin, "votes": {"m": d.votes.m, "n": d.votes.n},
+                "threshold": self.recognizer.thresholds.default(), "margin": self.recognizer.thresholds.margin,
+                "preset": d.preset, "votes": {"m": d.votes.m, "n": d.votes.n},
                 "hold": self.config.kiosk.hold}
 
     def items(self) -> list[dict[str, Any]]:
@@ -304,35 +276,32 @@ class Kiosk:
         raise KioskError(f"item {item_id} has no enrolled photo on this machine", 404)
 
     # -- search -----------------------------------------------------------------------
-    def _item_threshold(self, item_id: int) -> float | None:
-        return self._item_thresholds.get(item_id)  # an item's own `threshold` metadata, as the service reads it
-
     def search(self, data: bytes, k: int = 5) -> dict[str, Any]:
-        """Look an uploaded image up: the top-k items and the verdict of the decision rules."""
+        """Look an uploaded image up with the camera loop's recognizer settings: the same ranking
+        as `edge-retrieval search --json` (its `matches`, with each item's record), and the verdict."""
         image = decode_image(data)
         with self._lock:
-            vector = self.embedder.embed(image)
             items = {item.id: item for item in self.gallery.items()}
-            if not items:
-                return {"matches": [], "verdict": {"status": UNKNOWN, "label": None, "item_id": None,
-                                                    "score": None, "threshold": self.threshold,
-                                                    "reason": "the gallery is empty"}}
-            matches = self.gallery.search(vector, k=max(k, 2))
-            self._item_thresholds = {i: t for i, item in items.items()
-                                     if (t := _number(item.metadata.get("threshold"))) is not None}
-            ids, labels, scores = matches.item_ids[0], matches.labels[0], matches.scores[0]
-            c = self._decider.candidate(ids, labels, scores)
-        reason = ("passes the threshold and the margin" if c.passed else
-                  f"score below the threshold {c.threshold:.3f}" if c.score < c.threshold else
-                  f"too close to the next item (margin {c.margin:.3f} < {self._decider.margin:.3f})")
-        return {
-            "matches": [{**item_json(items[int(i)]), "score": round(float(s), 4)}
-                        for i, s in zip(ids[:k], scores[:k])],
-            "verdict": {"status": RECOGNISED if c.passed else UNKNOWN, "label": c.label if c.passed else None,
-                        "item_id": c.item_id if c.passed else None, "score": round(c.score, 4),
-                        "margin": round(c.margin, 4) if math.isfinite(c.margin) else None,
-                        "threshold": c.threshold, "reason": reason},
-        }
+            ranking = self.recognizer.recognize(image)
+        out = ranking_json(ranking, {i: item.metadata for i, item in items.items()}, k)
+        out["matches"] = [{**item_json(items[m["item_id"]]), **m} for m in out["matches"] if m["item_id"] in items]
+        best = ranking.best
+        if ranking.match is not None:
+            reason = "passes the threshold" + (" and the margin" if self.recognizer.thresholds.margin else "")
+        elif best is None:
+            reason = "the gallery is empty"
+        elif best.vetoed:
+            reason = f"a photo enrolled as NOT {best.label} looks more like it"
+        elif ranking.threshold is None:
+            reason = "no threshold for this model yet: run edge-retrieval calibrate"
+        elif best.score <= ranking.threshold:
+            reason = f"score {best.score:.3f} not above the threshold {ranking.threshold:.3f}"
+        else:
+            reason = f"too close to the next item (margin {ranking.margin:.3f} < {self.recognizer.thresholds.margin:.3f})"
+        out["verdict"] = {"status": RECOGNISED if ranking.match else UNKNOWN, "label": out["match"],
+                          "item_id": ranking.match.item_id if ranking.match else None, "score": out["score"],
+                          "margin": out["margin"], "threshold": out["threshold"], "reason": reason}
+        return out
 
     # -- staff: writes ----------------------------------------------------------------
     def enrol(self, label: Any, metadata: Any, images: list[bytes]) -> dict[str, Any]:
@@ -391,22 +360,35 @@ class Kiosk:
         return {"removed": item_json(item)}
 
     def set_threshold(self, value: Any) -> dict[str, Any]:
-        """Set the recognition threshold now (None: back to the config's); kept beside the gallery."""
+        """Set the recognition threshold now (None: back to the config's); kept beside the gallery.
+        It is the global threshold of the recognizers' one precedence (recognize/thresholds.py)."""
         if value is None:
             value = self.config.decision.threshold
             self._save_settings({})
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
-            raise KioskError("threshold: a number from -1 to 1 is required")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not MIN_THRESHOLD <= value <= MAX_THRESHOLD:
+            raise KioskError(f"threshold: a number from {MIN_THRESHOLD} to {MAX_THRESHOLD} is required")
         else:
             self._save_settings({"threshold": float(value)})
-        self.threshold = float(value)
-        self._decider.threshold = self.threshold
-        pipeline = self.daemon.pipeline if self.daemon is not None else None
-        if pipeline is not None:
-            pipeline.decider.threshold = self.threshold
-        log.info("recognition threshold set to %.3f on the staff page", self.threshold)
+        self.threshold = None if value is None else float(value)
+        recognizers = [self.recognizer, self.daemon.recognizer if self.daemon is not None else None]
+        for recognizer in recognizers:
+            if recognizer is not None:
+                recognizer.thresholds.threshold = self.threshold
+        now = self.recognizer.thresholds.default()
+        log.info("recognition threshold set to %s on the staff page", "-" if now is None else f"{now:.3f}")
         self.screen.touch()
-        return {"threshold": self.threshold, "default": self.config.decision.threshold}
+        return {"threshold": now, "default": self._config_default()}
+
+    def settings(self) -> dict[str, Any]:
+        return {"threshold": self.recognizer.thresholds.default(), "default": self._config_default()}
+
+    def _config_default(self) -> float | None:
+        """The threshold in force without the staff page's setting."""
+        from ..recognize.thresholds import Thresholds
+
+        t = self.recognizer.thresholds
+        return Thresholds(self.gallery, t.preset, t.model_name, threshold=self.config.decision.threshold).default()
 
     def _settings_path(self) -> Path | None:
         path = self.config.gallery.path
@@ -440,13 +422,6 @@ class Kiosk:
     def check_token(self, given: str | None) -> bool:
         """Whether `given` is the staff token, compared in constant time."""
         return token_matches(given, self.token)
-
-
-def _number(value: Any) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _slug(text: str) -> str:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from ..decide import MATCH, Decider
+from ..decide import MATCH
 from ..service.daemon import FrameResult
 
 STARTING, IDLE, RECOGNISED, UNKNOWN, ERROR, ENDED = "starting", "idle", "match", "unknown", "error", "ended"
@@ -28,14 +28,13 @@ class Shown:
 class Screen:
     """Turns processed frames into what the page shows. Thread-safe; `version` counts changes.
 
-    A frame *confirms* a key (an item, or "unknown") when the decision rules say so: a `Decider`
-    with the service's rules and no cooldown is fed each frame's candidate. A confirmed item
+    A frame *confirms* a key (an item, or "unknown") when the service's decision layer says M of
+    the last N frames agree (`FrameResult.confirmed`, cooling down or not). A confirmed item
     shows its record at once; it stays until it has not been confirmed for `hold` seconds of
     source time. "Unknown" confirmed while a record is held is an item leaving and is ignored.
     """
 
-    def __init__(self, decision_config, hold: float, clock: Callable[[], float] = time.time):
-        self.confirm = Decider.from_config(replace(decision_config, cooldown=0.0, unknown=True))
+    def __init__(self, hold: float, clock: Callable[[], float] = time.time):
         self.hold = hold
         self.clock = clock
         self._lock = threading.Lock()
@@ -56,7 +55,7 @@ class Screen:
     def frame(self, result: FrameResult, source: str = "camera") -> Shown:
         """Record one processed frame; what is shown afterwards."""
         t = result.frame.time
-        confirmed = self.confirm.update(source, result.candidate, t)
+        confirmed = result.confirmed
         with self._lock:
             self.frame_index, self.frames = result.frame.index, self.frames + 1
             shown = self._shown

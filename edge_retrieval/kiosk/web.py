@@ -180,7 +180,7 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
 
     async def api_settings(request: Request):
         if request.method == "GET":
-            return JSONResponse({"threshold": kiosk.threshold, "default": kiosk.config.decision.threshold})
+            return JSONResponse(kiosk.settings())
         check_write(request, kiosk.token)
         data = await read_json(request, kiosk.max_upload)
         unknown = sorted(set(data) - {"threshold"})

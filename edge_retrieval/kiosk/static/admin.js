@@ -177,10 +177,12 @@ async function loadItems() {
 
 // -- threshold ------------------------------------------------------------------------------
 function showThreshold(settings) {
-  $("threshold").value = settings.threshold.toFixed(2);
-  $("threshold-range").value = settings.threshold;
-  $("threshold-info").textContent = "Now " + settings.threshold.toFixed(3) +
-    " (the configuration says " + settings.default.toFixed(3) + ").";
+  // null: no threshold for this model until `edge-retrieval calibrate` ran (nothing matches)
+  const shown = (t) => (t === null ? "none (calibrate first)" : t.toFixed(3));
+  $("threshold").value = settings.threshold === null ? "" : settings.threshold.toFixed(2);
+  $("threshold-range").value = settings.threshold === null ? 0 : settings.threshold;
+  $("threshold-info").textContent = "Now " + shown(settings.threshold) +
+    " (without this setting: " + shown(settings.default) + ").";
 }
 $("threshold-range").addEventListener("input", (e) => { $("threshold").value = Number(e.target.value).toFixed(2); });
 $("threshold").addEventListener("input", (e) => { $("threshold-range").value = e.target.value; });
