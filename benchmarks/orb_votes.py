@@ -12,7 +12,7 @@ record, extracted as `enroll` does) through faiss `IndexBinaryIVF` (256 lists, n
     python benchmarks/orb_votes.py --split test --calib 0.007   # the tune split's 1 % threshold
 
 The library does the same votes with its own NumPy index (edge_retrieval/vocabulary.py) beside
-the CNN shortlist (identify.py); this script is the faiss reference it is compared with in
+the CNN shortlist (recognize/regional.py); this script is the faiss reference it is compared with in
 benchmarks/README.md.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ Protocols (data in ../shared/data, read-only):
   non-enrolled records and empty scenes → recall@1 of the enrolled, DIR at FPIR = 1 %
   (the threshold that lets 1 % of the split's non-enrolled captures through), and the
   same with the threshold *calibrated on the other split* (tune → test): measured FPIR, DIR;
-- ms/frame: median wall time of `Identifier.identify` on the 640×480 captures.
+- ms/frame: median wall time of `Recognizer.recognize` on the 640×480 captures.
 Tune on `--split tune`; report `--split test` (the default).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ import captures as capture_sim  # noqa: E402
 from edge_retrieval.embedder import Embedder  # noqa: E402
 from edge_retrieval.enroll import enroll  # noqa: E402
 from edge_retrieval.storage.gallery import Gallery  # noqa: E402
-from edge_retrieval.identify import PRESETS, Identifier, Preset  # noqa: E402
+from edge_retrieval.recognize import PRESETS, Preset, Recognizer, open_recognizer  # noqa: E402
 from edge_retrieval.preprocess import read_image  # noqa: E402
 from edge_retrieval.modelcard import DEFAULT_MODEL  # noqa: E402
 
@@ -59,7 +59,7 @@ class Config:
 
 CONFIGS = {
     "whole-224": Config("whole-224", MODELS / "mobilenet_v2_int8.tflite",
-                        Preset("whole", shortlist=5, verify=False, levels=0, threshold=0.0), 0),
+                        replace(PRESETS["whole"], levels=0, threshold=0.0), 0),
     "fast-unwhitened": Config("fast-unwhitened", DEFAULT_MODEL, PRESETS["fast"], 8,
                               whiten=False),
     "fast": Config("fast", DEFAULT_MODEL, PRESETS["fast"], 8),
@@ -75,11 +75,11 @@ def threshold_at(negative_scores: np.ndarray, fpir: float = TARGET_FPIR) -> floa
     return float(neg[allowed]) if allowed < len(neg) else float("-inf")
 
 
-def capture_scores(ident: Identifier, caps: list) -> dict:
+def capture_scores(ident: Recognizer, caps: list) -> dict:
     labels, scores, ms = [], [], []
     for c in caps:
         start = time.perf_counter()
-        result = ident.identify(c.frame)
+        result = ident.recognize(c.frame)
         ms.append(1000 * (time.perf_counter() - start))
         labels.append(result.best.label if result.best else None)
         scores.append(result.score)
@@ -111,11 +111,11 @@ def museum(emb: Embedder, config: Config) -> dict:
     with Gallery(":memory:") as g:
         records = sorted((root / "BBDD").glob("*.jpg"))
         enroll(g, emb, [(f"BBDD/{p.name}", p) for p in records], augment=config.augment)
-        ident = Identifier(emb, g, config.preset)
+        ident = open_recognizer(emb, g, config.preset)
         for subset in ("qsd1_w1", "qsd2_w1"):
             ranks = []
             for q in sorted(k for k in gt if k.startswith(subset + "/")):
-                found = [c.label for c in ident.identify(read_image(root / q)).candidates]
+                found = [c.label for c in ident.recognize(read_image(root / q)).candidates]
                 ranks.append(found.index(gt[q]) + 1 if gt[q] in found else 0)
             r = np.array(ranks)
             out[subset] = {"queries": len(r), "recall_at_1": float(np.mean(r == 1)),
@@ -193,7 +193,7 @@ def run(config: Config, split: str, skip: set[str], extra: int = 0) -> dict:
                 if extra:
                     enroll(g, emb, [(f"extra/{p.stem}", p) for p in extra_items(split)[:extra]], augment=config.augment)
                     out["extra_items"] = len(g.items()) - len(enrolled)
-                ident = Identifier(emb, g, config.preset)
+                ident = open_recognizer(emb, g, config.preset)
                 calib = None
                 if split == "test":  # the threshold calibrated on the tune split, applied to test
                     tune = capture_scores(ident, capture_sim.captures(other))

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_retrieval import democlip  # noqa: E402
-from edge_retrieval.config import DecisionConfig  # noqa: E402
+from edge_retrieval.recognize import PRESETS  # noqa: E402
 from edge_retrieval.camera import FileSource, SourceEnded  # noqa: E402
 from edge_retrieval.demo import photo  # noqa: E402
 from edge_retrieval.embedder import Embedder  # noqa: E402
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--threshold", type=float, default=DecisionConfig().threshold)
-    parser.add_argument("--margin", type=float, default=DecisionConfig().margin)
+    parser.add_argument("--threshold", type=float, default=PRESETS["whole"].threshold)
+    parser.add_argument("--margin", type=float, default=PRESETS["whole"].margin)
     args = parser.parse_args(argv)
     with Embedder(args.model) as emb:
         groups = measure(emb, args.seed)

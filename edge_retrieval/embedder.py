@@ -32,7 +32,13 @@ def _without_xnnpack_notice():
             yield
             return
         sys.stderr.flush()  # Python's buffered output goes out first, in order
-        with tempfile.TemporaryFile() as caught:
+        try:
+            caught = tempfile.TemporaryFile()
+        except OSError:  # no writable temporary folder (a full disk, a file-size limit): show the notice
+            os.close(saved)
+            yield
+            return
+        with caught:
             os.dup2(caught.fileno(), 2)
             try:
                 yield
