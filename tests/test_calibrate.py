@@ -14,7 +14,8 @@ from edge_retrieval.cli import cli
 from edge_retrieval.demo import ITEMS, camera_view, photo
 from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll, enroll_negatives
-from edge_retrieval.storage.gallery import SCHEMA_VERSION, Gallery
+from edge_retrieval.storage.database import SCHEMA_VERSION
+from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.identify import Identifier
 from edge_retrieval.modelcard import REPO_MODELS
 from edge_retrieval.preprocess import read_image

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_retrieval import Gallery, GalleryError, ModelMismatchError
-from edge_retrieval.storage.gallery import SCHEMA_VERSION
+from edge_retrieval.storage.database import SCHEMA_VERSION
 
 SHA = "a" * 64
 OTHER_SHA = "b" * 64
@@ -168,7 +168,7 @@ def test_connections_switching_one_file_to_wal_at_once_all_succeed(tmp_path):
     PRAGMA failed in about 1 repetition in 5 here); enable_wal waits for the winner instead."""
     import threading
 
-    from edge_retrieval.storage.gallery import enable_wal
+    from edge_retrieval.storage.database import enable_wal
 
     path = tmp_path / "g.db"
     for repetition in range(50):

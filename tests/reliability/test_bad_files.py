@@ -32,7 +32,8 @@ from edge_retrieval import preprocess
 from edge_retrieval.cli import cli
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
-from edge_retrieval.storage.gallery import EXPORT_TABLES, SCHEMA_VERSION
+from edge_retrieval.storage.database import SCHEMA_VERSION
+from edge_retrieval.storage.transfer import EXPORT_TABLES
 from edge_retrieval.modelcard import DEFAULT_MODEL, ModelCard, sha256_file
 
 # The runtime (LiteRT) prints this on its own stderr whenever a model is loaded: not ours, allowed.
