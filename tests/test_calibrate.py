@@ -51,8 +51,8 @@ def test_threshold_at_lets_through_at_most_the_target():
 
 def test_thresholds_live_in_the_gallery(gallery):
     assert SCHEMA_VERSION >= 3
-    a = gallery.add("a", np.ones((1, 4)), model_sha256="a" * 64)
-    b = gallery.add("b", -np.ones((1, 4)), model_sha256="a" * 64)
+    a = gallery.add("a", np.full((1, 4), 0.5), model_sha256="a" * 64)
+    b = gallery.add("b", np.full((1, 4), -0.5), model_sha256="a" * 64)
     assert gallery.threshold is None and gallery.threshold_for(a) is None
     gallery.set_thresholds(0.9, {a: 0.7}, {"preset": "default"})
     assert gallery.thresholds() == {a: 0.7}

@@ -8,6 +8,7 @@ one ladder for everything) are adopted at open: `LEGACY` says which steps they h
 """
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -188,6 +189,7 @@ def damaged(path: str, e: BaseException) -> DamagedGalleryError:
 def guarded(method):
     """A method of an object with `.path` whose SQLite damage errors become DamagedGalleryError
     (the daemon and the kiosk then get a typed error, not a raw sqlite3 one)."""
+    @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
@@ -195,7 +197,6 @@ def guarded(method):
             if is_damage(e):
                 raise damaged(self.path, e) from None
             raise
-    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = method.__name__, method.__qualname__, method.__doc__
     return wrapper
 
 

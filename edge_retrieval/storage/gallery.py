@@ -180,7 +180,7 @@ class _Cache:
 
 
 class Gallery:
-    """One SQLite gallery file.
+    """One SQLite gallery file. A read or write that finds the file damaged raises DamagedGalleryError.
 
     >>> with Gallery("gallery.db") as g:
     ...     g.add("cat", vectors, model_sha256=emb.sha256, model_name=emb.card.name)
@@ -205,6 +205,7 @@ class Gallery:
         self.refresh_interval = 0.0
 
     # -- model binding --------------------------------------------------------
+    @guarded  # damage read from the file: DamagedGalleryError
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
@@ -259,6 +260,8 @@ class Gallery:
                 yield self
                 self._changed()
         except sqlite3.Error as e:
+            if is_damage(e):
+                raise damaged(self.path, e) from None
             raise GalleryError(f"{self.path}: cannot write ({sqlite_failure(e, self.path)})") from None
 
     def _changed(self) -> None:
@@ -283,6 +286,11 @@ class Gallery:
             raise GalleryError(f"item {label!r}: no vectors to add")
         if not np.isfinite(vectors).all():
             raise GalleryError(f"item {label!r}: vectors contain NaN or infinity")
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
+        if len(bad):  # scores are cosines only between unit vectors
+            raise GalleryError(f"item {label!r}: vector {bad[0]} has length {norms[bad[0]]:.4g}, not 1 "
+                               f"(embeddings are stored unit length)")
         sources = list(sources) if sources is not None else [""] * len(vectors)
         if len(sources) != len(vectors):
             raise GalleryError(f"item {label!r}: {len(sources)} sources for {len(vectors)} vectors")
@@ -332,6 +340,7 @@ class Gallery:
                 self.db.execute("UPDATE items SET metadata = ? WHERE id = ?", [text, found.id])
         return self.item(found.id)
 
+    @guarded
     def sources(self, item: int | str) -> list[str]:
         """Where an item's embeddings came from (file paths as enrolled), oldest first."""
         found = self.item(item)
@@ -345,9 +354,11 @@ class Gallery:
     _ITEM_SQL = ("SELECT i.id, i.label, i.metadata, (SELECT count(*) FROM embeddings e WHERE e.item_id = i.id), "
                  "i.created FROM items i")
 
+    @guarded
     def items(self) -> list[Item]:
         return [self._item_from_row(r) for r in self.db.execute(self._ITEM_SQL + " ORDER BY i.id")]
 
+    @guarded
     def item(self, item: int | str) -> Item:
         """One item by id (int) or label (str); GalleryError if there is none."""
         if isinstance(item, (int, np.integer)):
@@ -358,6 +369,7 @@ class Gallery:
             raise GalleryError(f"{self.path}: no item {item!r}")
         return self._item_from_row(row)
 
+    @guarded
     def count(self) -> tuple[int, int]:
         """(items, embeddings)."""
         return (self.db.execute("SELECT count(*) FROM items").fetchone()[0],
@@ -383,6 +395,7 @@ class Gallery:
         """A counter bumped by every committed gallery change, from any process (not by events)."""
         return int(self._meta("generation") or 0)
 
+    @guarded
     def matrix(self) -> CodeMatrix:
         """The cached int8 matrix (keys = item ids): loaded from packed blocks once, then brought
         up to date when the generation moves (new rows appended in place, a reload after removals)."""
@@ -412,6 +425,7 @@ class Gallery:
             cache.stamp = stamp
         return cache
 
+    @guarded
     def labels(self, item_ids: np.ndarray) -> np.ndarray:
         """The labels of these item ids (any shape), read now: renames show at once."""
         ids = np.asarray(item_ids, np.int64)
@@ -425,6 +439,7 @@ class Gallery:
         out.flat[:] = [found.get(int(i), "") for i in ids.flat]
         return out
 
+    @guarded
     def search(self, queries: np.ndarray, k: int = 5) -> Matches:
         """Top-k *items* per query (an item scores by its best embedding)."""
         queries = np.asarray(queries, np.float32)
@@ -493,6 +508,7 @@ class Gallery:
         keypoints, descriptors))], in enrolment order (a row id is never reused)."""
         return self._features("", [])
 
+    @guarded
     def _features(self, where: str, params: list) -> list:
         out = []
         for row, item_id, kind, w, h, kp, desc in self.db.execute(
@@ -519,6 +535,7 @@ class Gallery:
                 [(found.id, quantize.to_blob(c), float(sc), str(src), now) for c, sc, src in zip(codes, scales, sources)])
         return found.id
 
+    @guarded
     def negatives(self) -> tuple[np.ndarray, np.ndarray]:
         """(item ids (n,), float32 vectors (n, dim)) of every enrolled negative."""
         rows = self.db.execute("SELECT item_id, scale, vector FROM negatives ORDER BY id").fetchall()
@@ -549,10 +566,12 @@ class Gallery:
     def calibration(self) -> dict[str, Any]:
         return json.loads(self._meta("calibration") or "{}")
 
+    @guarded
     def thresholds(self) -> dict[int, float]:
         """Calibrated per-item thresholds {item id: threshold} (items without one use the global)."""
         return dict(self.db.execute("SELECT item_id, threshold FROM thresholds").fetchall())
 
+    @guarded
     def threshold_for(self, item_id: int) -> float | None:
         """The threshold that applies to an item: its own, else the global one, else None."""
         row = self.db.execute("SELECT threshold FROM thresholds WHERE item_id = ?", [int(item_id)]).fetchone()
