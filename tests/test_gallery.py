@@ -137,6 +137,37 @@ def test_export_import_roundtrip(tmp_path):
         assert dst.item("a").metadata == {"k": "v"}
 
 
+def test_exports_leave_the_packed_blocks_out_and_older_exports_with_them_still_import(tmp_path, monkeypatch):
+    from edge_retrieval.storage import transfer, vectors
+
+    monkeypatch.setattr(vectors, "BLOCK_ROWS", 2)
+    rng = np.random.default_rng(8)
+    v = unit(rng, 5)
+    new, old = tmp_path / "new.gallery", tmp_path / "old.gallery"
+    with Gallery(tmp_path / "src.db") as src:
+        src.add("a", v[:3], model_sha256=SHA)
+        src.add("b", v[3:], model_sha256=SHA)
+        assert src.db.execute("SELECT count(*) FROM vector_blocks").fetchone()[0] == 2
+        src.export(new)
+        src.db.execute("VACUUM INTO ?", [str(old)])
+    with closing(sqlite3.connect(old)) as con:  # an export as versions before the ladders wrote it: blocks in
+        con.execute("DROP TABLE schema_versions")
+        con.execute("PRAGMA user_version = 4")
+        transfer.write(con, transfer.compute(con, transfer.EXPORT_TABLES))
+        con.commit()
+    with closing(sqlite3.connect(new)) as con:
+        assert not con.execute("SELECT name FROM sqlite_master WHERE name LIKE 'vector%'").fetchall()
+    for export in (new, old):
+        with Gallery(tmp_path / f"into-{export.stem}.db") as dst:
+            assert dst.import_from(export) == {"items": 2, "embeddings": 5}
+            assert list(dst.search(v, k=1).labels[:, 0]) == ["a", "a", "a", "b", "b"]
+            assert dst.db.execute("SELECT count(*) FROM vector_blocks").fetchone()[0] == 2  # packed again
+    with Gallery(new) as opened:  # an export opened as a gallery: the vectors ladder builds the blocks again
+        assert opened.db.versions()["vectors"] == 1
+        assert opened.db.execute("SELECT count(*) FROM vector_blocks").fetchone()[0] == 2
+        assert list(opened.search(v, k=1).labels[:, 0]) == ["a", "a", "a", "b", "b"]
+
+
 def test_bad_import_changes_nothing(tmp_path):
     junk = tmp_path / "junk.gallery"
     junk.write_bytes(b"not a database at all" * 100)
