@@ -1,7 +1,7 @@
 """The gallery: items, their int8 embeddings and the model they belong to, in one SQLite file.
 
-Its schema is the ladder `MIGRATIONS` ("gallery", database.py); the packed vector blocks are
-vectors.py's. Every change is one transaction: an exception half-way leaves the file exactly
+Its schema is the ladder "gallery" (schema.py); the packed vector blocks have their own
+(vectors.py). Every change is one transaction: an exception half-way leaves the file exactly
 as it was. The search matrix is cached in memory and reloaded when the generation counter in
 `meta` (bumped in the same transaction as every gallery change, by any process) moves.
 """
@@ -23,97 +23,11 @@ from .. import quantize
 from . import transfer
 from ..errors import GalleryError, ModelMismatchError
 from . import vectors
-from .database import (SCHEMA_VERSION, Database, Migrations, damaged, guarded, is_damage, sqlite_failure,
-                       write_transaction)
+from .database import SCHEMA_VERSION, Database, damaged, guarded, is_damage, sqlite_failure, write_transaction
+from .schema import MIGRATIONS
 from ..scan import CodeMatrix
 
 UNIT_TOLERANCE = 1e-3  # |norm - 1| an added vector may have (cosine scores assume unit vectors)
-CALIBRATION_FROM_METADATA = {"preset": "whole", "source": "item threshold metadata"}
-
-
-def _thresholds_from_metadata(conn: sqlite3.Connection) -> None:
-    """Items' numeric `threshold` metadata (whole-frame cosine thresholds, set before `calibrate`
-    existed) become the calibrated per-item thresholds, and leave the metadata. Only in a gallery
-    never calibrated: no meta `threshold`, `calibration` absent or {}, no per-item thresholds."""
-    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('threshold', 'calibration')").fetchall())
-    if "threshold" in meta or meta.get("calibration", "{}") != "{}" or \
-            conn.execute("SELECT 1 FROM thresholds LIMIT 1").fetchone():
-        return
-    moved = []
-    for item_id, text in conn.execute("SELECT id, metadata FROM items ORDER BY id").fetchall():
-        try:
-            metadata = json.loads(text)
-        except ValueError:
-            continue
-        value = metadata.get("threshold") if isinstance(metadata, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            del metadata["threshold"]
-            moved.append((item_id, float(value), json.dumps(metadata)))
-    if not moved:
-        return
-    now = time.time()
-    conn.executemany("INSERT INTO thresholds(item_id, threshold, created) VALUES (?, ?, ?)",
-                     [(i, t, now) for i, t, _ in moved])
-    conn.executemany("UPDATE items SET metadata = ? WHERE id = ?", [(m, i) for i, _, m in moved])
-    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('calibration', ?)",
-                 [json.dumps(CALIBRATION_FROM_METADATA)])
-    conn.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
-                 "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
-
-
-MIGRATIONS = Migrations("gallery", [
-    # 1: items, embeddings, meta
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE items (
-        id INTEGER PRIMARY KEY,
-        label TEXT NOT NULL UNIQUE,
-        metadata TEXT NOT NULL DEFAULT '{}',
-        created REAL NOT NULL
-    );
-    CREATE TABLE embeddings (
-        id INTEGER PRIMARY KEY,
-        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
-        vector BLOB NOT NULL,
-        scale REAL NOT NULL,
-        source TEXT NOT NULL DEFAULT '',
-        created REAL NOT NULL
-    );
-    CREATE INDEX embeddings_item ON embeddings(item_id);
-    """,
-    # 2: local features per enrolled image (geometric verification), negatives ("this is NOT
-    #    item X"), calibrated per-item thresholds (the global one and its report live in meta)
-    """
-    CREATE TABLE features (
-        id INTEGER PRIMARY KEY,
-        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
-        kind TEXT NOT NULL,
-        width INTEGER NOT NULL,
-        height INTEGER NOT NULL,
-        keypoints BLOB NOT NULL,
-        descriptors BLOB NOT NULL,
-        source TEXT NOT NULL DEFAULT '',
-        created REAL NOT NULL
-    );
-    CREATE INDEX features_item ON features(item_id);
-    CREATE TABLE negatives (
-        id INTEGER PRIMARY KEY,
-        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
-        vector BLOB NOT NULL,
-        scale REAL NOT NULL,
-        source TEXT NOT NULL DEFAULT '',
-        created REAL NOT NULL
-    );
-    CREATE INDEX negatives_item ON negatives(item_id);
-    CREATE TABLE thresholds (
-        item_id INTEGER PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE,
-        threshold REAL NOT NULL,
-        created REAL NOT NULL
-    );
-    """,
-    # 3: item `threshold` metadata → calibrated per-item thresholds
-    _thresholds_from_metadata,
-])
 
 
 def _checked_label(label: Any) -> str:
