@@ -27,7 +27,8 @@ SHA = "0" * 64
 def build(path: Path, n: int, dim: int) -> None:
     rng = np.random.default_rng(0)
     with Gallery(path) as g:
-        g.add("seed", rng.normal(size=(1, dim)), model_sha256=SHA, model_name="bench")
+        seed = rng.normal(size=(1, dim))
+        g.add("seed", seed / np.linalg.norm(seed), model_sha256=SHA, model_name="bench")
         with g.transaction():
             con = g.db.conn
             per_item, chunk = 10, 100_000

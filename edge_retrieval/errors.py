@@ -34,6 +34,11 @@ class GalleryError(EdgeRetrievalError):
     """A gallery file, item or import file is wrong."""
 
 
+class DamagedGalleryError(GalleryError):
+    """SQLite found the gallery file damaged on a read ("database disk image is malformed");
+    the message names the file and the check to run."""
+
+
 class ConfigError(EdgeRetrievalError):
     """A configuration value is wrong; the message names the key path."""
 

@@ -14,7 +14,8 @@ from edge_retrieval.cli import cli
 from edge_retrieval.demo import ITEMS, camera_view, photo
 from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll, enroll_negatives
-from edge_retrieval.storage.gallery import SCHEMA_VERSION, Gallery
+from edge_retrieval.storage.database import SCHEMA_VERSION
+from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.recognize import open_recognizer
 from edge_retrieval.modelcard import DEFAULT_MODEL
 from edge_retrieval.preprocess import read_image
@@ -50,9 +51,9 @@ def test_threshold_at_lets_through_at_most_the_target():
 
 def test_thresholds_live_in_the_gallery(gallery):
     assert SCHEMA_VERSION >= 3
-    a = gallery.add("a", np.ones((1, 4)), model_sha256="a" * 64)
-    b = gallery.add("b", -np.ones((1, 4)), model_sha256="a" * 64)
-    assert gallery.threshold is None and gallery.thresholds.for_item(a) is None
+    a = gallery.add("a", np.full((1, 4), 0.5), model_sha256="a" * 64)
+    b = gallery.add("b", np.full((1, 4), -0.5), model_sha256="a" * 64)
+    assert gallery.threshold is None and gallery.threshold_for(a) is None
     gallery.set_thresholds(0.9, {a: 0.7}, {"preset": "default"})
     assert gallery.thresholds() == {a: 0.7}
     assert gallery.thresholds.for_item(a) == 0.7 and gallery.thresholds.for_item(b) == 0.9

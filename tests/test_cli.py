@@ -85,7 +85,7 @@ def test_wrong_model_gallery_is_refused(tmp_path, embedder):
 
     db = tmp_path / "g.db"
     with Gallery(db) as g:
-        g.add("x", [[1.0] * embedder.dim], model_sha256="f" * 64, model_name="someone-elses-model")
+        g.add("x", [[embedder.dim ** -0.5] * embedder.dim], model_sha256="f" * 64, model_name="someone-elses-model")
     result = run("search", photo(ITEMS[0]), "-g", db, ok=False)
     assert result.exit_code == 1 and "belongs to model someone-elses-model" in result.stderr
 

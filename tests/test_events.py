@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from edge_retrieval.storage.events import Event, EventError, EventLog, prune_snapshots, write_snapshot
-from edge_retrieval.storage.gallery import SCHEMA_VERSION, Gallery
+from edge_retrieval.storage.database import SCHEMA_VERSION
+from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.sinks import SnapshotConfig
 
 _JPEG_MEAN_ABS_ERROR = 4.0  # mean |pixel difference| of an undrawn snapshot at quality 90
@@ -49,7 +50,7 @@ def test_record_stores_the_event_and_one_outbox_row_per_sink(log):
     event = match(box=(10, 20, 110, 220), details={"margin": 0.12})
     event_id = log.record(event)
     assert log.recent(1) == [replace(event, id=event_id)]
-    rows = log._gallery.db.execute("SELECT event_id, sink, attempts, delivered FROM outbox ORDER BY id").fetchall()
+    rows = log.db.execute("SELECT event_id, sink, attempts, delivered FROM outbox ORDER BY id").fetchall()
     assert rows == [(event_id, sink, 0, None) for sink in SINKS]
     body = log.event(event_id).payload()
     assert body == {"event_id": event_id, "time": 1_700_000_000.0, "time_iso": "2023-11-14T22:13:20.000+00:00",
@@ -63,16 +64,16 @@ def test_record_is_one_transaction(tmp_path):
         with pytest.raises(EventError, match="cannot record"):
             broken.record(match())
         assert broken.recent() == []
-        assert broken._gallery.db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+        assert broken.db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
 
 
 def _deliver_all(log: EventLog) -> None:
-    log._gallery.db.execute("UPDATE outbox SET delivered = 1 WHERE delivered IS NULL AND parked IS NULL")
+    log.db.execute("UPDATE outbox SET delivered = 1 WHERE delivered IS NULL AND parked IS NULL")
 
 
 def _park(log: EventLog, event_id: int, sink: str, error: str = "PermanentDeliveryError: HTTP 400") -> None:
-    log._gallery.db.execute("UPDATE outbox SET parked = ?, last_error = ? WHERE event_id = ? AND sink = ?",
-                            [time.time(), error, event_id, sink])
+    log.db.execute("UPDATE outbox SET parked = ?, last_error = ? WHERE event_id = ? AND sink = ?",
+                   [time.time(), error, event_id, sink])
 
 
 def test_history_keeps_the_newest_events_but_never_one_a_sink_waits_for(tmp_path):
@@ -83,7 +84,7 @@ def test_history_keeps_the_newest_events_but_never_one_a_sink_waits_for(tmp_path
         _deliver_all(log)
         ids.append(log.record(match(t=1_700_000_010.0)))
         assert [e.id for e in log.recent(10)] == ids[:2:-1]  # the 3 newest
-        outbox = log._gallery.db.execute("SELECT event_id FROM outbox ORDER BY id").fetchall()
+        outbox = log.db.execute("SELECT event_id FROM outbox ORDER BY id").fetchall()
         assert outbox == [(i,) for i in ids[3:]]  # the deleted events' delivery rows went with them
     with EventLog(tmp_path / "none.db", [], max_count=2) as log:  # no sink: nothing to wait for
         ids = [log.record(match(t=1_700_000_000.0 + i)) for i in range(4)]
@@ -163,14 +164,14 @@ def test_an_outbox_from_before_parking_is_migrated_with_its_rows(tmp_path, monke
 
 def test_history_that_cannot_be_pruned_is_logged_and_the_events_still_recorded(tmp_path, caplog):
     path = tmp_path / "gallery.db"
-    with Gallery(path) as g:  # SQLite itself refuses the deletions (as a full disk would)
-        g.db.execute("CREATE TRIGGER keep BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'kept'); END")
+    with EventLog(path, []) as first:  # SQLite itself refuses the deletions (as a full disk would)
+        first.db.execute("CREATE TRIGGER keep BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'kept'); END")
     with EventLog(path, [], max_count=1) as log:
         log.prune_interval = 0
         ids = [log.record(match(t=1_700_000_000.0 + i)) for i in range(3)]
         assert [e.id for e in log.recent(10)] == ids[::-1]
         assert "cannot delete old events (kept)" in caplog.text
-        log._gallery.db.execute("DROP TRIGGER keep")
+        log.db.execute("DROP TRIGGER keep")
         ids.append(log.record(match(t=1_700_000_010.0)))
         assert [e.id for e in log.recent(10)] == ids[-1:]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_retrieval import Gallery, GalleryError, ModelMismatchError
-from edge_retrieval.storage.gallery import SCHEMA_VERSION
+from edge_retrieval.storage.database import SCHEMA_VERSION
 
 SHA = "a" * 64
 OTHER_SHA = "b" * 64
@@ -49,7 +49,7 @@ def test_add_search_items_and_best_embedding_per_item(gallery):
 def test_k_larger_than_items_and_empty_gallery(gallery):
     m = gallery.search(np.ones((2, 8), np.float32), k=5)
     assert m.item_ids.shape == (2, 0)
-    gallery.add("only", np.ones((1, 8)), model_sha256=SHA)
+    gallery.add("only", np.full((1, 8), 8 ** -0.5), model_sha256=SHA)
     assert gallery.search(np.ones(8), k=5).item_ids.shape == (1, 1)
 
 
@@ -63,10 +63,20 @@ def test_adding_to_an_existing_label_appends_and_merges_metadata(gallery):
 
 
 def test_wrong_model_is_refused_naming_the_gallery_model(gallery):
-    gallery.add("a", np.ones((1, 8)), model_sha256=SHA, model_name="mobilenet_v2_int8")
+    gallery.add("a", np.full((1, 8), 8 ** -0.5), model_sha256=SHA, model_name="mobilenet_v2_int8")
     with pytest.raises(ModelMismatchError, match="belongs to model mobilenet_v2_int8"):
-        gallery.add("b", np.ones((1, 8)), model_sha256=OTHER_SHA, model_name="other")
+        gallery.add("b", np.full((1, 8), 8 ** -0.5), model_sha256=OTHER_SHA, model_name="other")
     assert gallery.count() == (1, 1)
+
+
+@pytest.mark.parametrize("vector, says", [(np.full((1, 8), 0.5), "vector 0 has length 1.414, not 1"),
+                                          (np.zeros((1, 8)), "vector 0 has length 0, not 1"),
+                                          (np.array([[0.6, 0.8], [0.6, 0.81]]), "vector 1 has length 1.008")])
+def test_add_refuses_vectors_that_are_not_unit_length_naming_the_item(gallery, vector, says):
+    with pytest.raises(GalleryError, match=f"item 'cat': {says}"):
+        gallery.add("cat", vector, model_sha256=SHA)
+    gallery.add("cat", np.array([[0.6, 0.8], [0.6, 0.8005]]), model_sha256=SHA)  # within 1e-3
+    assert gallery.count() == (1, 2)
 
 
 def test_exception_mid_enrol_leaves_the_file_unchanged(tmp_path):
@@ -83,8 +93,8 @@ def test_exception_mid_enrol_leaves_the_file_unchanged(tmp_path):
                 raise RuntimeError("crash half-way")
         with pytest.raises(GalleryError):
             g.add("bad", np.full((1, 64), np.nan), model_sha256=SHA)
-        with pytest.raises(GalleryError):
-            g.add("wrong-dim", np.ones((1, 32)), model_sha256=SHA)
+        with pytest.raises(GalleryError, match="dimensions"):
+            g.add("wrong-dim", unit(rng, 1, 32), model_sha256=SHA)
         assert [i.label for i in g.items()] == ["keep"]
     assert snapshot(path) == before
 
@@ -125,6 +135,37 @@ def test_export_import_roundtrip(tmp_path):
         assert dst.import_from(tmp_path / "out.gallery") == {"items": 2, "embeddings": 3}
         assert {i.label: i.embeddings for i in dst.items()} == {"a": 2, "b": 2}
         assert dst.item("a").metadata == {"k": "v"}
+
+
+def test_exports_leave_the_packed_blocks_out_and_older_exports_with_them_still_import(tmp_path, monkeypatch):
+    from edge_retrieval.storage import transfer, vectors
+
+    monkeypatch.setattr(vectors, "BLOCK_ROWS", 2)
+    rng = np.random.default_rng(8)
+    v = unit(rng, 5)
+    new, old = tmp_path / "new.gallery", tmp_path / "old.gallery"
+    with Gallery(tmp_path / "src.db") as src:
+        src.add("a", v[:3], model_sha256=SHA)
+        src.add("b", v[3:], model_sha256=SHA)
+        assert src.db.execute("SELECT count(*) FROM vector_blocks").fetchone()[0] == 2
+        src.export(new)
+        src.db.execute("VACUUM INTO ?", [str(old)])
+    with closing(sqlite3.connect(old)) as con:  # an export as versions before the ladders wrote it: blocks in
+        con.execute("DROP TABLE schema_versions")
+        con.execute("PRAGMA user_version = 4")
+        transfer.write(con, transfer.compute(con, transfer.EXPORT_TABLES))
+        con.commit()
+    with closing(sqlite3.connect(new)) as con:
+        assert not con.execute("SELECT name FROM sqlite_master WHERE name LIKE 'vector%'").fetchall()
+    for export in (new, old):
+        with Gallery(tmp_path / f"into-{export.stem}.db") as dst:
+            assert dst.import_from(export) == {"items": 2, "embeddings": 5}
+            assert list(dst.search(v, k=1).labels[:, 0]) == ["a", "a", "a", "b", "b"]
+            assert dst.db.execute("SELECT count(*) FROM vector_blocks").fetchone()[0] == 2  # packed again
+    with Gallery(new) as opened:  # an export opened as a gallery: the vectors ladder builds the blocks again
+        assert opened.db.versions()["vectors"] == 1
+        assert opened.db.execute("SELECT count(*) FROM vector_blocks").fetchone()[0] == 2
+        assert list(opened.search(v, k=1).labels[:, 0]) == ["a", "a", "a", "b", "b"]
 
 
 def test_bad_import_changes_nothing(tmp_path):
@@ -168,7 +209,7 @@ def test_connections_switching_one_file_to_wal_at_once_all_succeed(tmp_path):
     PRAGMA failed in about 1 repetition in 5 here); enable_wal waits for the winner instead."""
     import threading
 
-    from edge_retrieval.storage.gallery import enable_wal
+    from edge_retrieval.storage.database import enable_wal
 
     path = tmp_path / "g.db"
     for repetition in range(50):

@@ -27,7 +27,7 @@ def webhook(url: str, name: str = "webhook") -> WebhookSink:
 
 
 def attempts(log: EventLog, sink: str) -> int:
-    return log._gallery.db.execute("SELECT coalesce(sum(attempts), 0) FROM outbox WHERE sink = ?",
+    return log.db.execute("SELECT coalesce(sum(attempts), 0) FROM outbox WHERE sink = ?",
                                    [sink]).fetchone()[0]
 
 
@@ -55,7 +55,7 @@ def test_every_alert_arrives_once_in_order_after_the_webhook_was_down(tmp_path):
         dispatcher.wake()
         assert wait_until(lambda: dispatcher.pending() == 0)
         assert receiver.ids() == ids
-        last_errors = log._gallery.db.execute("SELECT DISTINCT last_error FROM outbox").fetchall()
+        last_errors = log.db.execute("SELECT DISTINCT last_error FROM outbox").fetchall()
         assert last_errors == [(None,)]
     receiver.close()
 
@@ -72,7 +72,7 @@ def test_a_failing_sink_does_not_hold_up_the_others(tmp_path):
         assert receiver.ids() == ids
         assert dispatcher.pending("down") == dispatcher.pending("command") == 4
         assert wait_until(lambda: attempts(log, "command") >= 2)
-        first = log._gallery.db.execute("SELECT event_id, last_error FROM outbox WHERE sink = 'command' "
+        first = log.db.execute("SELECT event_id, last_error FROM outbox WHERE sink = 'command' "
                                         "AND attempts > 0").fetchall()
         assert [r[0] for r in first] == [ids[0]]  # only the head is tried: order is kept
         assert "exit status 1" in first[0][1]
@@ -130,7 +130,7 @@ def test_pending_rows_of_an_unconfigured_sink_stay(tmp_path):
         assert wait_until(lambda: dispatcher.pending() == 0)
         assert receiver.ids() == ids
     with EventLog(db, []) as log:
-        left = log._gallery.db.execute("SELECT count(*) FROM outbox WHERE sink = 'mqtt' AND delivered IS NULL")
+        left = log.db.execute("SELECT count(*) FROM outbox WHERE sink = 'mqtt' AND delivered IS NULL")
         assert left.fetchone()[0] == 2
     receiver.close()
 

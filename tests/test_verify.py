@@ -65,7 +65,7 @@ def test_verify_finds_the_outline_and_rejects_another_photo(photos):
 
 def test_features_are_stored_per_item_and_removed_with_it(gallery, photos):
     f = verify.extract(read_image(photos / "cat.jpg"), 100, 256)
-    item_id = gallery.add("cat", np.ones((1, 8)), model_sha256="a" * 64)
+    item_id = gallery.add("cat", np.full((1, 8), 8 ** -0.5), model_sha256="a" * 64)
     gallery.add_features(item_id, verify.KIND, f.size, f.keypoints, f.descriptors, "cat.jpg")
     [(kind, size, kp, desc)] = gallery.features(item_id)
     assert kind == "orb" and size == f.size

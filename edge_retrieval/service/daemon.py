@@ -205,10 +205,10 @@ class Daemon:
             return
         sinks = self._sinks if self._sinks is not None else parts.sinks(self.config)
         history = self.config.events
-        self.event_log = self._own(EventLog(self._gallery.path, [s.name for s in sinks],
+        self.event_log = self._own(EventLog(self._gallery.db, [s.name for s in sinks],
                                             max_count=history.max_count, max_age_days=history.max_age_days))
         if sinks:
-            self.dispatcher = Dispatcher(self._gallery.path, sinks).start()
+            self.dispatcher = Dispatcher(self._gallery.db, sinks).start()
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> RunSummary:

@@ -1,1 +1,1 @@
-"""The SQLite file: gallery, vectors, transfer (export/import), events, outbox."""
+"""The SQLite file: database (opening, ladders), gallery (+ schema), vectors, transfer (export/import), events, outbox."""

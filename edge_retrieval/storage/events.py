@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from ..errors import EventError
-from .gallery import Gallery
+from .database import Database, Migrations
 from ..sinks import SnapshotConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,42 @@ KINDS = ("match", "unknown")
 SNAPSHOT_GLOB = "event-*.jpg"  # retention only ever touches files named like this
 EVENT_COLUMNS = "id, time, source, kind, label, item_id, score, snapshot, data"
 PRUNE_INTERVAL = 3600.0  # seconds between event-retention passes while recording (one at open)
+
+MIGRATIONS = Migrations("events", [
+    # 1: every decision (the outbox ladder, outbox.py, adds a row per event and sink)
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        kind TEXT NOT NULL CHECK (kind IN ('match', 'unknown')),
+        label TEXT,
+        item_id INTEGER,
+        score REAL NOT NULL,
+        snapshot TEXT,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_time ON events(time);
+    """,
+])
+
+
+def open_events(db: Database | str | Path) -> tuple[Database, bool]:
+    """(the database with the events and outbox ladders applied, whether it was opened here)."""
+    from .outbox import MIGRATIONS as OUTBOX  # outbox.py imports this module
+
+    own = not isinstance(db, Database)
+    if (str(db) if own else db.path) == ":memory:":
+        raise EventError("events need a gallery file (the dispatcher reads it over its own connection)")
+    db = Database(db) if own else db
+    try:
+        MIGRATIONS.apply(db)
+        OUTBOX.apply(db)
+    except BaseException:
+        if own:
+            db.close()
+        raise
+    return db, own
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,12 +139,12 @@ class Delivery:
 class EventLog:
     """The events table of one gallery file, with an outbox row per event and sink.
 
-    >>> log = EventLog("gallery.db", [s.name for s in sinks])
+    >>> log = EventLog(gallery.db, [s.name for s in sinks])   # or a path: the file is opened here
     >>> event_id = log.record(Event(time=time.time(), source="cam0", kind="match", label="cat", score=0.9))
     >>> dispatcher.wake()
     """
 
-    def __init__(self, gallery_db_path: str | Path, sink_names: Sequence[str], *, max_count: int = 0,
+    def __init__(self, db: Database | str | Path, sink_names: Sequence[str], *, max_count: int = 0,
                  max_age_days: float = 0):
         """`max_count`, `max_age_days`: the events beyond the newest max_count and those older
         than max_age_days (0 = no limit) are deleted with their outbox rows, except events that
@@ -117,8 +153,6 @@ class EventLog:
         every `prune_interval` seconds (a pass checks each old event against the outbox: ≈ 8 ms
         with 5,000 events still owed to a sink that is down, 0.8 s for the first pass over
         100,000 events past their age)."""
-        if str(gallery_db_path) == ":memory:":
-            raise EventError("events need a gallery file (the dispatcher reads it over its own connection)")
         self.sink_names = tuple(sink_names)
         if len(set(self.sink_names)) != len(self.sink_names):
             raise EventError(f"sink names must be unique: {self.sink_names}")
@@ -126,8 +160,8 @@ class EventLog:
             raise EventError(f"event retention must be 0 (no limit) or positive, not {max_count}, {max_age_days}")
         self.max_count, self.max_age_days = max_count, max_age_days
         self.prune_interval = PRUNE_INTERVAL
-        self._gallery = Gallery(gallery_db_path)
-        self.path = self._gallery.path
+        self.db, self._own = open_events(db)
+        self.path = self.db.path
         self._pruned_at = -math.inf
         self._prune_or_log()
 
@@ -141,9 +175,9 @@ class EventLog:
             data = json.dumps(event.data())
         except (TypeError, ValueError) as e:
             raise EventError(f"event data is not JSON ({e})") from None
-        db = self._gallery.db
+        db = self.db
         try:
-            with self._gallery.db.atomic():  # not a gallery change: the generation stays
+            with self.db.atomic():  # not a gallery change: the generation stays
                 event_id = db.execute(
                     "INSERT INTO events(time, source, kind, label, item_id, score, snapshot, data) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -174,13 +208,13 @@ class EventLog:
         now = time.time() if now is None else now
         self._pruned_at = time.monotonic()
         try:
-            with self._gallery.db.atomic():  # not a gallery change: the generation stays
+            with self.db.atomic():  # not a gallery change: the generation stays
                 return self._prune(now)
         except sqlite3.Error as e:
             raise EventError(f"{self.path}: cannot delete old events ({e})") from None
 
     def _prune(self, now: float) -> int:
-        conn, deleted = self._gallery.db.conn, 0
+        conn, deleted = self.db.conn, 0
         settled = "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id AND o.delivered IS NULL{})"
         if self.max_count:
             row = conn.execute("SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?", [self.max_count]).fetchone()
@@ -195,18 +229,18 @@ class EventLog:
 
     def recent(self, n: int = 20) -> list[Event]:
         """The last n events, newest first."""
-        rows = self._gallery.db.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", [n])
+        rows = self.db.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", [n])
         return [Event.from_row(r) for r in rows.fetchall()]
 
     def deliveries(self, n: int = 20, parked: bool = False) -> list[tuple[Event, list[Delivery]]]:
         """The last n events (only those with a parked row if `parked`), newest first, each with
         its delivery to every sink."""
         where = "WHERE id IN (SELECT event_id FROM outbox WHERE parked IS NOT NULL)" if parked else ""
-        events = [Event.from_row(r) for r in self._gallery.db.execute(
+        events = [Event.from_row(r) for r in self.db.execute(
             f"SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY id DESC LIMIT ?", [n]).fetchall()]
         rows: dict[int, list[Delivery]] = {e.id: [] for e in events}
         marks = ", ".join("?" * len(rows))
-        for event_id, sink, attempts, delivered, parked_at, error in self._gallery.db.execute(
+        for event_id, sink, attempts, delivered, parked_at, error in self.db.execute(
                 "SELECT event_id, sink, attempts, delivered, parked, last_error FROM outbox "
                 f"WHERE event_id IN ({marks}) ORDER BY id", list(rows)).fetchall():
             state = "delivered" if delivered is not None else "parked" if parked_at is not None else "pending"
@@ -222,15 +256,15 @@ class EventLog:
             where += f" AND event_id IN ({', '.join('?' * len(event_ids))})"
             args = [int(i) for i in event_ids]
         try:
-            with self._gallery.db.atomic():  # not a gallery change: the generation stays
-                rows = self._gallery.db.execute(f"UPDATE outbox SET parked = NULL, next_try = 0 WHERE {where} "
+            with self.db.atomic():  # not a gallery change: the generation stays
+                rows = self.db.execute(f"UPDATE outbox SET parked = NULL, next_try = 0 WHERE {where} "
                                                 "RETURNING id, event_id, sink", args).fetchall()
         except sqlite3.Error as e:
             raise EventError(f"{self.path}: cannot un-park events ({e})") from None
         return [(int(event_id), sink) for _, event_id, sink in sorted(rows)]
 
     def event(self, event_id: int) -> Event:
-        row = self._gallery.db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", [event_id]).fetchone()
+        row = self.db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", [event_id]).fetchone()
         if row is None:
             raise EventError(f"{self.path}: no event {event_id}")
         return Event.from_row(row)
@@ -246,13 +280,14 @@ class EventLog:
                               jpeg_quality=config.jpeg_quality)
         removed = prune_snapshots(config.folder, max_count=config.max_count, max_age_days=config.max_age_days)
         if removed:
-            with self._gallery.db.atomic():  # not a gallery change: the generation stays
-                self._gallery.db.conn.executemany("UPDATE events SET snapshot = NULL WHERE snapshot = ?",
+            with self.db.atomic():  # not a gallery change: the generation stays
+                self.db.conn.executemany("UPDATE events SET snapshot = NULL WHERE snapshot = ?",
                                                   [(str(p),) for p in removed])
         return str(path)
 
     def close(self) -> None:
-        self._gallery.close()
+        if self._own:
+            self.db.close()
 
     def __enter__(self) -> "EventLog":
         return self

@@ -21,11 +21,36 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import GalleryError, PermanentDeliveryError
-from .events import EVENT_COLUMNS, Event
-from .gallery import Gallery
+from .database import Database, Migrations, connect
+from .events import EVENT_COLUMNS, Event, open_events
 from ..sinks import Sink
 
 log = logging.getLogger(__name__)
+
+MIGRATIONS = Migrations("outbox", [
+    # 1: one row per event and sink until the sink acknowledged it
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        sink TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL DEFAULT 0,
+        delivered REAL,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(sink, event_id) WHERE delivered IS NULL;
+    CREATE INDEX outbox_event ON outbox(event_id);
+    """,
+    # 2: parked rows. A row a sink refused for good (PermanentDeliveryError) is parked: kept with
+    #    its error, skipped by delivery (and by the pending index) until `events retry`.
+    """
+    ALTER TABLE outbox ADD COLUMN parked REAL;
+    DROP INDEX outbox_pending;
+    CREATE INDEX outbox_pending ON outbox(sink, event_id) WHERE delivered IS NULL AND parked IS NULL;
+    CREATE INDEX outbox_parked ON outbox(event_id) WHERE parked IS NOT NULL;
+    """,
+])
 
 _NEXT_ROW = (
     "SELECT o.id, o.attempts, o.next_try, "
@@ -40,10 +65,6 @@ def backoff(attempts: int, base_s: float, max_s: float) -> float:
     return min(max_s, base_s * 2.0 ** min(attempts - 1, 40)) * random.uniform(0.5, 1.0)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    return sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-
-
 class _Worker(threading.Thread):
     def __init__(self, dispatcher: "Dispatcher", sink: Sink):
         super().__init__(name=f"outbox-{sink.name}", daemon=True)
@@ -54,7 +75,7 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         try:
-            conn = _connect(self.d.path)
+            conn = connect(self.d.path)
             try:
                 while not self.d._stopping.is_set():
                     try:
@@ -111,19 +132,21 @@ class _Worker(threading.Thread):
 class Dispatcher:
     """Delivers the outbox of one gallery file to `sinks` in the background; owns (closes) the sinks.
 
-    >>> with Dispatcher("gallery.db", sinks) as dispatcher:   # start() ... stop()
+    >>> with Dispatcher(gallery.db, sinks) as dispatcher:   # or a path; start() ... stop()
     ...     log.record(event); dispatcher.wake()
     """
 
-    def __init__(self, gallery_db_path: str | Path, sinks: Sequence[Sink], *, retry_base_s: float = 1.0,
+    def __init__(self, db: Database | str | Path, sinks: Sequence[Sink], *, retry_base_s: float = 1.0,
                  retry_max_s: float = 300.0, idle_s: float = 30.0):
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
             raise GalleryError(f"sink names must be unique: {names}")
-        if str(gallery_db_path) == ":memory:":
+        if str(db.path if isinstance(db, Database) else db) == ":memory:":
             raise GalleryError("the outbox needs a gallery file, not :memory:")
-        Gallery(gallery_db_path).close()  # create / migrate the file before the threads read it
-        self.path = str(gallery_db_path)
+        db, own = open_events(db)  # the tables exist before the threads (each with its own connection) read them
+        self.path = db.path
+        if own:
+            db.close()
         self.sinks = list(sinks)
         self.retry_base_s, self.retry_max_s, self.idle_s = retry_base_s, retry_max_s, idle_s
         self._stopping = threading.Event()
@@ -133,7 +156,7 @@ class Dispatcher:
     def start(self) -> "Dispatcher":
         if self._workers:
             raise RuntimeError("dispatcher already started")
-        conn = _connect(self.path)
+        conn = connect(self.path)
         try:  # rows from a previous run: no backoff left over
             conn.executemany("UPDATE outbox SET next_try = 0 WHERE sink = ? AND delivered IS NULL "
                              "AND parked IS NULL",
@@ -183,7 +206,7 @@ class Dispatcher:
         names = [sink] if sink is not None else [s.name for s in self.sinks]
         if not names:
             return 0
-        conn = _connect(self.path)
+        conn = connect(self.path)
         try:
             marks = ", ".join("?" * len(names))
             return conn.execute(f"SELECT count(*) FROM outbox WHERE {where} AND sink IN ({marks})",

@@ -1,15 +1,16 @@
-"""The export manifest, and the checks every row of an import file passes before it enters a gallery.
+"""Export and import of a gallery: the export manifest, and the checks every row of an import file
+passes before it enters a gallery.
 
-An exported gallery (`Gallery.export`) carries a table `export_manifest` with one JSON row:
+An exported gallery (`export`) carries a table `export_manifest` with one JSON row:
 
     {"format": 1, "model": {"model_sha256": …, "model_name": …, "dim": …},
      "tables": {"items": {"rows": 2, "sha256": "…"}, "embeddings": {…}, "features": {…},
                 "negatives": {…}, "thresholds": {…}}}
 
-A table's sha256 is taken over its exported columns (`EXPORT_TABLES` in gallery.py), rows in
+A table's sha256 is taken over its exported columns (`EXPORT_TABLES`), rows in
 rowid order, each value in a canonical, typed, length-prefixed encoding (`canonical`): the same
 rows give the same digest whatever the file's page layout, and any changed, added, removed or
-reordered row gives another. `Gallery.import_from` recomputes the digests while it reads (in one
+reordered row gives another. `import_into` recomputes the digests while it reads (in one
 pass, in the import's transaction) and rolls back on any difference.
 
 The digest detects damage (a truncated copy, flipped bits), not a forger: anyone who can edit
@@ -25,16 +26,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sqlite3
+import stat
 import struct
 import unicodedata
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import GalleryError, one_line
+from . import vectors
+from .database import GALLERY_TABLES, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from .gallery import Gallery
 
 FORMAT = 1
 TABLE = "export_manifest"
@@ -49,6 +57,19 @@ MAX_TEXT_CHARS = 4096  # sources, feature kinds, model names
 MAX_DESCRIPTOR_BYTES = 256  # per local feature (ORB: 32)
 MAX_IMAGE_SIDE = 1 << 16  # width and height of the image local features were found in
 FETCH_ROWS = 1024  # rows read at a time: memory stays bounded whatever the file holds
+
+# Per-item rows that travel with an export/import (item_id first); thresholds are calibrated for
+# one gallery and do not (run `calibrate` again after an import).
+ITEM_TABLES = {
+    "embeddings": ("item_id", "vector", "scale", "source", "created"),
+    "features": ("item_id", "kind", "width", "height", "keypoints", "descriptors", "source", "created"),
+    "negatives": ("item_id", "vector", "scale", "source", "created"),
+}
+LOCAL_TABLES = ("events", "outbox")  # the device's own history: the schema is exported, the rows are not
+# What an export's manifest covers (columns in the order they are hashed, rows in rowid order). The
+# packed vector blocks are not exported (older exports that hold them import as well: unread).
+EXPORT_TABLES = {"items": ("id", "label", "metadata", "created"), **ITEM_TABLES,
+                 "thresholds": ("item_id", "threshold", "created")}
 
 
 # -- the digest ------------------------------------------------------------------------------
@@ -342,3 +363,197 @@ def read_chunks(conn: sqlite3.Connection, path: Path, sql: str, params: Sequence
         yield from chunks(conn, sql, params)
     except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
         raise GalleryError(f"{path}: not a readable exported gallery ({one_line(e)})") from None
+
+
+# -- export / import ---------------------------------------------------------------------------
+def export(gallery: "Gallery", path: str | Path) -> dict[str, int]:
+    """Write the gallery (items, embeddings, local features, negatives, thresholds, the model it
+    belongs to) to one portable SQLite file, atomically, with a manifest that `import_from`
+    verifies: rows and a sha256 per table (see above). The device's own history (events,
+    outbox) is not exported, not even in free pages: the copy is vacuumed after it is emptied."""
+    path = Path(path)
+    if gallery.path != ":memory:" and same_file(path, gallery.path):
+        raise GalleryError(f"{path}: is this gallery's own file; export to another file")
+    if path.is_dir():
+        raise GalleryError(f"{path}: is a folder; export to a file")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        gallery.db.execute("VACUUM INTO ?", [str(tmp)])  # one consistent copy, WAL included
+        out = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            out.execute("PRAGMA journal_mode = DELETE")
+            out.execute("BEGIN")
+            tables = {r[0] for r in out.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table in LOCAL_TABLES:
+                if table in tables:
+                    out.execute(f"DELETE FROM [{table}]")
+            vectors.drop(out)  # derived from the embeddings: rebuilt on import, or when the file is opened
+            contents = compute(out, EXPORT_TABLES)
+            write(out, contents)
+            out.execute("COMMIT")
+            out.execute("VACUUM")  # the deleted history leaves no pages behind
+        finally:
+            out.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        try:
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the rename is done; some file systems cannot sync a folder
+    except (sqlite3.Error, OSError, UnicodeDecodeError) as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise GalleryError(f"{path}: cannot export {gallery.path} to it ({one_line(e)})") from None
+    counts = contents["tables"]
+    return {"items": counts["items"]["rows"], "embeddings": counts["embeddings"]["rows"]}
+
+def import_into(gallery: "Gallery", path: str | Path, *, verify: bool = True) -> dict[str, int]:
+    """Merge an exported gallery into this one, in one transaction (labels present get its vectors).
+
+    Nothing is written unless the whole file passes; otherwise a GalleryError (or a
+    ModelMismatchError) names the file and what is wrong, and the gallery is as it was:
+
+    - the file must be a regular file (a symlink to one is followed), not this gallery itself;
+    - it is opened read-only and immutable, and nothing in it runs (`open_import`);
+    - its manifest must match: the model and each table's row count, compared before any
+      row is read, and each table's sha256, recomputed while the rows are read and inserted
+      (the transaction is rolled back on a difference);
+    - every value is checked (`check_*`): labels non-empty text without control
+      characters, metadata a JSON object, vectors of the gallery's dimension with a finite
+      scale and no longer than a unit vector, local features consistent; rows must belong
+      to an item of the file;
+    - tables of more than `MAX_ROWS` rows and values of more than
+      `MAX_VALUE_BYTES` are refused unread; rows are read `FETCH_ROWS` at a
+      time, so memory stays bounded whatever the file holds.
+
+    An export without a manifest (written before exports had one, or stripped of it) is
+    refused unless `verify=False` (`edge-retrieval import --unverified`), which imports it with
+    every check above but the digests. A file with a manifest is always verified.
+
+    Labels and metadata are stored as they are (SQL or HTML in them is only text). Sources
+    (the paths photos were enrolled from) name files on the exporting machine: they are kept
+    prefixed with "imported:", so nothing here ever reads a file an import named. Thresholds
+    are calibrated for one gallery and are not imported (run `calibrate` again).
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise GalleryError(f"{path}: no such file") from None
+    if not stat.S_ISREG(mode):
+        raise GalleryError(f"{path}: not a regular file")
+    if gallery.path != ":memory:" and same_file(path, gallery.path):
+        raise GalleryError(f"{path}: is this gallery's own file")
+    try:
+        src = open_import(path)
+    except sqlite3.Error as e:
+        raise GalleryError(f"{path}: cannot be opened ({one_line(e)})") from None
+    try:
+        return _import(gallery, src, path, verify)
+    finally:
+        src.close()
+
+def _import(gallery: "Gallery", src: sqlite3.Connection, path: Path, verify: bool) -> dict[str, int]:
+    try:  # what the file says about itself, read before anything is written (its errors name it)
+        version = src.execute("PRAGMA user_version").fetchone()[0]
+        if not 1 <= version <= SCHEMA_VERSION:
+            newer = f", newer than this program's {SCHEMA_VERSION}" if version > SCHEMA_VERSION else ""
+            raise GalleryError(f"{path}: not an exported gallery (schema version {version}{newer})")
+        present = check_schema(src, path, EXPORT_TABLES, GALLERY_TABLES)
+        contents = read_manifest(src, path)
+        if contents is None and verify:
+            raise GalleryError(f"{path}: has no export manifest (exported by an older version, or stripped); "
+                               f"nothing imported (--unverified imports it with its rows checked, not verified)")
+        counts = {table: src.execute(f"SELECT count(*) FROM [{table}]").fetchone()[0] for table in present}
+        keys = MODEL_KEYS
+        model = dict(src.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})",
+                                 keys).fetchall())
+        dim = parse_dim(model.get("dim")) or 0
+        wrong = {table: src.execute(f"SELECT count(*) FROM [{table}] WHERE typeof(vector) != 'blob' "
+                                    f"OR length(vector) != ?", [dim]).fetchone()[0]
+                 for table in ("embeddings", "negatives") if table in present}
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # damage; text that is not UTF-8
+        raise GalleryError(f"{path}: not an exported gallery ({one_line(e)})") from None
+    for table, n in counts.items():
+        if n > MAX_ROWS:
+            raise GalleryError(f"{path}: {n} rows in {table}, more than the limit of {MAX_ROWS}")
+    if contents is not None:
+        listed = contents["tables"]
+        for table in sorted(set(listed) | present):
+            if table not in EXPORT_TABLES:
+                raise GalleryError(f"{path}: the manifest lists table {table!r}, unknown to this program")
+            if table not in present:
+                raise GalleryError(f"{path}: the manifest lists table {table!r}, which the file lacks")
+            if table not in listed:
+                raise GalleryError(f"{path}: table {table!r} is not in the export manifest")
+            if listed[table]["rows"] != counts[table]:
+                raise GalleryError(f"{path}: the manifest says {listed[table]['rows']} rows in {table}, "
+                                   f"the file holds {counts[table]}")
+        if contents["model"] != model:
+            raise GalleryError(f"{path}: the manifest's model {contents['model']} differs from the file's {model}")
+    if not any(counts[t] for t in ("items", *ITEM_TABLES) if t in counts):
+        return {"items": 0, "embeddings": 0}
+    try:
+        sha, name, dim = check_model(model)
+    except ValueError as e:
+        raise GalleryError(f"{path}: exported gallery has no valid model ({e})") from None
+    for table, n in wrong.items():  # blob lengths, counted before any blob is read
+        if n:
+            raise GalleryError(f"{path}: {n} {table} vector(s) are not {dim} bytes")
+    gallery.check_model(sha, name)  # before anything is read or locked
+    if gallery.dim is not None and gallery.dim != dim:
+        raise GalleryError(f"{path}: vectors have {dim} dimensions, the gallery {gallery.dim}")
+    digests = {table: Digest() for table in present}
+    try:
+        with gallery.transaction():
+            gallery._bind(sha, name, dim)
+            new_ids: dict[int, int] = {}
+            for rows in read_chunks(src, path, select("items", EXPORT_TABLES["items"])):
+                digests["items"].update(rows)
+                for row in rows:
+                    old_id, label, metadata, created = check_item(row)
+                    if old_id in new_ids:
+                        raise ValueError(f"item id {old_id} appears twice")
+                    found = gallery.db.execute("SELECT id FROM items WHERE label = ?", [label]).fetchone()
+                    new_ids[old_id] = found[0] if found else gallery.db.execute(
+                        "INSERT INTO items(label, metadata, created) VALUES (?, ?, ?)",
+                        [label, metadata, created]).lastrowid
+            for table, cols in ITEM_TABLES.items():
+                if table not in present:
+                    continue
+                insert = f"INSERT INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                at = cols.index("source")
+                for rows in read_chunks(src, path, select(table, cols)):
+                    digests[table].update(rows)
+                    if table == "features":
+                        check_features(rows)
+                    else:
+                        check_vectors(rows, dim, table)
+                    out = []
+                    for row in rows:
+                        if row[0] not in new_ids:
+                            raise ValueError(f"a row of {table} belongs to item {row[0]}, which the file lacks")
+                        source = row[at]
+                        if source and not source.startswith("imported:"):
+                            source = "imported:" + source
+                        out.append((new_ids[row[0]], *row[1:at], source, *row[at + 1:]))
+                    gallery.db.conn.executemany(insert, out)
+            for table in present - {"items", *ITEM_TABLES}:  # verified, not imported (thresholds)
+                for rows in read_chunks(src, path, select(table, EXPORT_TABLES[table])):
+                    digests[table].update(rows)
+            if contents is not None:
+                for table, digest in digests.items():
+                    if digest.entry() != contents["tables"][table]:
+                        raise ValueError(f"the rows of {table} do not match the export manifest's sha256 "
+                                         f"(damaged or edited since the export)")
+    except ValueError as e:
+        raise GalleryError(f"{path}: {e}; nothing imported") from None
+    return {"items": counts["items"], "embeddings": counts.get("embeddings", 0)}

@@ -12,8 +12,9 @@ million); the same rows packed `BLOCK_ROWS` at a time load at the speed of a fil
   embeddings) writes full blocks for the tail and repacks holes.
 
 `load_matrix` builds a `CodeMatrix` (keys = item ids, rows in embedding-id order);
-`refresh` appends rows added since, or reloads when anything else changed. The schema
-step is `STATEMENTS` (run them in one migration); the gallery owns the `embeddings` table.
+`refresh` appends rows added since, or reloads when anything else changed. The schema is
+the ladder `MIGRATIONS` ("vectors"); the gallery owns the `embeddings` table. An export drops
+the blocks (`drop`): the ladder builds them again from the embeddings when the file is opened.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..scan import CodeMatrix
+from .database import VERSIONS_TABLE, Migrations
 
 BLOCK_ROWS = 4096
 
@@ -64,6 +66,28 @@ STATEMENTS: list[str] = [
     END""",
 ]
 MIGRATION = ";\n".join(STATEMENTS) + ";"   # the same as one script (sqlite3 executescript)
+
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    for statement in STATEMENTS:
+        conn.execute(statement)
+    pack(conn)
+
+
+MIGRATIONS = Migrations("vectors", [_create])
+TABLES = ("vector_blocks", "vector_state")
+TRIGGERS = ("vector_blocks_delete", "vector_blocks_update", "vector_blocks_insert")
+
+
+def drop(conn: sqlite3.Connection) -> None:
+    """Remove the blocks, their state and triggers, and the ladder's record of them (an export)."""
+    for trigger in TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    for table in TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.execute(f"DELETE FROM {VERSIONS_TABLE} WHERE name = ?", [MIGRATIONS.name])
+
 
 _ROW_SQL = "SELECT id, item_id, scale, vector FROM embeddings WHERE id > ? AND id < ? ORDER BY id"
 _BIG = 1 << 62

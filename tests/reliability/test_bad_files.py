@@ -32,7 +32,8 @@ from edge_retrieval import preprocess
 from edge_retrieval.cli import cli
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
-from edge_retrieval.storage.gallery import EXPORT_TABLES, SCHEMA_VERSION
+from edge_retrieval.storage.database import SCHEMA_VERSION
+from edge_retrieval.storage.transfer import EXPORT_TABLES
 from edge_retrieval.modelcard import DEFAULT_MODEL, ModelCard, sha256_file
 
 # The runtime (LiteRT) prints this on its own stderr whenever a model is loaded: not ours, allowed.
@@ -897,3 +898,24 @@ def test_enrol_refuses_what_an_import_would_refuse(args, named, gallery):
     line = assert_refused(run("enroll", photo(ITEMS[5]), *args, "-g", gallery))
     assert named in line
     assert contents(gallery) == before
+
+
+def test_a_gallery_damaged_past_its_header_raises_a_typed_error_on_every_read(tmp_path, base):
+    """Damage SQLite finds only when it reads the page (the file opens): each Gallery read the daemon
+    and the kiosk make raises DamagedGalleryError naming the file and the check to run. (`count` reads
+    only the indexes, which this damage spares.)"""
+    from edge_retrieval.errors import DamagedGalleryError
+
+    path = tmp_path / "gallery.db"
+    _bad_gallery(path, (base / "gallery.db").read_bytes(), "damaged-pages")
+    query = np.eye(1, 256, dtype=np.float32)
+    reads = {"search": lambda g: g.search(query, k=2), "matrix": lambda g: g.matrix(),
+             "generation": lambda g: g.generation(), "items": lambda g: g.items(),
+             "item": lambda g: g.item(ENROLLED[0]), "dim": lambda g: g.dim,
+             "add": lambda g: g.add("new", query, model_sha256="a" * 64)}
+    for name, read in reads.items():
+        with Gallery(path) as g, pytest.raises(DamagedGalleryError) as caught:
+            read(g)
+        message = str(caught.value)
+        assert message == f"{path}: damaged gallery database (database disk image is malformed); check it " \
+                          f"with: sqlite3 {path} 'PRAGMA integrity_check'", name

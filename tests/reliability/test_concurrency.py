@@ -211,7 +211,7 @@ def test_enrolling_processes_hammering_one_gallery_lose_nothing(tmp_path, photos
 def test_processes_creating_one_new_gallery_at_once_all_succeed(tmp_path):
     """Several processes opening a gallery file that does not exist yet, released together: each
     migration step runs once, none fails with "table meta already exists" or "locked"."""
-    from edge_retrieval.storage.gallery import SCHEMA_VERSION
+    from edge_retrieval.storage.database import SCHEMA_VERSION
 
     for attempt in range(budget(2, 20)):
         db = tmp_path / f"gallery-{attempt}.db"

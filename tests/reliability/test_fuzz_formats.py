@@ -34,7 +34,7 @@ from edge_retrieval.storage import transfer as manifest_mod
 from edge_retrieval import preprocess
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
-from edge_retrieval.storage.gallery import EXPORT_TABLES
+from edge_retrieval.storage.transfer import EXPORT_TABLES
 
 from test_bad_files import contents as rows  # the same row-by-row view of a gallery
 from _fixtures import conftest_module  # (the two conftest.py files share a module name)

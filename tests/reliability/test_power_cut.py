@@ -70,7 +70,8 @@ def check_gallery(path: str | Path) -> dict[str, int]:
                                   .reshape(len(rows), -1))
         empty = conn.execute("SELECT label FROM items WHERE id NOT IN (SELECT item_id FROM embeddings)").fetchall()
         assert empty == [], f"items without embeddings: {empty}"
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        present = set(g.db.table_names())  # events and outbox exist once an EventLog opened the file
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] if t in present else 0
                 for t in ("items", "embeddings", "features", "negatives", "events", "outbox")}
 
 
