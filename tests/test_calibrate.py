@@ -56,7 +56,7 @@ def test_thresholds_live_in_the_gallery(gallery):
     assert gallery.threshold is None and gallery.threshold_for(a) is None
     gallery.set_thresholds(0.9, {a: 0.7}, {"preset": "default"})
     assert gallery.thresholds() == {a: 0.7}
-    assert gallery.thresholds.for_item(a) == 0.7 and gallery.thresholds.for_item(b) == 0.9
+    assert gallery.threshold_for(a) == 0.7 and gallery.threshold_for(b) == 0.9
     assert gallery.calibration() == {"preset": "default"}
     gallery.remove("a")
     assert gallery.thresholds() == {}

@@ -42,8 +42,10 @@ def test_enroll_folder_then_search_json(tmp_path, folder, embedder):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["matches"][0]["label"] for r in rows] == [ITEMS[1], ITEMS[2]]
     first = rows[0]["matches"][0]
-    assert set(first) == {"label", "score", "item_id", "metadata"}
-    assert first["metadata"] == {"room": "hall", "year": 1890} and first["score"] > 0.99
+    assert set(first) == {"label", "score", "item_id", "metadata", "cosine", "inliers", "votes", "vetoed"}
+    assert first["metadata"] == {"room": "hall", "year": 1890} and first["cosine"] > 0.99
+    assert [r["match"] for r in rows] == [ITEMS[1], ITEMS[2]]  # the final ranking starts with the match
+    assert first["score"] == rows[0]["score"] >= first["cosine"]  # the final score: verified inliers add to it
     assert len(rows[0]["matches"]) == 2
     listed = [json.loads(line) for line in run("list", "--json", "-g", db).output.splitlines()]
     assert {i["label"]: i["embeddings"] for i in listed} == {ITEMS[0]: 2, ITEMS[1]: 1, ITEMS[2]: 1}

@@ -144,20 +144,16 @@ def test_retry_un_parks_the_rows_given_or_all(tmp_path):
         assert log.deliveries(parked=True) == [] and log.retry() == []
 
 
-def test_an_outbox_from_before_parking_is_migrated_with_its_rows(tmp_path, monkeypatch):
-    import edge_retrieval.storage.gallery as gallery
+def test_an_outbox_from_before_parking_is_migrated_with_its_rows(tmp_path):
+    from test_database import legacy_gallery  # a file of the previous version: one ladder, no `parked`
+
     path = tmp_path / "gallery.db"
-    with monkeypatch.context() as m:  # a file made by the previous version (no `parked` column)
-        m.setattr(gallery, "SCHEMA_VERSION", 4)
-        with Gallery(path) as g:
-            g.db.execute("INSERT INTO events(id, time, kind, score) VALUES (7, 1, 'match', 0.9)")
-            g.db.execute("INSERT INTO outbox(event_id, sink, attempts, last_error) VALUES (7, 'webhook', 2, 'down')")
-            assert "parked" not in {c.name for c in g.db["outbox"].columns}
-    with EventLog(path, ["webhook"]) as log:
+    legacy_gallery(path, 4)
+    with EventLog(path, ["mqtt"]) as log:
         [(event, [delivery])] = log.deliveries()
-        assert (event.id, delivery.state, delivery.attempts, delivery.error) == (7, "pending", 2, "down")
-        plan = " ".join(str(r) for r in log._gallery.db.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE sink = 'webhook' AND delivered IS NULL "
+        assert (event.id, delivery.sink, delivery.state) == (1, "mqtt", "pending")
+        plan = " ".join(str(r) for r in log.db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE sink = 'mqtt' AND delivered IS NULL "
             "AND parked IS NULL ORDER BY event_id"))
         assert "outbox_pending" in plan  # the dispatcher's look skips parked rows by the index
 
