@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edge_retrieval import democlip  # noqa: E402
 from edge_retrieval.camera import FileSource, SourceEnded  # noqa: E402
 from edge_retrieval.config import Config, MotionConfig, ServiceConfig  # noqa: E402
-from edge_retrieval.service.daemon import Daemon  # noqa: E402
 from edge_retrieval.demo import photo  # noqa: E402
 from edge_retrieval.embedder import Embedder  # noqa: E402
 from edge_retrieval.enroll import enroll  # noqa: E402
-from edge_retrieval.storage.gallery import Gallery  # noqa: E402
+from edge_retrieval.service.daemon import Daemon  # noqa: E402
 from edge_retrieval.service.metrics import Metrics  # noqa: E402
 from edge_retrieval.service.systemd import Notifier  # noqa: E402
+from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 
 PIPELINE_STAGES = ("capture", "motion", "preprocess", "invoke", "pool", "scan", "decide")
 

@@ -38,10 +38,10 @@ import captures as capture_sim  # noqa: E402
 
 from edge_retrieval.embedder import Embedder  # noqa: E402
 from edge_retrieval.enroll import enroll  # noqa: E402
-from edge_retrieval.storage.gallery import Gallery  # noqa: E402
-from edge_retrieval.recognize import PRESETS, Preset, Recognizer, open_recognizer  # noqa: E402
-from edge_retrieval.preprocess import read_image  # noqa: E402
 from edge_retrieval.modelcard import DEFAULT_MODEL  # noqa: E402
+from edge_retrieval.preprocess import read_image  # noqa: E402
+from edge_retrieval.recognize import PRESETS, Preset, Recognizer, open_recognizer  # noqa: E402
+from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 
 DATA = capture_sim.DATA
 MODELS = REPO / "models"

@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_retrieval import scan  # noqa: E402
-from edge_retrieval.storage import vectors as store  # noqa: E402
 from edge_retrieval.quantize import dequantize, quantize  # noqa: E402
+from edge_retrieval.storage import vectors as store  # noqa: E402
 
 K = 10
 N_QUERIES = 32
@@ -130,7 +130,7 @@ def read_limit(codes: np.ndarray) -> tuple[float, float]:
         times = []
         for _ in range(9):
             t0 = time.perf_counter()
-            scan._parallel(lambda i: np.bitwise_or.reduce(words[i * cut : (i + 1) * cut if i < threads - 1 else None]),
+            scan._parallel(lambda i: np.bitwise_or.reduce(words[i * cut : (i + 1) * cut if i < threads - 1 else None]),  # noqa: B023 (runs now)
                            threads)
             times.append(time.perf_counter() - t0)
         best.append(min(times))

@@ -25,11 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_retrieval import democlip  # noqa: E402
-from edge_retrieval.recognize import PRESETS  # noqa: E402
 from edge_retrieval.camera import FileSource, SourceEnded  # noqa: E402
 from edge_retrieval.demo import photo  # noqa: E402
 from edge_retrieval.embedder import Embedder  # noqa: E402
 from edge_retrieval.enroll import enroll  # noqa: E402
+from edge_retrieval.recognize import PRESETS  # noqa: E402
 from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 
 

@@ -10,10 +10,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # first imported; the same figure as preprocess.MAX_PIXELS.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")
 from .embedder import Embedder
-from .errors import (BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelError,
-                     ModelMismatchError)
-from .storage.gallery import Gallery, Item, Matches
+from .errors import BadImageError, ConfigError, EdgeRetrievalError, GalleryError, ModelError, ModelMismatchError
 from .modelcard import DEFAULT_MODEL, ModelCard
+from .storage.gallery import Gallery, Item, Matches
 
 __all__ = [
     "BadImageError", "ConfigError", "DEFAULT_MODEL", "EdgeRetrievalError", "Embedder", "Gallery", "GalleryError",

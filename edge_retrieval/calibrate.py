@@ -24,8 +24,8 @@ from . import augment
 from .demo import PHOTOS
 from .enroll import list_images
 from .errors import GalleryError
-from .recognize import Recognizer
 from .preprocess import read_image
+from .recognize import Recognizer
 
 MIN_POSITIVES_PER_ITEM = 5
 BUILTIN_VIEWS = 4  # views per bundled photo in the built-in negative bank

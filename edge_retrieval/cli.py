@@ -14,11 +14,10 @@ import cv2
 from . import demo as demo_data
 from .embedder import Embedder
 from .enroll import enroll as enroll_pairs
-from .enroll import enroll_negatives
-from .enroll import list_images, plan
+from .enroll import enroll_negatives, list_images, plan
 from .errors import EdgeRetrievalError
-from .storage.gallery import Gallery
 from .modelcard import DEFAULT_MODEL
+from .storage.gallery import Gallery
 
 
 class Group(click.Group):

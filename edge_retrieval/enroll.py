@@ -11,8 +11,8 @@ from . import augment as augment_mod
 from . import verify
 from .embedder import Embedder
 from .errors import BadImageError, GalleryError
-from .storage.gallery import Gallery
 from .preprocess import IMAGE_SUFFIXES, read_image
+from .storage.gallery import Gallery
 
 
 def list_images(folder: Path) -> list[Path]:

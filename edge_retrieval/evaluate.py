@@ -10,9 +10,9 @@ import numpy as np
 
 from .embedder import Embedder
 from .enroll import enroll, list_images
+from .errors import GalleryError
 from .preprocess import read_image
 from .recognize import DEFAULT_PRESET, open_recognizer
-from .errors import GalleryError
 from .storage.gallery import Gallery
 
 

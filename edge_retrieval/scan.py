@@ -309,7 +309,7 @@ class CodeMatrix:
         threads = threads if self.size >= HAMMING_MIN_ROWS else 1
         for j in range(len(q)):
             work = _Chunks(0, self.size, threads * CHUNKS_PER_THREAD, 64)
-            counts = _parallel(lambda _: signs.hamming(self, qbits[j], dist, work), threads)
+            counts = _parallel(lambda _: signs.hamming(self, qbits[j], dist, work), threads)  # noqa: B023 (runs now)
             cand = _nearest(dist, np.sum(counts, axis=0), n_short)
             sub = CodeMatrix.wrap(self.rows(cand), self._scales[cand])
             i, s = sub._exact(q[j : j + 1], k, 0, len(cand), 1)
@@ -586,7 +586,7 @@ class _SignIndex:
         q = qbits[:, None]
         hist = np.zeros(256, np.int64)
         for lo, hi in ranges:
-            for seg, a, b, g in m._pieces(lo, hi):
+            for _seg, a, b, g in m._pieces(lo, hi):
                 words = self.segments[m._starts.index(g - a)]
                 for s in range(a, b, rows):
                     e = min(s + rows, b)

@@ -14,11 +14,11 @@ from edge_retrieval.cli import cli
 from edge_retrieval.demo import ITEMS, camera_view, photo
 from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll, enroll_negatives
-from edge_retrieval.storage.database import SCHEMA_VERSION
-from edge_retrieval.storage.gallery import Gallery
-from edge_retrieval.recognize import open_recognizer
 from edge_retrieval.modelcard import DEFAULT_MODEL
 from edge_retrieval.preprocess import read_image
+from edge_retrieval.recognize import open_recognizer
+from edge_retrieval.storage.database import SCHEMA_VERSION
+from edge_retrieval.storage.gallery import Gallery
 
 REGIONAL_MODEL = DEFAULT_MODEL
 

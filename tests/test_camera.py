@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 from _conftests import conftest_module
 
-from edge_retrieval.camera import (Backoff, FileSource, FolderSource, LiveSource, Pacer, Reconnecting, SourceEnded,
-                                   SourceError, kind_of, open_source)
+from edge_retrieval.camera import (
+    Backoff,
+    FileSource,
+    FolderSource,
+    LiveSource,
+    Pacer,
+    Reconnecting,
+    SourceEnded,
+    SourceError,
+    kind_of,
+    open_source,
+)
 from edge_retrieval.config import SourceConfig
 
 _tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
@@ -166,7 +176,7 @@ def test_a_reduced_frame_ignores_an_exif_orientation_as_ffmpeg_does():
     the reduced decode nor `Frame.full`, and the header's size stays the image's."""
     import struct
 
-    from edge_retrieval.camera import Frame, _decode_reduced
+    from edge_retrieval.camera.frame import Frame, _decode_reduced
 
     ok, encoded = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
     tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack("<I", 0)

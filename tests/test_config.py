@@ -8,8 +8,16 @@ import pytest
 from click.testing import CliRunner
 
 from edge_retrieval.cli import cli
-from edge_retrieval.config import (Config, DecisionConfig, documented_keys, example_toml, from_dict, load_config,
-                                   parse_assignment, to_toml)
+from edge_retrieval.config import (
+    Config,
+    DecisionConfig,
+    documented_keys,
+    example_toml,
+    from_dict,
+    load_config,
+    parse_assignment,
+    to_toml,
+)
 from edge_retrieval.errors import ConfigError
 from edge_retrieval.sinks import SinksConfig, WebhookSinkConfig
 

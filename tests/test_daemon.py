@@ -10,19 +10,19 @@ from pathlib import Path
 
 import cv2
 import pytest
-from click.testing import CliRunner
 from _conftests import conftest_module
+from click.testing import CliRunner
 
 from edge_retrieval import democlip
 from edge_retrieval.cli import cli
 from edge_retrieval.config import Config, DecisionConfig, GalleryConfig, ServiceConfig, SourceConfig, VotesConfig
-from edge_retrieval.service.daemon import Daemon
 from edge_retrieval.demo import photo
 from edge_retrieval.enroll import enroll
+from edge_retrieval.recognize import PRESETS, open_recognizer
+from edge_retrieval.service.daemon import Daemon
+from edge_retrieval.service.systemd import Notifier
 from edge_retrieval.storage.events import EventLog
 from edge_retrieval.storage.gallery import Gallery
-from edge_retrieval.recognize import PRESETS, open_recognizer
-from edge_retrieval.service.systemd import Notifier
 
 _tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
 BACKGROUND, FakeEmbedder, FakeSource, fake_frame, fake_vector = (
@@ -90,9 +90,9 @@ def test_the_service_keeps_the_event_history_its_config_asks_for(fake_gallery):
 def test_the_roi_is_what_the_model_sees(fake_gallery):
     from edge_retrieval.camera import Frame
     from edge_retrieval.config import RoiConfig
-    from edge_retrieval.service.daemon import Pipeline
     from edge_retrieval.decide import Decider
     from edge_retrieval.motion import MotionGate
+    from edge_retrieval.service.daemon import Pipeline
 
     image = fake_frame(1, shape=(48, 64))
     image[:, 32:] = fake_frame(2, shape=(48, 32))  # item1 on the left, item2 on the right
@@ -218,10 +218,9 @@ def test_real_model_on_a_demo_clip_alerts_the_enrolled_item_only(embedder, tmp_p
 def test_a_clip_is_decoded_at_the_model_input_size_and_snapshots_stay_full_size(embedder, tmp_path, short_clip):
     """The whole-frame preset decodes a Motion-JPEG clip's frames at half size (240×320, the
     model's input); the event's box is in the frame's own pixels, its snapshot the full frame."""
-    from edge_retrieval.config import DecisionConfig
     from dataclasses import replace
 
-    from edge_retrieval.config import RoiConfig
+    from edge_retrieval.config import DecisionConfig, RoiConfig
     from edge_retrieval.sinks import SnapshotConfig
 
     with Gallery(tmp_path / "demo.db") as gallery:

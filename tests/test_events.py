@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_retrieval.storage.events import Event, EventError, EventLog, prune_snapshots, write_snapshot
-from edge_retrieval.storage.database import SCHEMA_VERSION
-from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.sinks import SnapshotConfig
+from edge_retrieval.storage.database import SCHEMA_VERSION
+from edge_retrieval.storage.events import Event, EventError, EventLog, prune_snapshots, write_snapshot
+from edge_retrieval.storage.gallery import Gallery
 
 _JPEG_MEAN_ABS_ERROR = 4.0  # mean |pixel difference| of an undrawn snapshot at quality 90
 _DRAWN_MIN_CHANGE = 20.0  # mean |difference| inside the label banner of a drawn one

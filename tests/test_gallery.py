@@ -219,7 +219,7 @@ def test_connections_switching_one_file_to_wal_at_once_all_succeed(tmp_path):
             con.execute("CREATE TABLE t(x)")
         start, errors, modes = threading.Barrier(6), [], []
 
-        def switch():
+        def switch(start=start, modes=modes, errors=errors):
             with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as con:
                 start.wait()
                 try:

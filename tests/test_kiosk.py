@@ -23,22 +23,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from edge_retrieval.recognize import PRESETS, open_recognizer
+from click.testing import CliRunner
 
 from edge_retrieval import democlip
 from edge_retrieval.camera import FileSource, SourceEnded
-from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig, load_config
-from edge_retrieval.service.daemon import Pipeline
-from edge_retrieval.decide import Decider
-from click.testing import CliRunner
-
 from edge_retrieval.cli import cli
-from edge_retrieval.enroll import enroll
+from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig, load_config
+from edge_retrieval.decide import Decider
 from edge_retrieval.demo import photo
-from edge_retrieval.storage.gallery import Gallery
+from edge_retrieval.enroll import enroll
+from edge_retrieval.kiosk import STATIC, Kiosk, KioskError, Screen, Server, decode_image, image_header
 from edge_retrieval.motion import MotionGate
-from edge_retrieval.kiosk import STATIC, Kiosk, Screen, Server, decode_image, image_header, KioskError
+from edge_retrieval.recognize import PRESETS, open_recognizer
+from edge_retrieval.service.daemon import Pipeline
+from edge_retrieval.storage.gallery import Gallery
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"

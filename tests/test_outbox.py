@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import time
 
-from edge_retrieval.storage.events import Event, EventLog
-from edge_retrieval.storage.outbox import Dispatcher, backoff
+from test_sinks import Receiver, free_port, wait_until
+
 from edge_retrieval.sinks import CommandSinkConfig, WebhookSinkConfig
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.webhook import WebhookSink
-from test_sinks import Receiver, free_port, wait_until
+from edge_retrieval.storage.events import Event, EventLog
+from edge_retrieval.storage.outbox import Dispatcher, backoff
 
 _FAST = dict(retry_base_s=0.02, retry_max_s=0.2)  # backoff for tests: retries every few tens of ms
 _TIMING_SLACK_S = 0.5  # how late stop() may return on a shared 2-core machine
@@ -136,9 +137,10 @@ def test_pending_rows_of_an_unconfigured_sink_stay(tmp_path):
 
 
 def test_mqtt_alerts_survive_a_broker_restart(tmp_path):
+    from test_sinks import Subscriber, mosquitto
+
     from edge_retrieval.sinks import MqttSinkConfig
     from edge_retrieval.sinks.mqtt import MqttSink
-    from test_sinks import Subscriber, mosquitto
     port = free_port()
     broker = mosquitto(port, tmp_path)  # our own: this one gets killed
     db = tmp_path / "gallery.db"
@@ -170,6 +172,7 @@ def test_mqtt_alerts_survive_a_broker_restart(tmp_path):
 # -- refused for good: parked --------------------------------------------------------
 def cli(*args) -> str:
     from click.testing import CliRunner
+
     from edge_retrieval.cli import cli as main
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output + result.stderr

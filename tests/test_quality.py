@@ -22,6 +22,7 @@ QSD2_RECALL_AT_1 = 0.97
 @pytest.fixture(scope="module")
 def museum_results(museum):
     import quality
+
     from edge_retrieval.embedder import Embedder
 
     config = quality.CONFIGS["default"]

@@ -19,8 +19,17 @@ from pathlib import Path
 import pytest
 
 from edge_retrieval.errors import ConfigError
-from edge_retrieval.sinks import (CommandSinkConfig, DeliveryError, MqttSinkConfig, PermanentDeliveryError, Sink,
-                                  SinksConfig, SnapshotConfig, WebhookSinkConfig, build_sinks)
+from edge_retrieval.sinks import (
+    CommandSinkConfig,
+    DeliveryError,
+    MqttSinkConfig,
+    PermanentDeliveryError,
+    Sink,
+    SinksConfig,
+    SnapshotConfig,
+    WebhookSinkConfig,
+    build_sinks,
+)
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.stdout import StdoutSink
 from edge_retrieval.sinks.webhook import WebhookSink

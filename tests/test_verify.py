@@ -10,10 +10,10 @@ from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll
 from edge_retrieval.explain import draw
-from edge_retrieval.storage.gallery import Gallery
-from edge_retrieval.recognize import open_recognizer
 from edge_retrieval.modelcard import DEFAULT_MODEL
 from edge_retrieval.preprocess import read_image
+from edge_retrieval.recognize import open_recognizer
+from edge_retrieval.storage.gallery import Gallery
 
 CORNER_TOLERANCE_PX = 8.0
 MIN_INLIERS_SAME = 30

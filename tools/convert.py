@@ -49,8 +49,8 @@ if __package__ in (None, ""):  # run as `python tools/convert.py`: make `tools` 
 
 from edge_retrieval import preprocess  # noqa: E402
 from edge_retrieval.descriptors import pool  # noqa: E402
-from edge_retrieval.enroll import list_images as _images_under  # noqa: E402
 from edge_retrieval.embedder import load_interpreter  # noqa: E402
+from edge_retrieval.enroll import list_images as _images_under  # noqa: E402
 from edge_retrieval.errors import BadImageError, ModelError  # noqa: E402
 from edge_retrieval.modelcard import ModelCard, sha256_file  # noqa: E402
 from tools import fetch_weights  # noqa: E402  (standard library only)

@@ -29,12 +29,15 @@ import threading
 from typing import Callable
 
 from ..sinks import redact_url
-from .base import (STREAM_SCHEMES, URL_TIMEOUT_MS, Capture, FrameSource, Pacer, SourceEnded, SourceError, kind_of,
-                   open_capture)
-from .files import DAMAGED_GRABS, FALLBACK_FPS, PREFETCH_FRAMES, FileSource
-from .folder import FOLDER_INTERVAL, FolderSource, list_images, read_image
-from .frame import BLANK_LEVEL, DROPPED, MIN_SIDE, NOTED, Frame, _decode_reduced, inspect_image
-from .live import MAX_STUCK, Backoff, Grabber, LiveSource, Reconnecting
+from .base import Capture, FrameSource, Pacer, SourceEnded, SourceError, kind_of, open_capture
+from .files import FileSource
+from .folder import FolderSource
+from .frame import DROPPED, NOTED, Frame, inspect_image
+from .live import MAX_STUCK, Backoff, LiveSource, Reconnecting
+
+__all__ = ["DROPPED", "MAX_STUCK", "NOTED", "Backoff", "FileSource", "FolderSource", "Frame", "FrameSource",
+           "LiveSource", "Pacer", "Reconnecting", "SourceEnded", "SourceError", "inspect_image", "kind_of",
+           "open_source", "source_name"]
 
 
 def source_name(config) -> str:

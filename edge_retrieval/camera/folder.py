@@ -100,7 +100,7 @@ class FolderSource(FrameSource):
             if self._seen.get(str(p)) != mtime:
                 fresh.append((mtime, str(p)))
         fresh.sort(reverse=True)
-        for i, (mtime, key) in enumerate(fresh):  # newest first; older unseen ones are dropped
+        for i, (_mtime, key) in enumerate(fresh):  # newest first; older unseen ones are dropped
             image = read_image(Path(key))
             if image is None and key not in self._retry:
                 self._retry.add(key)  # maybe still being written: look again at the next poll

@@ -21,14 +21,14 @@ from .. import demo as demo_data
 from .. import democlip
 from ..camera import kind_of, source_name
 from ..config import Config
-from ..service.daemon import Daemon, FrameResult
 from ..embedder import Embedder
-from ..recognize import open_recognizer, ranking_json
 from ..enroll import enroll
-from ..preprocess import IMAGE_SUFFIXES
 from ..errors import ConfigError, EdgeRetrievalError, GalleryError
-from ..storage.gallery import Gallery, Item
 from ..motion import crop_roi
+from ..preprocess import IMAGE_SUFFIXES
+from ..recognize import open_recognizer, ranking_json
+from ..service.daemon import Daemon, FrameResult
+from ..storage.gallery import Gallery, Item
 from .errors import KioskError
 from .screen import ENDED, ERROR, IDLE, RECOGNISED, UNKNOWN, Screen
 from .security import keep_token, token_matches

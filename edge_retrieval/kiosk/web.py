@@ -38,12 +38,12 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
     """The Starlette app: `/` (kiosk), `/admin` (staff), `/static/…` and the JSON API under `/api/`.
     `allowed_hosts`: the host names (Host header, no port) it answers; empty = any."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
     from starlette.responses import JSONResponse as _JSONResponse
     from starlette.routing import Mount, Route
-    from starlette.concurrency import run_in_threadpool
     from starlette.staticfiles import StaticFiles
 
     cookie = "kiosk_token"

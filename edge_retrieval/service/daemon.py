@@ -23,11 +23,11 @@ from ..camera import DROPPED, NOTED, Frame, FrameSource, SourceEnded, SourceErro
 from ..config import Config
 from ..decide import Decider, Decision
 from ..errors import EdgeRetrievalError
+from ..motion import Motion, MotionGate, crop_roi
 from ..recognize import Ranking, Recognizer
 from ..storage.gallery import Gallery
 from . import parts
 from .metrics import SNAPSHOT_LOST, Metrics
-from ..motion import Motion, MotionGate, crop_roi
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ConfigError
-from ..errors import DeliveryError, PermanentDeliveryError  # noqa: F401 (re-exported for the sinks)
+from ..errors import ConfigError, DeliveryError, PermanentDeliveryError  # noqa: F401 (re-exported for the sinks)
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 
 from ..errors import EventError
-from .database import Database, Migrations
 from ..sinks import SnapshotConfig
+from .database import Database, Migrations
 
 log = logging.getLogger(__name__)
 

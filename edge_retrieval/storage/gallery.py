@@ -20,12 +20,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .. import quantize
-from . import transfer
 from ..errors import GalleryError, ModelMismatchError
-from . import vectors
+from ..scan import CodeMatrix
+from . import transfer, vectors
 from .database import SCHEMA_VERSION, Database, damaged, guarded, is_damage, sqlite_failure, write_transaction
 from .schema import MIGRATIONS
-from ..scan import CodeMatrix
 
 UNIT_TOLERANCE = 1e-3  # |norm - 1| an added vector may have (cosine scores assume unit vectors)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import GalleryError, PermanentDeliveryError
+from ..sinks import Sink
 from .database import Database, Migrations, connect
 from .events import EVENT_COLUMNS, Event, open_events
-from ..sinks import Sink
 
 log = logging.getLogger(__name__)
 

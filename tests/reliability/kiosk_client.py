@@ -117,8 +117,8 @@ def open_kiosk(folder: Path, embedder, token: str, **kiosk_settings):
 
     from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig
     from edge_retrieval.demo import photo
-    from edge_retrieval.storage.gallery import Gallery
     from edge_retrieval.kiosk import Kiosk
+    from edge_retrieval.storage.gallery import Gallery
 
     camera = folder / "camera"
     camera.mkdir()

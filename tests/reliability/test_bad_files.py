@@ -26,15 +26,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_retrieval import BadImageError, Gallery, GalleryError
-from edge_retrieval.storage import transfer as manifest_mod
-from edge_retrieval import preprocess
+from edge_retrieval import BadImageError, Gallery, GalleryError, preprocess
 from edge_retrieval.cli import cli
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
+from edge_retrieval.modelcard import DEFAULT_MODEL, ModelCard, sha256_file
+from edge_retrieval.storage import transfer as manifest_mod
 from edge_retrieval.storage.database import SCHEMA_VERSION
 from edge_retrieval.storage.transfer import EXPORT_TABLES
-from edge_retrieval.modelcard import DEFAULT_MODEL, ModelCard, sha256_file
 
 # The runtime (LiteRT) prints this on its own stderr whenever a model is loaded: not ours, allowed.
 RUNTIME_NOISE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."

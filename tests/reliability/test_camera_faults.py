@@ -24,11 +24,20 @@ import numpy as np
 import pytest
 from _conftests import conftest_module  # not `from conftest import`: two conftest.py files share that name
 
-from edge_retrieval.service import daemon as daemon_module
 from edge_retrieval import democlip
-from edge_retrieval.camera import (DROPPED, MAX_STUCK, NOTED, FileSource, FolderSource, Frame, SourceEnded,
-                                   SourceError, open_source)
+from edge_retrieval.camera import (
+    DROPPED,
+    MAX_STUCK,
+    NOTED,
+    FileSource,
+    FolderSource,
+    Frame,
+    SourceEnded,
+    SourceError,
+    open_source,
+)
 from edge_retrieval.config import Config, DecisionConfig, GalleryConfig, ServiceConfig, SourceConfig, VotesConfig
+from edge_retrieval.service import daemon as daemon_module
 from edge_retrieval.service.daemon import Daemon
 from edge_retrieval.service.systemd import Notifier
 

@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_power_cut import check_gallery, dump
 
 from edge_retrieval import Gallery
 from edge_retrieval.enroll import enroll, plan
-
-from test_power_cut import check_gallery, dump
 
 EDGE = shutil.which("edge-retrieval") or "edge-retrieval"
 DISK_BYTES = 4 << 20  # the small disk: room for the gallery and a little more

@@ -36,11 +36,11 @@ from _conftests import conftest_module  # noqa: E402
 from edge_retrieval.camera import Frame, SourceEnded  # noqa: E402
 from edge_retrieval.config import Config, DecisionConfig, MotionConfig, ServiceConfig, VotesConfig  # noqa: E402
 from edge_retrieval.service.daemon import Daemon  # noqa: E402
+from edge_retrieval.service.metrics import SNAPSHOT_LOST  # noqa: E402
+from edge_retrieval.service.systemd import Notifier  # noqa: E402
+from edge_retrieval.sinks import SnapshotConfig  # noqa: E402
 from edge_retrieval.storage.events import EventLog  # noqa: E402
 from edge_retrieval.storage.gallery import Gallery  # noqa: E402
-from edge_retrieval.service.metrics import SNAPSHOT_LOST  # noqa: E402
-from edge_retrieval.sinks import SnapshotConfig  # noqa: E402
-from edge_retrieval.service.systemd import Notifier  # noqa: E402
 
 _tests = conftest_module("tests")
 budget = conftest_module("reliability").budget

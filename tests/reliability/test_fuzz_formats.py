@@ -26,18 +26,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _fixtures import conftest_module  # (the two conftest.py files share a module name)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_bad_files import contents as rows  # the same row-by-row view of a gallery
 
-from edge_retrieval import BadImageError, Gallery, GalleryError, ModelMismatchError
-from edge_retrieval.storage import transfer as manifest_mod
-from edge_retrieval import preprocess
+from edge_retrieval import BadImageError, Gallery, GalleryError, ModelMismatchError, preprocess
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
+from edge_retrieval.storage import transfer as manifest_mod
 from edge_retrieval.storage.transfer import EXPORT_TABLES
-
-from test_bad_files import contents as rows  # the same row-by-row view of a gallery
-from _fixtures import conftest_module  # (the two conftest.py files share a module name)
 
 budget, FULL = conftest_module("reliability").budget, conftest_module("reliability").FULL
 

@@ -25,19 +25,18 @@ from pathlib import Path
 
 import cv2
 import pytest
+from _fixtures import conftest_module  # (the two conftest.py files share a module name)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from kiosk_client import call, gallery_state, open_kiosk
 
 from edge_retrieval.config import Config, documented_keys, from_dict, load_config, set_path, to_toml
 from edge_retrieval.demo import photo
 from edge_retrieval.errors import ConfigError
-from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.kiosk import create_app
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.webhook import WebhookSink
-
-from _fixtures import conftest_module  # (the two conftest.py files share a module name)
-from kiosk_client import call, gallery_state, open_kiosk
+from edge_retrieval.storage.gallery import Gallery
 
 budget = conftest_module("reliability").budget
 

@@ -137,9 +137,9 @@ def _trial(req: dict) -> dict:
 
 def _child(req: dict) -> int:
     from edge_retrieval import DEFAULT_MODEL, Embedder, Gallery
-    from edge_retrieval.storage import vectors as store
     from edge_retrieval.cli import cli
     from edge_retrieval.enroll import enroll, plan
+    from edge_retrieval.storage import vectors as store
 
     store.BLOCK_ROWS = BLOCK_ROWS
     trace = os.open(req["trace"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -33,18 +33,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from kiosk_client import call, gallery_state, listening, open_kiosk
+from kiosk_client import is_loopback as loopback_address
 
 from edge_retrieval import democlip
 from edge_retrieval.config import Config, GalleryConfig, KioskConfig, SourceConfig, example_config, load_config
 from edge_retrieval.demo import photo
 from edge_retrieval.errors import ConfigError, DeliveryError
-from edge_retrieval.storage.gallery import Gallery
 from edge_retrieval.kiosk import LOOPBACK_NAMES, Kiosk, Server, create_app, is_loopback
 from edge_retrieval.sinks import CommandSinkConfig, WebhookSinkConfig
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.webhook import WebhookSink
-
-from kiosk_client import call, gallery_state, is_loopback as loopback_address, listening, open_kiosk
+from edge_retrieval.storage.gallery import Gallery
 
 REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("edge_retrieval", "tools", "benchmarks")  # the repo's Python outside the tests
@@ -498,8 +498,9 @@ SECRETS = {
 }
 
 
-def leaks(text: str | bytes, extra: dict[str, str] = {}) -> list[str]:
+def leaks(text: str | bytes, extra: dict[str, str] | None = None) -> list[str]:
     """Which secrets appear in `text` (also base64- and URL-encoded)."""
+    extra = extra or {}
     data = text.encode() if isinstance(text, str) else text
     found = []
     for name, value in {**SECRETS, **extra}.items():
@@ -735,7 +736,7 @@ def test_the_kiosk_processes_listen_on_loopback_and_log_no_secret(tmp_path, scen
     }
     try:
         tokens = {"configured": SECRETS["kiosk token (env)"]}  # the env wins over the file
-        for name, (process, out, err) in runs.items():
+        for name, (process, _out, err) in runs.items():
             url = wait_for_line(err, "kiosk page:", process).split()[-1]
             staff = wait_for_line(err, "staff page:", process)
             port = int(url.rsplit(":", 1)[1].strip("/"))
@@ -769,14 +770,14 @@ def test_the_kiosk_processes_listen_on_loopback_and_log_no_secret(tmp_path, scen
         assert receiver.requests[-1][1]["Authorization"] == f"Bearer {SECRETS['webhook bearer']}"
         for process, _, _ in runs.values():
             process.send_signal(signal.SIGTERM)
-        for name, (process, out, err) in runs.items():
+        for _name, (process, _out, err) in runs.items():
             assert process.wait(15) == 0, err.read_text()[-3000:]
     finally:
         for process, _, _ in runs.values():
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    for name, (process, out, err) in runs.items():
+    for name, (_process, out, err) in runs.items():
         extra = {"generated kiosk token": tokens["generated"]}
         text = out.read_text() + err.read_text()
         assert "staff page:" in text and not leaks(text, extra), (name, leaks(text, extra), text[-3000:])
