@@ -5,7 +5,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from _conftests import conftest_module
+from fakes import FakeCapture, fake_frame
 
 from edge_retrieval.camera import (
     Backoff,
@@ -20,9 +20,6 @@ from edge_retrieval.camera import (
     open_source,
 )
 from edge_retrieval.config import SourceConfig
-
-_tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
-FakeCapture, fake_frame = _tests.FakeCapture, _tests.fake_frame
 
 N_FRAMES = 12
 

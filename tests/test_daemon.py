@@ -10,8 +10,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from _conftests import conftest_module
 from click.testing import CliRunner
+from fakes import BACKGROUND, FakeEmbedder, FakeSource, fake_frame, fake_vector
 
 from edge_retrieval import democlip
 from edge_retrieval.cli import cli
@@ -23,10 +23,6 @@ from edge_retrieval.service.daemon import Daemon
 from edge_retrieval.service.systemd import Notifier
 from edge_retrieval.storage.events import EventLog
 from edge_retrieval.storage.gallery import Gallery
-
-_tests = conftest_module("tests")  # `from conftest import` can get tests/reliability's
-BACKGROUND, FakeEmbedder, FakeSource, fake_frame, fake_vector = (
-    _tests.BACKGROUND, _tests.FakeEmbedder, _tests.FakeSource, _tests.fake_frame, _tests.fake_vector)
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = Config(decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),

@@ -7,19 +7,11 @@ counts (≥ 50 kills per scenario, longer fuzzing, a longer soak):
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-FULL = os.environ.get("EDGE_RETRIEVAL_RELIABILITY", "") == "full"
 HERE = Path(__file__).resolve().parent
-
-
-def budget(bounded: int, full: int) -> int:
-    """A repeat count: `bounded` in CI and plain runs, `full` with EDGE_RETRIEVAL_RELIABILITY=full."""
-    return full if FULL else bounded
-
 
 def pytest_collection_modifyitems(config, items):
     for item in items:

@@ -22,7 +22,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from _conftests import conftest_module  # not `from conftest import`: two conftest.py files share that name
+from budget import budget
+from fakes import BACKGROUND, FakeCapture, FakeEmbedder, NotifyListener, fake_frame
 
 from edge_retrieval import democlip
 from edge_retrieval.camera import (
@@ -41,10 +42,6 @@ from edge_retrieval.service import daemon as daemon_module
 from edge_retrieval.service.daemon import Daemon
 from edge_retrieval.service.systemd import Notifier
 
-_tests = conftest_module("tests")
-BACKGROUND, FakeCapture, FakeEmbedder, NotifyListener, fake_frame = (
-    _tests.BACKGROUND, _tests.FakeCapture, _tests.FakeEmbedder, _tests.NotifyListener, _tests.fake_frame)
-budget = conftest_module("reliability").budget
 B = BACKGROUND
 FAST = Config(decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
               service=ServiceConfig(status_interval=0.1, log_interval=0))

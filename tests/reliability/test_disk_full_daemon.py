@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 if __name__ == "__main__":  # the rlimit child: find the package and the test helpers like pytest does
     sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
 
-from _conftests import conftest_module  # noqa: E402
+from budget import budget  # noqa: E402
+from fakes import BACKGROUND, FakeEmbedder, fake_vector  # noqa: E402
 
 from edge_retrieval.camera import Frame, SourceEnded  # noqa: E402
 from edge_retrieval.config import Config, DecisionConfig, MotionConfig, ServiceConfig, VotesConfig  # noqa: E402
@@ -42,9 +43,7 @@ from edge_retrieval.sinks import SnapshotConfig  # noqa: E402
 from edge_retrieval.storage.events import EventLog  # noqa: E402
 from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 
-_tests = conftest_module("tests")
-budget = conftest_module("reliability").budget
-B = _tests.BACKGROUND
+B = BACKGROUND
 TMPFS_SIZE = "1m"
 SMALL_FRAME = (240, 320)  # noise: a ≈ 60 KB JPEG, a handful fit on the tmpfs
 BIG_FRAME = (1080, 1920)  # noise: a ≈ 1.6 MB JPEG, above the "full" file size limit of the rlimit variant
@@ -104,7 +103,7 @@ def scenario(workdir: Path, folder: Path, fill, free, full_alerts: int, shape) -
     try:
         gallery = Gallery(workdir / "fake.db")
         for code in range(4):
-            gallery.add(f"item{code}", _tests.fake_vector(code), model_sha256=_tests.FakeEmbedder.sha256)
+            gallery.add(f"item{code}", fake_vector(code), model_sha256=FakeEmbedder.sha256)
 
         def alerts(n, first):
             steps, labels = [], []
@@ -123,7 +122,7 @@ def scenario(workdir: Path, folder: Path, fill, free, full_alerts: int, shape) -
                         service=ServiceConfig(status_interval=0.1, log_interval=0),
                         snapshot=SnapshotConfig(enabled=True, folder=str(folder), max_count=100))
         sink = ListSink()
-        daemon = Daemon(config, embedder=_tests.FakeEmbedder(), gallery=gallery, sinks=[sink],
+        daemon = Daemon(config, embedder=FakeEmbedder(), gallery=gallery, sinks=[sink],
                         source=Script([B, B] + before + [fill] + during + [free] + after, shape),
                         notifier=Notifier(None))
         summary = daemon.run()

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from _fixtures import conftest_module  # (the two conftest.py files share a module name)
+from budget import FULL, budget
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_files import contents as rows  # the same row-by-row view of a gallery
@@ -36,8 +36,6 @@ from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
 from edge_retrieval.storage import transfer as manifest_mod
 from edge_retrieval.storage.transfer import EXPORT_TABLES
-
-budget, FULL = conftest_module("reliability").budget, conftest_module("reliability").FULL
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ENROLLED = ITEMS[:2]

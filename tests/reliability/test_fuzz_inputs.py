@@ -25,7 +25,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from _fixtures import conftest_module  # (the two conftest.py files share a module name)
+from budget import budget
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from kiosk_client import call, gallery_state, open_kiosk
@@ -37,8 +37,6 @@ from edge_retrieval.kiosk import create_app
 from edge_retrieval.sinks.command import CommandSink
 from edge_retrieval.sinks.webhook import WebhookSink
 from edge_retrieval.storage.gallery import Gallery
-
-budget = conftest_module("reliability").budget
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = (REPO / "systemd" / "edge-retrieval.toml").read_text()

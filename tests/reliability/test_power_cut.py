@@ -33,15 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from budget import budget
 
 from edge_retrieval import Gallery, verify
 from edge_retrieval.storage import vectors as store
-
-try:
-    from conftest import budget
-except ImportError:  # another conftest.py took the name: read the switch the same way
-    def budget(bounded: int, full: int) -> int:
-        return full if os.environ.get("EDGE_RETRIEVAL_RELIABILITY", "") == "full" else bounded
 
 HERE = Path(__file__).resolve().parent
 SINKS = ("alpha", "beta")  # beta refuses an event's first attempt when its id is a multiple of 3

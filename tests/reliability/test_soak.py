@@ -8,12 +8,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from _conftests import conftest_module
+from budget import budget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import soak  # noqa: E402
-
-budget = conftest_module("reliability").budget
 
 SECONDS = budget(20, 120)
 EVERY = budget(2, 5)

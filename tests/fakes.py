@@ -1,0 +1,166 @@
+"""Fakes of the hardware (camera, interpreter, systemd's notify socket) for tests of the service
+loop: they follow the same small protocols as the real parts (`FrameSource`, the embedder's
+prepare/invoke/describe), which the real-part tests exercise separately."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+FAKE_DIM = 8
+BACKGROUND = 7  # the fake embedder's "nothing": never enrolled
+
+
+def fake_frame(code: int, shape=(48, 64)) -> np.ndarray:
+    """A BGR frame the FakeEmbedder reads as `code` (0..FAKE_DIM-1; BACKGROUND = empty scene)."""
+    return np.full((*shape, 3), code * 30, np.uint8)
+
+
+def fake_vector(code: int) -> np.ndarray:
+    v = np.zeros(FAKE_DIM, np.float32)
+    v[code] = 1.0
+    return v
+
+
+class FakeEmbedder:
+    """Embedder protocol (prepare/invoke/describe/embed) without a model: a frame's pixel value
+    names a one-hot vector (plus a little of the next one), so scores are known exactly."""
+
+    sha256 = "f" * 64
+    card = None
+    dim = FAKE_DIM
+
+    def __init__(self):
+        self.invocations = 0
+
+    def prepare(self, frame):
+        return np.array([int(frame[0, 0, 0]) // 30], np.int64)
+
+    def invoke(self, tensor):
+        self.invocations += 1
+        code = int(tensor[0]) % FAKE_DIM
+        out = fake_vector(code)
+        out[(code + 1) % FAKE_DIM] = 0.1
+        return out
+
+    def describe(self, output):
+        return output / np.linalg.norm(output)
+
+    def embed(self, frames):
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            frames = [frames]
+        return np.stack([self.describe(self.invoke(self.prepare(f))) for f in frames])
+
+    def close(self):
+        pass
+
+
+class FakeCapture:
+    """cv2.VideoCapture stand-in: `frames` codes, one per `interval` s; fails after `fail_after` reads."""
+
+    def __init__(self, codes=None, *, interval=0.0, fail_after=None, fps=10.0, shape=(48, 64)):
+        self.codes = list(codes) if codes is not None else None
+        self.interval, self.fail_after, self.fps, self.shape = interval, fail_after, fps, shape
+        self.reads = 0
+        self.released = False
+        self._pending = None
+
+    def isOpened(self):
+        return not self.released
+
+    def _next(self):
+        if self.fail_after is not None and self.reads >= self.fail_after:
+            return None
+        if self.codes is not None and self.reads >= len(self.codes):
+            return None
+        if self.interval:
+            time.sleep(self.interval)
+        code = self.codes[self.reads] if self.codes is not None else self.reads % 5
+        self.reads += 1
+        return fake_frame(code, self.shape)
+
+    def read(self):
+        frame = self._next()
+        return (frame is not None, frame)
+
+    def grab(self):
+        self._pending = self._next()
+        return self._pending is not None
+
+    def retrieve(self):
+        return (self._pending is not None, self._pending)
+
+    def get(self, prop):
+        import cv2
+
+        return self.fps if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def set(self, prop, value):
+        return True
+
+    def release(self):
+        self.released = True
+
+
+class FakeSource:
+    """FrameSource from a list of codes (finite) or endless (`live`, a code from `code_fn`)."""
+
+    def __init__(self, codes=(), *, live=False, code_fn=None, interval=0.0, name="fake"):
+        from edge_retrieval.camera import Frame
+
+        self._Frame = Frame
+        self.codes, self.live, self.code_fn, self.interval, self.name = list(codes), live, code_fn, interval, name
+        self.index = 0
+        self.closed = False
+
+    def read(self, timeout=0.5):
+        from edge_retrieval.camera import SourceEnded
+
+        if not self.live and self.index >= len(self.codes):
+            raise SourceEnded(self.name)
+        if self.interval:
+            time.sleep(self.interval)
+        code = self.code_fn(self.index) if self.code_fn else self.codes[self.index]
+        frame = self._Frame(fake_frame(code), self.index * 0.1 if not self.live else time.monotonic(), self.index)
+        self.index += 1
+        return frame
+
+    def close(self):
+        self.closed = True
+
+
+class NotifyListener:
+    """A NOTIFY_SOCKET of our own: collects the sd_notify datagrams sent to it."""
+
+    def __init__(self, path):
+        import socket
+
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except OSError:
+                continue
+
+    def wait_for(self, text, timeout=10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in m for m in list(self.messages)):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(1)
+        self.sock.close()
