@@ -1,6 +1,8 @@
 """Shared fixtures: the real default model, the repo's real photos, fresh galleries."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,18 @@ from edge_retrieval.demo import PHOTOS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_under_tmp():
+    """The demo clip's cache (XDG_CACHE_HOME) under the temporary folder: tests write only there."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(Path(tempfile.gettempdir()) / "edge-retrieval-test-cache")
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

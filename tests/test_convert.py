@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ V2_FEATURE_MAP = [1, 7, 7, 1280]
 
 @pytest.fixture(scope="session")
 def v2_weights() -> Path:
-    """torchvision's MobileNetV2 weights (fetched once into the git-ignored weights/ folder)."""
-    return fetch_weights.fetch_weights(fetch_weights.DEFAULT_OUT, quiet=True)
+    """torchvision's MobileNetV2 weights (fetched once into a temporary folder that stays)."""
+    out = Path(tempfile.gettempdir()) / "edge-retrieval-weights" / fetch_weights.DEFAULT_OUT.name
+    return fetch_weights.fetch_weights(out, quiet=True)
 
 
 # ---------------------------------------------------------------- fast, no torch

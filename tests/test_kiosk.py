@@ -1,6 +1,7 @@
 """The kiosk on real parts: the real model, real galleries, a real video clip played in real
 time, the real server on an ephemeral loopback port, and (marked `browser`) a real headless
-Chromium driven by Selenium. The browser test saves its screenshots in test-artifacts/."""
+Chromium driven by Selenium. The browser test saves its screenshots in $EDGE_RETRIEVAL_ARTIFACTS
+(tests/artifacts.py)."""
 from __future__ import annotations
 
 import base64
@@ -23,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from artifacts import artifacts
 from click.testing import CliRunner
 
 from edge_retrieval import democlip
@@ -39,7 +41,6 @@ from edge_retrieval.service.daemon import Pipeline
 from edge_retrieval.storage.gallery import Gallery
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TOKEN = "test-token-0123456789"
 WAIT = 30.0  # seconds a state may take to appear (the clip loops every 18 s)
@@ -483,7 +484,7 @@ def test_in_a_real_browser(clip_server, browser):
     from selenium.webdriver.common.by import By
 
     base = clip_server.url.rstrip("/")
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS = artifacts()
 
     # a write from the kiosk page without the token is refused, and so is the staff page
     browser.get(base + "/")

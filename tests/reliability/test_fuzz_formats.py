@@ -10,7 +10,7 @@
   file is byte-identical; in both cases the gallery stays valid (integrity check, search).
 
 Bounded: `budget(bounded, full)` examples per target (EDGE_RETRIEVAL_RELIABILITY=full for the
-long run); the counts fuzzed are printed and written to test-artifacts/fuzz-counts.json.
+long run); the counts fuzzed are printed and written to fuzz-counts.json in $EDGE_RETRIEVAL_ARTIFACTS (tests/artifacts.py).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from artifacts import artifacts
 from budget import FULL, budget
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,7 +38,6 @@ from edge_retrieval.enroll import enroll, enroll_negatives
 from edge_retrieval.storage import transfer as manifest_mod
 from edge_retrieval.storage.transfer import EXPORT_TABLES
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ENROLLED = ITEMS[:2]
 COUNTS: Counter = Counter()
 SETTINGS = dict(deadline=None, database=None, derandomize=not FULL,
@@ -52,8 +52,7 @@ def report_counts():
     summary = {"mode": "full" if FULL else "bounded", "seconds": round(time.perf_counter() - start, 1),
                "inputs": dict(COUNTS)}
     print(f"\nfuzzed inputs ({summary['mode']}, {summary['seconds']} s): {dict(COUNTS)}")
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "fuzz-counts.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (artifacts() / "fuzz-counts.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 # -- images ------------------------------------------------------------------------------------------
