@@ -21,8 +21,8 @@ shown enrolled items alert with their label; ≤ 1 alert naming an item not in v
     python benchmarks/service_quality.py --preset whole --json
 
 The clip, its timeline and the gallery are kept in --work (default ~/.cache/edge-retrieval/
-service-quality/), so `benchmarks/pipeline.py --preset default --gallery …/gallery.db …/clip-….avi`
-can time the same frames.
+service-quality/; the gallery beside its clip, as clip-….db), so `benchmarks/pipeline.py --preset
+default --gallery …/clip-….db …/clip-….avi` can time the same frames.
 """
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     video, timeline = clip(args.work, args)
-    gallery = args.work / "gallery.db"
+    gallery = video.with_suffix(".db")
     enrol_s = enrol(gallery, timeline["enrolled_photos"], args.augment, args.work)
     run = run_service(video, gallery, args.preset, args.work)
     report = {"preset": args.preset or "(service default)", "split": SPLIT, "seed": args.seed, "clip": str(video),
