@@ -231,6 +231,7 @@ def score(timeline: dict, events: list[dict]) -> dict:
         if right:
             found.setdefault(right[0]["label"], []).append(t - right[0]["start"])
             continue
+        view = [it for it in view if t < it["end"]]  # what is in view then (the grace only credits)
         where = "empty" if not view else "enrolled" if view[-1]["label"] else "unknown"
         wrong[where] += 1
         wrong_alerts.append({"t": t, "label": e.get("label"), "score": e.get("score"),
