@@ -21,13 +21,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# ../shared/data beside the checkout; EDGE_RETRIEVAL_DATA for a checkout elsewhere (a git worktree)
+DATA = Path(os.environ.get("EDGE_RETRIEVAL_DATA") or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 FRAME_W, FRAME_H = 640, 480
 RECORD_SEED = 4
 ENROLLED = 200
@@ -89,7 +91,14 @@ def scene_crop(scene: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def paste(frame: np.ndarray, item: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Warp `item` into `frame` (in place): 35–75 % of the frame, tilted. Returns its corners."""
-    ih, iw = item.shape[:2]
+    quad = pose(item.shape, rng)
+    warp(frame, item, quad)
+    return quad
+
+
+def pose(shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Where an item of `shape` lands in the frame: its (4, 2) corners."""
+    ih, iw = shape[:2]
     frac = rng.uniform(0.35, 0.75)
     s = frac * min(FRAME_W / iw, FRAME_H / ih)
     w, h = iw * s, ih * s
@@ -110,14 +119,18 @@ def paste(frame: np.ndarray, item: np.ndarray, rng: np.random.Generator) -> np.n
     corners += rng.uniform(-0.05, 0.05, (4, 2)) * [w, h]
     angle = np.deg2rad(rng.uniform(-12, 12))
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    quad = (corners @ rot.T + [cx, cy]).astype(np.float32)
+    return (corners @ rot.T + [cx, cy]).astype(np.float32)
+
+
+def warp(frame: np.ndarray, item: np.ndarray, quad: np.ndarray) -> None:
+    """Blend `item` into `frame` (in place) with its corners at `quad`."""
+    ih, iw = item.shape[:2]
     src = np.array([[0, 0], [iw, 0], [iw, ih], [0, ih]], np.float32)
     H = cv2.getPerspectiveTransform(src, quad)
     warped = cv2.warpPerspective(item, H, (FRAME_W, FRAME_H), flags=cv2.INTER_AREA)
     mask = cv2.warpPerspective(np.full((ih, iw), 255, np.uint8), H, (FRAME_W, FRAME_H))
     mask = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[..., None] / 255
     frame[:] = (warped * mask + frame * (1 - mask)).astype(np.uint8)
-    return quad
 
 
 def camera(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:

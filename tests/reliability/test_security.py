@@ -59,6 +59,8 @@ JPEG = photo("brick").read_bytes()
 LISTENERS = {
     ("edge_retrieval/kiosk/server.py", "socket.bind"): "the kiosk's server: test_the_kiosk_processes_*",
     ("edge_retrieval/kiosk/server.py", "import uvicorn"): "the kiosk's server (on the socket bound above)",
+    ("benchmarks/service_quality.py", "import http.server"): "the benchmark's webhook receiver: "
+                                                             "test_the_service_benchmark_receiver_is_loopback",
 }
 _SERVER_MODULES = ("uvicorn", "http.server", "socketserver", "aiohttp", "flask", "fastapi", "hypercorn",
                    "wsgiref", "xmlrpc.server", "asyncio.start_server")
@@ -100,6 +102,14 @@ def test_every_listening_socket_is_known():
                     found.add((rel, f"socket.{name}" if name in ("bind", "listen") else name))
     assert found == set(LISTENERS), ("listening sockets changed: cover the new ones in this file and list them in "
                                      f"LISTENERS; found {sorted(found)}")
+
+
+def test_the_service_benchmark_receiver_is_loopback():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import service_quality
+
+    with service_quality.Receiver() as receiver:
+        assert receiver.server_address[0] == "127.0.0.1"
 
 
 def test_http_servers_default_to_loopback(monkeypatch, tmp_path):
