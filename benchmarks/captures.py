@@ -16,6 +16,7 @@ Everything is split deterministically so that nothing is tuned on what it is rep
 
     python benchmarks/captures.py --split tune --out /tmp/captures-tune   # look at them
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,7 +87,7 @@ def scene_crop(scene: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     cw = int(min(w, h * ratio) * rng.uniform(0.7, 1.0))
     ch = int(cw / ratio)
     x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-    return cv2.resize(scene[y:y + ch, x:x + cw], (FRAME_W, FRAME_H), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(scene[y : y + ch, x : x + cw], (FRAME_W, FRAME_H), interpolation=cv2.INTER_LINEAR)
 
 
 def paste(frame: np.ndarray, item: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -203,7 +204,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     caps = captures(args.split)
-    pick = caps[: args.limit // 2] + caps[-args.limit // 2:]
+    pick = caps[: args.limit // 2] + caps[-args.limit // 2 :]
     for i, c in enumerate(pick):
         cv2.imwrite(str(args.out / f"{i:03d}_{c.record or 'empty'}_{'known' if c.label else 'unknown'}.jpg"), c.frame)
     print(f"{len(caps)} captures in the {args.split} split; wrote {len(pick)} to {args.out}")

@@ -8,6 +8,7 @@ then measures in fresh processes' worth of objects:
 
     python benchmarks/gallery_load.py [--n 1000000] [--dim 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,13 @@ def build(path: Path, n: int, dim: int) -> None:
                 codes, scales = quantize(x)
                 first = con.execute("SELECT coalesce(max(id), 0) FROM items").fetchone()[0] + 1
                 items = range(first, first + -(-m // per_item))
-                con.executemany("INSERT INTO items(id, label, created) VALUES (?, ?, 0)",
-                                [(i, f"item{i}") for i in items])
-                con.executemany("INSERT INTO embeddings(item_id, vector, scale, created) VALUES (?, ?, ?, 0)",
-                                [(first + j // per_item, codes[j].tobytes(), float(scales[j])) for j in range(m)])
+                con.executemany(
+                    "INSERT INTO items(id, label, created) VALUES (?, ?, 0)", [(i, f"item{i}") for i in items]
+                )
+                con.executemany(
+                    "INSERT INTO embeddings(item_id, vector, scale, created) VALUES (?, ?, ?, 0)",
+                    [(first + j // per_item, codes[j].tobytes(), float(scales[j])) for j in range(m)],
+                )
 
 
 def main() -> None:
@@ -70,8 +74,10 @@ def main() -> None:
         np.frombuffer(b"".join(r[2] for r in rows), np.int8)
         by_row = time.perf_counter() - t
         con.close()
-        print(f"open + first search of {n:,} rows: {1000 * load:.0f} ms (packed blocks); "
-              f"reading the rows one by one: {1000 * by_row:.0f} ms")
+        print(
+            f"open + first search of {n:,} rows: {1000 * load:.0f} ms (packed blocks); "
+            f"reading the rows one by one: {1000 * by_row:.0f} ms"
+        )
         new = np.random.default_rng(2).normal(size=(1, args.dim)).astype(np.float32)
         new /= np.linalg.norm(new)
         times = []
@@ -82,8 +88,10 @@ def main() -> None:
                 found = g.search(new, 1).labels[0, 0]
                 times.append(time.perf_counter() - t)
                 assert found.startswith("new"), found
-        print(f"enrolled by another connection → found by the next search: median {1000 * np.median(times):.1f} ms "
-              f"(the search included; the scan alone is most of it)")
+        print(
+            f"enrolled by another connection → found by the next search: median {1000 * np.median(times):.1f} ms "
+            f"(the search included; the scan alone is most of it)"
+        )
         t = time.perf_counter()
         for _ in range(5):
             g.search(q, 5)

@@ -15,6 +15,7 @@ The library does the same votes with its own NumPy index (edge_retrieval/vocabul
 the CNN shortlist (recognize/regional.py); this script is the faiss reference it is compared with in
 benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,11 @@ def main(argv=None) -> int:
     index.train(desc)
     index.add(desc)
     index.nprobe = args.nprobe
-    print(f"{len(feats)} items, {len(desc)} gallery descriptors; index trained and filled in "
-          f"{1000 * (time.perf_counter() - start):.0f} ms", flush=True)
+    print(
+        f"{len(feats)} items, {len(desc)} gallery descriptors; index trained and filled in "
+        f"{1000 * (time.perf_counter() - start):.0f} ms",
+        flush=True,
+    )
 
     caps = capture_sim.captures(args.split)
     found, scores, ms = [], [], []
@@ -85,12 +89,16 @@ def main(argv=None) -> int:
     scores = np.array(scores)
     threshold = quality.threshold_at(scores[~pos])
     ms = np.array(ms)
-    print(f"{args.split}: {pos.sum()} enrolled, {(~pos).sum()} not enrolled captures; recall@1 {correct[pos].mean():.3f}, "
-          f"DIR@FPIR1% {np.mean(correct[pos] & (scores[pos] > threshold)):.3f} (threshold {threshold:.3f}); "
-          f"ms/frame median {np.median(ms):.1f}, p90 {np.percentile(ms, 90):.1f}")
+    print(
+        f"{args.split}: {pos.sum()} enrolled, {(~pos).sum()} not enrolled captures; recall@1 {correct[pos].mean():.3f}, "
+        f"DIR@FPIR1% {np.mean(correct[pos] & (scores[pos] > threshold)):.3f} (threshold {threshold:.3f}); "
+        f"ms/frame median {np.median(ms):.1f}, p90 {np.percentile(ms, 90):.1f}"
+    )
     if args.calib is not None:
-        print(f"at threshold {args.calib}: FPIR {np.mean(scores[~pos] > args.calib):.3f}, "
-              f"DIR {np.mean(correct[pos] & (scores[pos] > args.calib)):.3f}")
+        print(
+            f"at threshold {args.calib}: FPIR {np.mean(scores[~pos] > args.calib):.3f}, "
+            f"DIR {np.mean(correct[pos] & (scores[pos] > args.calib)):.3f}"
+        )
     return 0
 
 

@@ -30,6 +30,7 @@ and gallery of benchmarks/service_quality.py:
         --gallery ~/.cache/edge-retrieval/service-quality/clip-e40-u20-s0-f10-t3.db \
         ~/.cache/edge-retrieval/service-quality/clip-e40-u20-s0-f10-t3.avi
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,17 +112,34 @@ def bare_invoke_ms(emb: Embedder, tensors: list) -> float:
     return (time.perf_counter() - start) / len(tensors) * 1000
 
 
-def pipeline_round(emb: Embedder, gallery: Gallery, video: str, n: int, prefetch: bool = True,
-                   reduced: bool = True, preset: str = WHOLE) -> dict:
-    config = Config(motion=MotionConfig(enabled=False), service=ServiceConfig(log_interval=0),
-                    decision=DecisionConfig(preset=preset))
+def pipeline_round(
+    emb: Embedder,
+    gallery: Gallery,
+    video: str,
+    n: int,
+    prefetch: bool = True,
+    reduced: bool = True,
+    preset: str = WHOLE,
+) -> dict:
+    config = Config(
+        motion=MotionConfig(enabled=False),
+        service=ServiceConfig(log_interval=0),
+        decision=DecisionConfig(preset=preset),
+    )
     metrics = Recorded(window=n)
     # as `edge-retrieval run` opens a video file (Daemon.open): reduced for the whole-frame preset only
     reduce = reduced and preset == WHOLE
-    source = FileSource(video, prefetch=prefetch, decode_size=emb.input_size if reduce else None,
-                        yield_to=emb.idle)
-    daemon = Daemon(config, embedder=emb, gallery=gallery, source=Limited(source, n), sinks=[],
-                    notifier=Notifier(None), stop=threading.Event(), metrics=metrics)
+    source = FileSource(video, prefetch=prefetch, decode_size=emb.input_size if reduce else None, yield_to=emb.idle)
+    daemon = Daemon(
+        config,
+        embedder=emb,
+        gallery=gallery,
+        source=Limited(source, n),
+        sinks=[],
+        notifier=Notifier(None),
+        stop=threading.Event(),
+        metrics=metrics,
+    )
     start = time.perf_counter()
     summary = daemon.run()
     wall = time.perf_counter() - start
@@ -163,15 +181,30 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=100, help="frames per round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--no-prefetch", dest="prefetch", action="store_false",
-                        help="decode each frame in the loop instead of in the source's thread")
-    parser.add_argument("--full-decode", dest="reduced", action="store_false",
-                        help="decode Motion-JPEG frames at full size (the service decodes them at the "
-                             "smallest scale that keeps the model's input size)")
-    parser.add_argument("--resize", metavar="WxH", help="first re-encode the video at this size (e.g. 224x224, "
-                                                         "the model's input: no resize left in the pipeline)")
-    parser.add_argument("--preset", choices=(WHOLE, "fast", "quick", "default"), default=WHOLE,
-                        help="decision.preset to time (default: whole)")
+    parser.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="decode each frame in the loop instead of in the source's thread",
+    )
+    parser.add_argument(
+        "--full-decode",
+        dest="reduced",
+        action="store_false",
+        help="decode Motion-JPEG frames at full size (the service decodes them at the "
+        "smallest scale that keeps the model's input size)",
+    )
+    parser.add_argument(
+        "--resize",
+        metavar="WxH",
+        help="first re-encode the video at this size (e.g. 224x224, the model's input: no resize left in the pipeline)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=(WHOLE, "fast", "quick", "default"),
+        default=WHOLE,
+        help="decision.preset to time (default: whole)",
+    )
     parser.add_argument("--gallery", type=Path, help="an existing gallery (default: the demo items, in a new one)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -180,8 +213,11 @@ def main(argv=None) -> int:
     rounds = []
     if args.gallery and not args.gallery.is_file():
         parser.error(f"{args.gallery}: no such gallery")
-    with Embedder(args.model, args.threads) as emb, tempfile.TemporaryDirectory() as tmp, \
-            Gallery(args.gallery or Path(tmp) / "g.db") as gallery:
+    with (
+        Embedder(args.model, args.threads) as emb,
+        tempfile.TemporaryDirectory() as tmp,
+        Gallery(args.gallery or Path(tmp) / "g.db") as gallery,
+    ):
         if not args.gallery:
             enroll(gallery, emb, [(name, photo(name)) for name in democlip.enrolled()])
         if args.resize:
@@ -196,41 +232,71 @@ def main(argv=None) -> int:
             # a search preset has no invoke stage of its own (identify runs the model and the rest)
             result["inline_ratio"] = result["frame_ms"] / result["stages_ms"].get("invoke", result["frame_ms"])
             rounds.append(result)
-    med = {key: statistics.median(r[key] for r in rounds)
-           for key in ("bare_invoke_ms", "frame_ms", "loop_ms", "ratio", "loop_ratio", "inline_ratio")}
+    med = {
+        key: statistics.median(r[key] for r in rounds)
+        for key in ("bare_invoke_ms", "frame_ms", "loop_ms", "ratio", "loop_ratio", "inline_ratio")
+    }
     med["stages_ms"] = {k: statistics.median(r["stages_ms"][k] for r in rounds) for k in rounds[0]["stages_ms"]}
     per_frame = np.array([ms for r in rounds for ms in r.pop("embedded_ms")])
-    embedded = {"frames": int(per_frame.size), "median_ms": float(np.median(per_frame)),
-                "p90_ms": float(np.percentile(per_frame, 90))}
+    embedded = {
+        "frames": int(per_frame.size),
+        "median_ms": float(np.median(per_frame)),
+        "p90_ms": float(np.percentile(per_frame, 90)),
+    }
     embedded["median_ratio"] = embedded["median_ms"] / med["bare_invoke_ms"]
-    report = {"video": video, "resize": args.resize, "reduced_decode": args.reduced and args.preset == WHOLE,
-              "preset": args.preset, "gallery": str(args.gallery or "demo items"), "model": emb.card.name,
-              "input": [emb.card.input_height, emb.card.input_width], "threads": args.threads,
-              "frames_per_round": args.frames, "rounds": rounds, "median": med, "per_embedded_frame": embedded}
+    report = {
+        "video": video,
+        "resize": args.resize,
+        "reduced_decode": args.reduced and args.preset == WHOLE,
+        "preset": args.preset,
+        "gallery": str(args.gallery or "demo items"),
+        "model": emb.card.name,
+        "input": [emb.card.input_height, emb.card.input_width],
+        "threads": args.threads,
+        "frames_per_round": args.frames,
+        "rounds": rounds,
+        "median": med,
+        "per_embedded_frame": embedded,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{video}{' resized to ' + args.resize if args.resize else ''}: {args.rounds} rounds × {args.frames} frames, model {emb.card.name} "
-          f"{emb.card.input_height}×{emb.card.input_width}, {args.threads} thread(s), motion gate off, "
-          f"decode {'prefetched' if args.prefetch else 'in the loop'}"
-          f"{'' if args.reduced and args.preset == WHOLE else ', at full size'}, preset {args.preset}, "
-          f"gallery {args.gallery or 'demo items'}")
-    print("round  " + "  ".join(f"{s:>10}" for s in rounds[0]["stages_ms"])
-          + f"  {'frame':>7}  {'loop':>7}  {'bare inv':>8}  {'ratio':>6}  {'loop/inv':>8}  {'inline':>6}")
+    print(
+        f"{video}{' resized to ' + args.resize if args.resize else ''}: {args.rounds} rounds × {args.frames} frames, model {emb.card.name} "
+        f"{emb.card.input_height}×{emb.card.input_width}, {args.threads} thread(s), motion gate off, "
+        f"decode {'prefetched' if args.prefetch else 'in the loop'}"
+        f"{'' if args.reduced and args.preset == WHOLE else ', at full size'}, preset {args.preset}, "
+        f"gallery {args.gallery or 'demo items'}"
+    )
+    print(
+        "round  "
+        + "  ".join(f"{s:>10}" for s in rounds[0]["stages_ms"])
+        + f"  {'frame':>7}  {'loop':>7}  {'bare inv':>8}  {'ratio':>6}  {'loop/inv':>8}  {'inline':>6}"
+    )
     for i, r in enumerate(rounds + [dict(med, frames=0)]):
         name = f"{i + 1:>5}" if i < len(rounds) else "  med"
-        print(f"{name}  " + "  ".join(f"{r['stages_ms'][s]:>10.2f}" for s in rounds[0]["stages_ms"])
-              + f"  {r['frame_ms']:>7.2f}  {r['loop_ms']:>7.2f}  {r['bare_invoke_ms']:>8.2f}  {r['ratio']:>6.2f}"
-              f"  {r['loop_ratio']:>8.2f}  {r['inline_ratio']:>6.2f}")
+        print(
+            f"{name}  "
+            + "  ".join(f"{r['stages_ms'][s]:>10.2f}" for s in rounds[0]["stages_ms"])
+            + f"  {r['frame_ms']:>7.2f}  {r['loop_ms']:>7.2f}  {r['bare_invoke_ms']:>8.2f}  {r['ratio']:>6.2f}"
+            f"  {r['loop_ratio']:>8.2f}  {r['inline_ratio']:>6.2f}"
+        )
     if args.preset == WHOLE:
-        print(f"end-to-end per frame {med['frame_ms']:.2f} ms = {med['ratio']:.2f} × the bare invoke "
-              f"({med['bare_invoke_ms']:.2f} ms at {emb.card.input_height}×{emb.card.input_width}); "
-              f"target ≤ 1.3 {'met' if med['ratio'] <= 1.3 else 'NOT met'}; "
-              f"{med['inline_ratio']:.2f} × the invoke stage of the same frames")
-    print(f"per embedded frame ({embedded['frames']} frames): median {embedded['median_ms']:.2f} ms "
-          f"(= {embedded['median_ratio']:.2f} × the bare invoke), p90 {embedded['p90_ms']:.2f} ms"
-          + (f"; target ≤ 30 ms median {'met' if embedded['median_ms'] <= 30 else 'NOT met'}"
-             if args.preset != WHOLE else ""))
+        print(
+            f"end-to-end per frame {med['frame_ms']:.2f} ms = {med['ratio']:.2f} × the bare invoke "
+            f"({med['bare_invoke_ms']:.2f} ms at {emb.card.input_height}×{emb.card.input_width}); "
+            f"target ≤ 1.3 {'met' if med['ratio'] <= 1.3 else 'NOT met'}; "
+            f"{med['inline_ratio']:.2f} × the invoke stage of the same frames"
+        )
+    print(
+        f"per embedded frame ({embedded['frames']} frames): median {embedded['median_ms']:.2f} ms "
+        f"(= {embedded['median_ratio']:.2f} × the bare invoke), p90 {embedded['p90_ms']:.2f} ms"
+        + (
+            f"; target ≤ 30 ms median {'met' if embedded['median_ms'] <= 30 else 'NOT met'}"
+            if args.preset != WHOLE
+            else ""
+        )
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ Protocols (data in ../shared/data, read-only):
 - ms/frame: median wall time of `Recognizer.recognize` on the 640×480 captures.
 Tune on `--split tune`; report `--split test` (the default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,10 +59,10 @@ class Config:
 
 
 CONFIGS = {
-    "whole-224": Config("whole-224", MODELS / "mobilenet_v2_int8.tflite",
-                        replace(PRESETS["whole"], levels=0, threshold=0.0), 0),
-    "fast-unwhitened": Config("fast-unwhitened", DEFAULT_MODEL, PRESETS["fast"], 8,
-                              whiten=False),
+    "whole-224": Config(
+        "whole-224", MODELS / "mobilenet_v2_int8.tflite", replace(PRESETS["whole"], levels=0, threshold=0.0), 0
+    ),
+    "fast-unwhitened": Config("fast-unwhitened", DEFAULT_MODEL, PRESETS["fast"], 8, whiten=False),
     "fast": Config("fast", DEFAULT_MODEL, PRESETS["fast"], 8),
     "quick": Config("quick", DEFAULT_MODEL, PRESETS["quick"], 8),
     "default": Config("default", DEFAULT_MODEL, PRESETS["default"], 8),
@@ -92,11 +93,15 @@ def capture_scores(ident: Recognizer, caps: list) -> dict:
 def capture_metrics(s: dict, threshold: float | None = None) -> dict:
     pos, correct, scores = s["pos"], s["correct"], s["scores"]
     t_own = threshold_at(scores[~pos])
-    out = {"captures_positive": int(pos.sum()), "captures_negative": int((~pos).sum()),
-           "recall_at_1": float(correct[pos].mean()),
-           "dir_at_fpir_1pc": float(np.mean(correct[pos] & (scores[pos] > t_own))),
-           "threshold_fpir_1pc": t_own, "ms_per_frame_median": float(np.median(s["ms"])),
-           "ms_per_frame_p90": float(np.percentile(s["ms"], 90))}
+    out = {
+        "captures_positive": int(pos.sum()),
+        "captures_negative": int((~pos).sum()),
+        "recall_at_1": float(correct[pos].mean()),
+        "dir_at_fpir_1pc": float(np.mean(correct[pos] & (scores[pos] > t_own))),
+        "threshold_fpir_1pc": t_own,
+        "ms_per_frame_median": float(np.median(s["ms"])),
+        "ms_per_frame_p90": float(np.percentile(s["ms"], 90)),
+    }
     if threshold is not None:
         out["calibrated_threshold"] = threshold
         out["calibrated_fpir"] = float(np.mean(scores[~pos] > threshold))
@@ -118,8 +123,11 @@ def museum(emb: Embedder, config: Config) -> dict:
                 found = [c.label for c in ident.recognize(read_image(root / q)).candidates]
                 ranks.append(found.index(gt[q]) + 1 if gt[q] in found else 0)
             r = np.array(ranks)
-            out[subset] = {"queries": len(r), "recall_at_1": float(np.mean(r == 1)),
-                           "recall_at_5": float(np.mean((r >= 1) & (r <= 5)))}
+            out[subset] = {
+                "queries": len(r),
+                "recall_at_1": float(np.mean(r == 1)),
+                "recall_at_5": float(np.mean((r >= 1) & (r <= 5))),
+            }
     return out
 
 
@@ -158,7 +166,7 @@ def oxford(emb: Embedder, config: Config) -> dict:
                 img = read_image(root / "images" / f"{q['query_image']}.jpg")
                 h, w = img.shape[:2]
                 x0, y0, x1, y1 = q["bbox_fraction_x1y1x2y2"]
-                crop = img[int(y0 * h):int(np.ceil(y1 * h)), int(x0 * w):int(np.ceil(x1 * w))]
+                crop = img[int(y0 * h) : int(np.ceil(y1 * h)), int(x0 * w) : int(np.ceil(x1 * w))]
                 queries = [(emb.embed(crop)[0], {q["query_image"]})]
             else:
                 queries = [(whole[p], {p}) for p in sorted(good)]
@@ -180,8 +188,14 @@ def extra_items(split: str) -> list[Path]:
 
 
 def run(config: Config, split: str, skip: set[str], extra: int = 0) -> dict:
-    out: dict = {"config": config.name, "model": config.model.name, "preset": config.preset.__dict__,
-                 "augment": config.augment, "whiten": config.whiten, "split": split}
+    out: dict = {
+        "config": config.name,
+        "model": config.model.name,
+        "preset": config.preset.__dict__,
+        "augment": config.augment,
+        "whiten": config.whiten,
+        "split": split,
+    }
     with Embedder(config.model) as emb:
         if not config.whiten:
             emb.whitening = None
@@ -214,8 +228,13 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=("captures", "museum", "oxford"))
     ap.add_argument("--shortlist", type=int, help="override the preset's shortlist (tuning)")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--extra-items", type=int, default=0, metavar="N",
-                    help="also enrol up to N photos that appear in no capture (a larger gallery)")
+    ap.add_argument(
+        "--extra-items",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also enrol up to N photos that appear in no capture (a larger gallery)",
+    )
     args = ap.parse_args()
     results = []
     for name in args.config:

@@ -15,6 +15,7 @@ with 1 and with 2 threads); % of limit = limit time ÷ method time; recall@10 is
 exact int8 result; "exact ÷" and "2-stage ÷" are our time (2 threads; single query against
 single query, batch against batch) divided by the row's time: < 1 means we are faster.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ def relu_vectors(n: int, dim: int, n_queries: int, seed: int = 0, views: int = 4
     rng = np.random.default_rng(seed)
     n_items = max(1, n // views)
     n_cats = max(4, int(2 * np.sqrt(n_items)))
-    act = rng.lognormal(0.0, 0.5, dim).astype(np.float32)           # per-channel activity
+    act = rng.lognormal(0.0, 0.5, dim).astype(np.float32)  # per-channel activity
     cats = rng.standard_normal((n_cats, dim), dtype=np.float32) + rng.normal(-0.2, 0.5, dim).astype(np.float32)
     centre = np.empty((n_items, dim), np.float32)
     for s in range(0, n_items, 1 << 15):
@@ -130,8 +131,10 @@ def read_limit(codes: np.ndarray) -> tuple[float, float]:
         times = []
         for _ in range(9):
             t0 = time.perf_counter()
-            scan._parallel(lambda i: np.bitwise_or.reduce(words[i * cut : (i + 1) * cut if i < threads - 1 else None]),  # noqa: B023 (runs now)
-                           threads)
+            scan._parallel(
+                lambda i: np.bitwise_or.reduce(words[i * cut : (i + 1) * cut if i < threads - 1 else None]),  # noqa: B023 (runs now)
+                threads,
+            )
             times.append(time.perf_counter() - t0)
         best.append(min(times))
     return best[0], best[1]
@@ -148,16 +151,17 @@ def peer_faiss(codes, scales, kind: str):
 
     d = codes.shape[1]
     step = 1 << 16
-    if kind == "direct":          # faiss has no per-row scale: one scale for the whole matrix
-        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit_direct_signed,
-                                           faiss.METRIC_INNER_PRODUCT)
-        top = max(float(np.abs(dequantize(codes[s : s + step], scales[s : s + step])).max())
-                  for s in range(0, len(codes), step))
+    if kind == "direct":  # faiss has no per-row scale: one scale for the whole matrix
+        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT)
+        top = max(
+            float(np.abs(dequantize(codes[s : s + step], scales[s : s + step])).max())
+            for s in range(0, len(codes), step)
+        )
         index.train(np.zeros((1, d), np.float32))
         for s in range(0, len(codes), step):
             index.add(np.rint(dequantize(codes[s : s + step], scales[s : s + step]) * (127 / top)))
     else:
-        if kind == "sq8":         # 8 bits per component, ranges trained per dimension
+        if kind == "sq8":  # 8 bits per component, ranges trained per dimension
             index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
             sample = np.linspace(0, len(codes) - 1, min(len(codes), 100_000)).astype(np.int64)
             index.train(dequantize(codes[sample], scales[sample]))
@@ -168,7 +172,7 @@ def peer_faiss(codes, scales, kind: str):
 
     def run(q, threads):
         faiss.omp_set_num_threads(threads)
-        if kind == "direct":      # it rounds the query to integers too: scale it up (same ranking)
+        if kind == "direct":  # it rounds the query to integers too: scale it up (same ranking)
             q = q * (127 / np.abs(q).max(axis=1, keepdims=True))
         return index.search(np.ascontiguousarray(q, np.float32), K)[1]
 
@@ -199,15 +203,18 @@ def peer_sqlite_vec(codes):
     d = codes.shape[1]
     conn.execute(f"CREATE VIRTUAL TABLE v USING vec0(embedding int8[{d}] distance_metric=cosine)")
     with conn:
-        conn.executemany("INSERT INTO v(rowid, embedding) VALUES (?, vec_int8(?))",
-                         ((i, codes[i].tobytes()) for i in range(len(codes))))
+        conn.executemany(
+            "INSERT INTO v(rowid, embedding) VALUES (?, vec_int8(?))",
+            ((i, codes[i].tobytes()) for i in range(len(codes))),
+        )
 
     def run(q):
         qc, _ = quantize(q)
         out = []
         for row in qc:
-            hits = conn.execute("SELECT rowid FROM v WHERE embedding MATCH vec_int8(?) AND k = ?",
-                                (row.tobytes(), K)).fetchall()
+            hits = conn.execute(
+                "SELECT rowid FROM v WHERE embedding MATCH vec_int8(?) AND k = ?", (row.tobytes(), K)
+            ).fetchall()
             out.append([r[0] for r in hits])
         return np.array(out)
 
@@ -228,17 +235,24 @@ def bench_config(codes, scales, queries, args):
         methods += [Method(label, run, queries), Method(f"{label}, batch {BATCH}", run, batch, "batch")]
     t0 = time.perf_counter()
     m.enable_two_stage()
-    note = (f"shortlist {scan.default_shortlist(n, K)}, sign bits built in {(time.perf_counter() - t0) * 1e3:.0f} ms"
-            if n >= scan.TWO_STAGE_MIN_ROWS else "below TWO_STAGE_MIN_ROWS: \"auto\" is exact")
-    run = lambda q: m.topk(q, K, shortlist="auto")[0]   # noqa: E731
-    methods += [Method("ours two-stage, 2 threads", run, queries, note=note),
-                Method(f"ours two-stage, 2 threads, batch {BATCH}", run, batch, "batch")]
-    keep = []                      # peer indexes stay alive until the timing is over
+    note = (
+        f"shortlist {scan.default_shortlist(n, K)}, sign bits built in {(time.perf_counter() - t0) * 1e3:.0f} ms"
+        if n >= scan.TWO_STAGE_MIN_ROWS
+        else "below TWO_STAGE_MIN_ROWS: \"auto\" is exact"
+    )
+    run = lambda q: m.topk(q, K, shortlist="auto")[0]  # noqa: E731
+    methods += [
+        Method("ours two-stage, 2 threads", run, queries, note=note),
+        Method(f"ours two-stage, 2 threads, batch {BATCH}", run, batch, "batch"),
+    ]
+    keep = []  # peer indexes stay alive until the timing is over
     if not args.no_peers:
         peers = []
-        for kind, label in (("sq8", "faiss IndexScalarQuantizer QT_8bit"),
-                            ("direct", "faiss IndexScalarQuantizer QT_8bit_direct_signed, global scale"),
-                            ("flat", "faiss IndexFlatIP")):
+        for kind, label in (
+            ("sq8", "faiss IndexScalarQuantizer QT_8bit"),
+            ("direct", "faiss IndexScalarQuantizer QT_8bit_direct_signed, global scale"),
+            ("flat", "faiss IndexFlatIP"),
+        ):
             try:
                 run, index = peer_faiss(codes, scales, kind)
             except ImportError:
@@ -252,33 +266,53 @@ def bench_config(codes, scales, queries, args):
             methods.append(Method("usearch", None, queries))
         for label, run, nbytes in peers:
             one, two = (lambda r: lambda q: r(q, 1))(run), (lambda r: lambda q: r(q, 2))(run)
-            methods += [Method(f"{label}, 1 thread", one, queries, nbytes=nbytes),
-                        Method(f"{label}, 2 threads", two, queries, nbytes=nbytes),
-                        Method(f"{label}, 2 threads, batch {BATCH}", two, batch, "batch", nbytes)]
+            methods += [
+                Method(f"{label}, 1 thread", one, queries, nbytes=nbytes),
+                Method(f"{label}, 2 threads", two, queries, nbytes=nbytes),
+                Method(f"{label}, 2 threads, batch {BATCH}", two, batch, "batch", nbytes),
+            ]
         try:
             t0 = time.perf_counter()
             run, conn = peer_sqlite_vec(codes)
             keep.append(conn)
             few = queries[: max(3, min(len(queries), int(2e8 // codes.nbytes)))]
-            methods.append(Method("sqlite-vec vec0 int8 cos", run, few,
-                                  note=f"{len(few)} queries, table built in {time.perf_counter() - t0:.1f} s"))
+            methods.append(
+                Method(
+                    "sqlite-vec vec0 int8 cos",
+                    run,
+                    few,
+                    note=f"{len(few)} queries, table built in {time.perf_counter() - t0:.1f} s",
+                )
+            )
         except ImportError:
             methods.append(Method("sqlite-vec", None, queries))
     present = [x for x in methods if x.run is not None]
     time_interleaved(present, args.budget)
     read1, read2 = read_limit(codes)
     limit = min(read1, read2)
-    rows = [dict(name="read-only pass, 1 thread", t=read1, recall=None, gbs=codes.nbytes / read1 / 1e9,
-                 mode="read", note=""),
-            dict(name="read-only pass, 2 threads", t=read2, recall=None, gbs=codes.nbytes / read2 / 1e9,
-                 mode="read", note="")]
+    rows = [
+        dict(
+            name="read-only pass, 1 thread", t=read1, recall=None, gbs=codes.nbytes / read1 / 1e9, mode="read", note=""
+        ),
+        dict(
+            name="read-only pass, 2 threads", t=read2, recall=None, gbs=codes.nbytes / read2 / 1e9, mode="read", note=""
+        ),
+    ]
     for x in methods:
         if x.run is None:
             rows.append(dict(name=x.name, missing=True))
             continue
         t = min(x.times)
-        rows.append(dict(name=x.name, t=t, recall=recall(x.found, truth[: len(x.found)]),
-                         gbs=(x.nbytes or codes.nbytes) / t / 1e9, mode=x.mode, note=x.note))
+        rows.append(
+            dict(
+                name=x.name,
+                t=t,
+                recall=recall(x.found, truth[: len(x.found)]),
+                gbs=(x.nbytes or codes.nbytes) / t / 1e9,
+                mode=x.mode,
+                note=x.note,
+            )
+        )
     for obj in keep:
         if isinstance(obj, sqlite3.Connection) or hasattr(obj, "close"):
             try:
@@ -291,8 +325,10 @@ def bench_config(codes, scales, queries, args):
 def print_table(n, d, limit, rows):
     ours = {r["mode"]: r["t"] for r in rows if r.get("name", "").startswith("ours exact, 2 threads")}
     two = {r["mode"]: r["t"] for r in rows if r.get("name", "").startswith("ours two-stage")}
-    print(f"\n### N = {n:,} × d = {d} ({n * d / 1e6:.0f} MB of int8 codes); "
-          f"read-only limit {limit * 1e3:.2f} ms = {n * d / limit / 1e9:.1f} GB/s\n")
+    print(
+        f"\n### N = {n:,} × d = {d} ({n * d / 1e6:.0f} MB of int8 codes); "
+        f"read-only limit {limit * 1e3:.2f} ms = {n * d / limit / 1e9:.1f} GB/s\n"
+    )
     print("| method | ms/query | GB/s | % of limit | recall@10 | exact ÷ | 2-stage ÷ | note |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
@@ -303,8 +339,10 @@ def print_table(n, d, limit, rows):
         ours_t, two_t = ours.get(r["mode"]), two.get(r["mode"])
         ratio = f"{ours_t / r['t']:.2f}" if ours_t else ""
         ratio2 = f"{two_t / r['t']:.2f}" if two_t else ""
-        print(f"| {r['name']} | {r['t'] * 1e3:.3f} | {r['gbs']:.1f} | {100 * limit / r['t']:.0f}% | {rec} "
-              f"| {ratio} | {ratio2} | {r['note']} |")
+        print(
+            f"| {r['name']} | {r['t'] * 1e3:.3f} | {r['gbs']:.1f} | {100 * limit / r['t']:.0f}% | {rec} "
+            f"| {ratio} | {ratio2} | {r['note']} |"
+        )
     sys.stdout.flush()
 
 
@@ -323,8 +361,10 @@ def bench_sqlite(codes, scales):
         conn.executescript(store.MIGRATION)
         t0 = time.perf_counter()
         with conn:
-            conn.executemany("INSERT INTO embeddings(item_id, vector, scale, created) VALUES (?, ?, ?, 0)",
-                             ((i // 4, codes[i].tobytes(), float(scales[i])) for i in range(n)))
+            conn.executemany(
+                "INSERT INTO embeddings(item_id, vector, scale, created) VALUES (?, ?, ?, 0)",
+                ((i // 4, codes[i].tobytes(), float(scales[i])) for i in range(n)),
+            )
         t_insert = time.perf_counter() - t0
         t0 = time.perf_counter()
         with conn:
@@ -353,34 +393,42 @@ def bench_sqlite(codes, scales):
         adds, first = [], None
         for i in range(5):
             with conn:
-                conn.execute("INSERT INTO embeddings(item_id, vector, scale, created) VALUES (?, ?, 1, 0)",
-                             (10**9 + i, (-codes[i]).tobytes()))
+                conn.execute(
+                    "INSERT INTO embeddings(item_id, vector, scale, created) VALUES (?, ?, 1, 0)",
+                    (10**9 + i, (-codes[i]).tobytes()),
+                )
                 store.pack(conn)
             t0 = time.perf_counter()
             m, state = store.refresh(conn, m, state)
             adds.append(time.perf_counter() - t0)
             first = adds[0] if first is None else first
-            idx, _ = m.topk(-codes[i : i + 1].astype(np.float32), 1)      # and a search finds it
+            idx, _ = m.topk(-codes[i : i + 1].astype(np.float32), 1)  # and a search finds it
             assert m.keys[idx[0, 0]] == 10**9 + i
         conn.close()
     print(f"\n### Start-up and enrolment at N = {n:,} × d = {d}\n")
     print(f"- insert {n:,} rows: {t_insert:.1f} s; pack into blocks of {store.BLOCK_ROWS}: {t_pack:.1f} s")
     print(f"- load row by row (SELECT … ORDER BY id, b''.join): {t_rows * 1e3:.0f} ms")
-    print(f"- load packed blocks (`store.load_matrix`): {t_blocks * 1e3:.0f} ms; "
-          f"with PRAGMA mmap_size: {t_mmap * 1e3:.0f} ms")
-    print(f"- enrolment → searchable (`store.refresh`: read the new row, append it): best {min(adds) * 1e3:.2f} ms, "
-          f"first {first * 1e3:.2f} ms (allocates a segment); the next search finds it")
+    print(
+        f"- load packed blocks (`store.load_matrix`): {t_blocks * 1e3:.0f} ms; "
+        f"with PRAGMA mmap_size: {t_mmap * 1e3:.0f} ms"
+    )
+    print(
+        f"- enrolment → searchable (`store.refresh`: read the new row, append it): best {min(adds) * 1e3:.2f} ms, "
+        f"first {first * 1e3:.2f} ms (allocates a segment); the next search finds it"
+    )
 
     m = scan.CodeMatrix.wrap(codes, scales)
-    m.reserve(n + n // 4 + 1024)          # as store.load_matrix does
+    m.reserve(n + n // 4 + 1024)  # as store.load_matrix does
     m.enable_two_stage()
     times = []
     for i in range(5):
         t0 = time.perf_counter()
         m.append(codes[i : i + 1], scales[i : i + 1], [i])
         times.append(time.perf_counter() - t0)
-    print(f"- `CodeMatrix.append` of one row at {n:,} rows (two-stage bits kept): best {min(times) * 1e3:.2f} ms, "
-          f"first {times[0] * 1e3:.2f} ms (allocates a segment)")
+    print(
+        f"- `CodeMatrix.append` of one row at {n:,} rows (two-stage bits kept): best {min(times) * 1e3:.2f} ms, "
+        f"first {times[0] * 1e3:.2f} ms (allocates a segment)"
+    )
 
 
 def bench_uint8(n, d):
@@ -420,10 +468,15 @@ def main():
 
     from threadpoolctl import threadpool_info
 
-    blas = [f"{i['internal_api']} {i['version']} ({i.get('architecture')}, {i['num_threads']} threads)"
-            for i in threadpool_info() if i["user_api"] == "blas"]
-    print(f"# Scan benchmark — numpy {np.__version__}, BLAS {', '.join(blas)}, {scan.THREADS} usable CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    blas = [
+        f"{i['internal_api']} {i['version']} ({i.get('architecture')}, {i['num_threads']} threads)"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
+    print(
+        f"# Scan benchmark — numpy {np.__version__}, BLAS {', '.join(blas)}, {scan.THREADS} usable CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if os.environ.get(var):
             print(f"# warning: {var}={os.environ[var]} is set (it changes the BLAS kernel)")
@@ -431,8 +484,10 @@ def main():
     for d in dims:
         t0 = time.perf_counter()
         codes, scales, queries = relu_gallery(max(sizes), d, N_QUERIES, seed=d)
-        print(f"\n(generated {max(sizes):,} × {d} in {time.perf_counter() - t0:.1f} s; "
-              f"{np.mean(codes[:10000] == 0):.0%} zero codes)")
+        print(
+            f"\n(generated {max(sizes):,} × {d} in {time.perf_counter() - t0:.1f} s; "
+            f"{np.mean(codes[:10000] == 0):.0%} zero codes)"
+        )
         for n in sizes:
             limit, rows = bench_config(codes[:n], scales[:n], queries, args)
             print_table(n, d, limit, rows)

@@ -24,6 +24,7 @@ The clip, its timeline and the gallery are kept in --work (default ~/.cache/edge
 service-quality/; the gallery beside its clip, as clip-….db), so `benchmarks/pipeline.py --preset
 default --gallery …/clip-….db …/clip-….avi` can time the same frames.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,10 @@ def build_clip(path: Path, n_enrolled: int, n_unknown: int, seed: int, fps: floa
     enrolled, unknown = sim.split_records()
     unknown = sim.unknown_split(unknown, SPLIT)
     if n_enrolled > len(enrolled) or n_unknown > len(unknown):
-        raise SystemExit(f"--enrolled at most {len(enrolled)}, --unknown at most {len(unknown)} "
-                         f"(the {SPLIT} split's never-enrolled records)")
+        raise SystemExit(
+            f"--enrolled at most {len(enrolled)}, --unknown at most {len(unknown)} "
+            f"(the {SPLIT} split's never-enrolled records)"
+        )
     scenes = sim.scene_split(sim.oxford_distractors(), SPLIT)
     rng = np.random.default_rng(seed)
     shown = [(enrolled[i], True) for i in sorted(rng.choice(len(enrolled), n_enrolled, replace=False))]
@@ -94,7 +97,7 @@ def build_clip(path: Path, n_enrolled: int, n_unknown: int, seed: int, fps: floa
         record, is_enrolled = shown[k]
         item = cv2.imread(str(record))
         scene = sim.scene_crop(cv2.imread(str(scenes[rng.integers(len(scenes))])), rng)
-        light = int(rng.integers(2 ** 32))  # the camera's draws (light, glare, blur) for the whole hold
+        light = int(rng.integers(2**32))  # the camera's draws (light, glare, blur) for the whole hold
         poses = hand(sim.pose(item.shape, rng), rng, hold)
         for _ in range(gap):
             writer.write(sim.camera(scene.copy(), np.random.default_rng(light)))
@@ -104,14 +107,27 @@ def build_clip(path: Path, n_enrolled: int, n_unknown: int, seed: int, fps: floa
             writer.write(sim.camera(frame, np.random.default_rng(light)))
         start = index + gap
         index = start + hold
-        items.append({"record": record.name, "label": sim.record_label(record) if is_enrolled else None,
-                      "start": start / fps, "end": index / fps})
+        items.append(
+            {
+                "record": record.name,
+                "label": sim.record_label(record) if is_enrolled else None,
+                "start": start / fps,
+                "end": index / fps,
+            }
+        )
     for _ in range(gap):
         writer.write(sim.camera(scene.copy(), np.random.default_rng(light)))
     writer.release()
     tmp.replace(path)
-    return {"split": SPLIT, "seed": seed, "fps": fps, "frames": index + gap, "seconds": (index + gap) / fps,
-            "items": items, "enrolled_photos": [str(p) for p, e in shown if e]}
+    return {
+        "split": SPLIT,
+        "seed": seed,
+        "fps": fps,
+        "frames": index + gap,
+        "seconds": (index + gap) / fps,
+        "items": items,
+        "enrolled_photos": [str(p) for p, e in shown if e],
+    }
 
 
 def clip(work: Path, args) -> tuple[Path, dict]:
@@ -171,8 +187,14 @@ class Handler(BaseHTTPRequestHandler):
 # -- running the CLI -----------------------------------------------------------------------
 def cli(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "edge_retrieval.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_retrieval.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def enrol(gallery: Path, photos: list[str], augment: int, work: Path) -> float:
@@ -205,8 +227,12 @@ def run_service(video: Path, gallery: Path, preset: str | None, work: Path) -> d
         with receiver.lock:
             events = list(receiver.events.values())
             posts = receiver.posts
-    return {"events": sorted(events, key=lambda e: e.get("event_id", 0)), "recorded": recorded, "posts": posts,
-            "wall_s": wall}
+    return {
+        "events": sorted(events, key=lambda e: e.get("event_id", 0)),
+        "recorded": recorded,
+        "posts": posts,
+        "wall_s": wall,
+    }
 
 
 # -- scoring -------------------------------------------------------------------------------
@@ -234,16 +260,25 @@ def score(timeline: dict, events: list[dict]) -> dict:
         view = [it for it in view if t < it["end"]]  # what is in view then (the grace only credits)
         where = "empty" if not view else "enrolled" if view[-1]["label"] else "unknown"
         wrong[where] += 1
-        wrong_alerts.append({"t": t, "label": e.get("label"), "score": e.get("score"),
-                             "in_view": [it["record"] for it in view]})
+        wrong_alerts.append(
+            {"t": t, "label": e.get("label"), "score": e.get("score"), "in_view": [it["record"] for it in view]}
+        )
     delays = [min(ts) for ts in found.values()]
     recall = len(found) / len(shown) if shown else 0.0
     n_wrong = sum(wrong.values())
-    return {"shown_enrolled": len(shown), "shown_unknown": len(items) - len(shown), "alerted_right": len(found),
-            "recall": recall, "repeat_alerts": sum(len(ts) - 1 for ts in found.values()),
-            "first_alert_delay_s_median": statistics.median(delays) if delays else None,
-            "wrong_alerts": n_wrong, "wrong_during": wrong, "unknown_events": unknown_events, "wrong_alert_list": wrong_alerts,
-            "targets": {"recall >= 0.75": recall >= TARGET_RECALL, "wrong alerts <= 1": n_wrong <= TARGET_WRONG}}
+    return {
+        "shown_enrolled": len(shown),
+        "shown_unknown": len(items) - len(shown),
+        "alerted_right": len(found),
+        "recall": recall,
+        "repeat_alerts": sum(len(ts) - 1 for ts in found.values()),
+        "first_alert_delay_s_median": statistics.median(delays) if delays else None,
+        "wrong_alerts": n_wrong,
+        "wrong_during": wrong,
+        "unknown_events": unknown_events,
+        "wrong_alert_list": wrong_alerts,
+        "targets": {"recall >= 0.75": recall >= TARGET_RECALL, "wrong alerts <= 1": n_wrong <= TARGET_WRONG},
+    }
 
 
 def main(argv=None) -> int:
@@ -251,13 +286,20 @@ def main(argv=None) -> int:
     ap.add_argument("--enrolled", type=int, default=40, help="enrolled records shown (and enrolled)")
     ap.add_argument("--unknown", type=int, default=20, help="never-enrolled records shown (test split)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--preset", choices=("whole", "fast", "quick", "default"),
-                    help="--set decision.preset=P (default: the service's own default)")
+    ap.add_argument(
+        "--preset",
+        choices=("whole", "fast", "quick", "default"),
+        help="--set decision.preset=P (default: the service's own default)",
+    )
     ap.add_argument("--fps", type=float, default=10.0)
     ap.add_argument("--seconds-per-item", type=float, default=3.0)
     ap.add_argument("--augment", type=int, default=8, help="enroll --augment (views per photo; as quality.py)")
-    ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edge-retrieval" / "service-quality",
-                    help="folder for the clip (cached), the gallery and the service's log")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path.home() / ".cache" / "edge-retrieval" / "service-quality",
+        help="folder for the clip (cached), the gallery and the service's log",
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -266,11 +308,24 @@ def main(argv=None) -> int:
     gallery = video.with_suffix(".db")
     enrol_s = enrol(gallery, timeline["enrolled_photos"], args.augment, args.work)
     run = run_service(video, gallery, args.preset, args.work)
-    report = {"preset": args.preset or "(service default)", "split": SPLIT, "seed": args.seed, "clip": str(video),
-              "gallery": str(gallery), "clip_seconds": timeline["seconds"], "frames": timeline["frames"],
-              "fps": args.fps, "augment": args.augment, "enrol_s": enrol_s, "run_wall_s": run["wall_s"],
-              "total_wall_s": time.perf_counter() - start, "events_recorded": run["recorded"],
-              "events_delivered": len(run["events"]), "posts": run["posts"], **score(timeline, run["events"])}
+    report = {
+        "preset": args.preset or "(service default)",
+        "split": SPLIT,
+        "seed": args.seed,
+        "clip": str(video),
+        "gallery": str(gallery),
+        "clip_seconds": timeline["seconds"],
+        "frames": timeline["frames"],
+        "fps": args.fps,
+        "augment": args.augment,
+        "enrol_s": enrol_s,
+        "run_wall_s": run["wall_s"],
+        "total_wall_s": time.perf_counter() - start,
+        "events_recorded": run["recorded"],
+        "events_delivered": len(run["events"]),
+        "posts": run["posts"],
+        **score(timeline, run["events"]),
+    }
     report["targets"]["webhook got every event"] = report["events_delivered"] == report["events_recorded"]
     if args.json:
         print(json.dumps(report, indent=2))
@@ -283,11 +338,16 @@ def print_report(r: dict) -> None:
     delay = r["first_alert_delay_s_median"]
     rows = [
         ("preset", r["preset"]),
-        ("clip", f"{r['frames']} frames, {r['clip_seconds']:.0f} s at {r['fps']:g} fps, 640×480 MJPEG "
-                 f"({r['split']} split, seed {r['seed']})"),
+        (
+            "clip",
+            f"{r['frames']} frames, {r['clip_seconds']:.0f} s at {r['fps']:g} fps, 640×480 MJPEG "
+            f"({r['split']} split, seed {r['seed']})",
+        ),
         ("shown", f"{r['shown_enrolled']} enrolled, {r['shown_unknown']} never enrolled"),
-        ("enrolled items alerted right", f"{r['alerted_right']} / {r['shown_enrolled']} = {r['recall']:.3f}"
-                                         f"  (target ≥ {TARGET_RECALL})"),
+        (
+            "enrolled items alerted right",
+            f"{r['alerted_right']} / {r['shown_enrolled']} = {r['recall']:.3f}  (target ≥ {TARGET_RECALL})",
+        ),
         ("first right alert after", f"{delay:.2f} s (median)" if delay is not None else "-"),
         ("repeat alerts of the item in view", r["repeat_alerts"]),
         ("alerts naming an item not in view", f"{r['wrong_alerts']}  (target ≤ {TARGET_WRONG})"),
@@ -302,8 +362,10 @@ def print_report(r: dict) -> None:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     for a in r["wrong_alert_list"]:
-        print(f"  wrong: t={a['t']:.1f} s {a['label']} score {a['score']:.3f}, in view: "
-              f"{', '.join(a['in_view']) or 'nothing'}")
+        print(
+            f"  wrong: t={a['t']:.1f} s {a['label']} score {a['score']:.3f}, in view: "
+            f"{', '.join(a['in_view']) or 'nothing'}"
+        )
     for name, ok in r["targets"].items():
         print(f"{name}: {'met' if ok else 'NOT met'}")
 

@@ -26,6 +26,7 @@ missed. Alerts and deliveries are counted (stderr "alert:" lines, stdout JSON li
 `tests/reliability/test_soak.py` runs the same code for ≈ 20 s (120 s with
 EDGE_RETRIEVAL_RELIABILITY=full).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -144,8 +145,14 @@ def proc_status(pid: int) -> tuple[int, int, int]:
 
 
 def service_command(work: Path, realtime: bool, extra: list[str]) -> list[str]:
-    sets = {"source.loop": "true", "snapshot.enabled": "true", "snapshot.folder": str(work / "snapshots"),
-            "snapshot.max_count": "20", "sinks.stdout": "true", "service.log_interval": "0"}
+    sets = {
+        "source.loop": "true",
+        "snapshot.enabled": "true",
+        "snapshot.folder": str(work / "snapshots"),
+        "snapshot.max_count": "20",
+        "sinks.stdout": "true",
+        "service.log_interval": "0",
+    }
     if realtime:
         sets["source.realtime"] = "true"
     command = [sys.executable, "-m", "edge_retrieval.cli", "run"]
@@ -171,8 +178,10 @@ def analyse(report: Report) -> Report:
     samples = report.samples
     first, last = windows(report)
     if len(first) < 2 or len(last) < 2 or last[0].t <= first[0].t:
-        report.misses.append(f"too few samples after the {report.warmup:g} s warm-up for two {report.window:g} s "
-                             f"windows ({len(samples)} in all)")
+        report.misses.append(
+            f"too few samples after the {report.warmup:g} s warm-up for two {report.window:g} s "
+            f"windows ({len(samples)} in all)"
+        )
         return report
     report.rss_first_kb = samples[0].rss_kb
     report.rss_start_kb = int(statistics.median(s.rss_kb for s in first))
@@ -189,8 +198,9 @@ def analyse(report: Report) -> Report:
     if report.fds_end - report.fds_start > FD_GROWTH_MAX:
         report.misses.append(f"file descriptors grew by {report.fds_end - report.fds_start} (target {FD_GROWTH_MAX})")
     if report.threads_end - report.threads_start > THREAD_GROWTH_MAX:
-        report.misses.append(f"threads grew by {report.threads_end - report.threads_start} "
-                             f"(target {THREAD_GROWTH_MAX})")
+        report.misses.append(
+            f"threads grew by {report.threads_end - report.threads_start} (target {THREAD_GROWTH_MAX})"
+        )
     if report.fps_ratio < FPS_RATIO_MIN:
         report.misses.append(f"fps fell to {report.fps_ratio:.2f} of the first window's (target ≥ {FPS_RATIO_MIN})")
     if report.exit_code != 0:
@@ -200,9 +210,17 @@ def analyse(report: Report) -> Report:
     return report
 
 
-def soak(seconds: float, *, every: float = 10.0, warmup: float = 60.0, window: float = 60.0,
-         realtime: bool = False, extra: list[str] | None = None, workdir: str | Path | None = None,
-         progress=None) -> Report:
+def soak(
+    seconds: float,
+    *,
+    every: float = 10.0,
+    warmup: float = 60.0,
+    window: float = 60.0,
+    realtime: bool = False,
+    extra: list[str] | None = None,
+    workdir: str | Path | None = None,
+    progress=None,
+) -> Report:
     """Run the service for `seconds` after READY, sampling every `every` s; the analysed Report."""
     temp = None
     if workdir is None:
@@ -214,14 +232,15 @@ def soak(seconds: float, *, every: float = 10.0, warmup: float = 60.0, window: f
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     report = Report(seconds=seconds, warmup=warmup, window=window, samples=[])
     with open(work / "stdout.jsonl", "wb") as out, open(work / "stderr.log", "wb") as err:
-        proc = subprocess.Popen(service_command(work, realtime, extra or []), stdout=out, stderr=err, env=env,
-                                cwd=work)
+        proc = subprocess.Popen(service_command(work, realtime, extra or []), stdout=out, stderr=err, env=env, cwd=work)
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while not notify.ready.wait(0.2):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the service did not become ready (exit {proc.poll()}): "
-                                       + (work / "stderr.log").read_text()[-2000:])
+                    raise RuntimeError(
+                        f"the service did not become ready (exit {proc.poll()}): "
+                        + (work / "stderr.log").read_text()[-2000:]
+                    )
             t0 = last_t = time.monotonic()
             last_frames = notify.pings
             next_at = t0
@@ -272,19 +291,21 @@ def table(report: Report) -> str:
 
 def summary(report: Report) -> str:
     mb = 1024
-    return "\n".join([
-        f"duration {report.seconds / 60:.1f} min, warm-up {report.warmup:g} s, {report.frames} frames, "
-        f"{report.alerts} alerts, {report.delivered} delivered (stdout sink)",
-        f"RSS      {report.rss_first_kb / mb:.1f} MB at READY, {report.rss_start_kb / mb:.1f} MB in the first "
-        f"window, {report.rss_end_kb / mb:.1f} MB in the last: {report.rss_growth:+.2%} "
-        f"(target < {RSS_GROWTH_MAX:.0%})",
-        f"fds      {report.fds_start} → {report.fds_end} (target +{FD_GROWTH_MAX})",
-        f"threads  {report.threads_start} → {report.threads_end} (target +{THREAD_GROWTH_MAX})",
-        f"fps      first {report.window:g} s {report.fps_first:.1f}, last {report.window:g} s {report.fps_last:.1f}: "
-        f"ratio {report.fps_ratio:.2f} (target ≥ {FPS_RATIO_MIN})",
-        f"stop     exit {report.exit_code} after {report.stop_seconds:.2f} s (target 0 within {STOP_WITHIN:g} s)",
-        "result   " + ("all targets met" if report.ok else "MISSED: " + "; ".join(report.misses)),
-    ])
+    return "\n".join(
+        [
+            f"duration {report.seconds / 60:.1f} min, warm-up {report.warmup:g} s, {report.frames} frames, "
+            f"{report.alerts} alerts, {report.delivered} delivered (stdout sink)",
+            f"RSS      {report.rss_first_kb / mb:.1f} MB at READY, {report.rss_start_kb / mb:.1f} MB in the first "
+            f"window, {report.rss_end_kb / mb:.1f} MB in the last: {report.rss_growth:+.2%} "
+            f"(target < {RSS_GROWTH_MAX:.0%})",
+            f"fds      {report.fds_start} → {report.fds_end} (target +{FD_GROWTH_MAX})",
+            f"threads  {report.threads_start} → {report.threads_end} (target +{THREAD_GROWTH_MAX})",
+            f"fps      first {report.window:g} s {report.fps_first:.1f}, last {report.window:g} s {report.fps_last:.1f}: "
+            f"ratio {report.fps_ratio:.2f} (target ≥ {FPS_RATIO_MIN})",
+            f"stop     exit {report.exit_code} after {report.stop_seconds:.2f} s (target 0 within {STOP_WITHIN:g} s)",
+            "result   " + ("all targets met" if report.ok else "MISSED: " + "; ".join(report.misses)),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,16 +316,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60.0, help="seconds of the first/last fps windows (default 60)")
     parser.add_argument("--realtime", action="store_true", help="play the clip at its own 10 fps, as a camera")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="passed on to `edge-retrieval run --set`")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed on to `edge-retrieval run --set`",
+    )
     args = parser.parse_args(argv)
     extra = [x for kv in args.sets for x in ("--set", kv)]
     quiet = args.json
-    report = soak(args.minutes * 60, every=args.every, warmup=args.warmup, window=args.window,
-                  realtime=args.realtime, extra=extra,
-                  progress=None if quiet else (lambda s: print(f"  {s.t:6.0f} s  RSS {s.rss_kb / 1024:7.1f} MB  "
-                                                               f"fds {s.fds:3d}  threads {s.threads:3d}  "
-                                                               f"{s.fps:6.1f} fps", flush=True)))
+    report = soak(
+        args.minutes * 60,
+        every=args.every,
+        warmup=args.warmup,
+        window=args.window,
+        realtime=args.realtime,
+        extra=extra,
+        progress=None
+        if quiet
+        else (
+            lambda s: print(
+                f"  {s.t:6.0f} s  RSS {s.rss_kb / 1024:7.1f} MB  "
+                f"fds {s.fds:3d}  threads {s.threads:3d}  "
+                f"{s.fps:6.1f} fps",
+                flush=True,
+            )
+        ),
+    )
     if args.json:
         print(json.dumps({**asdict(report), "ok": report.ok}, indent=1))
     else:

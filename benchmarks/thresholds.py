@@ -13,6 +13,7 @@ separates them (the midpoint of the widest gap between "item" p05 and the others
 
     python benchmarks/thresholds.py [--seed 0] [--model models/mobilenet_v2_int8.tflite]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 def measure(embedder: Embedder, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     clip = democlip.DemoClip(seed)
     path = democlip.clip_path(seed)
-    groups: dict[str, dict[str, list]] = {g: {"score": [], "margin": [], "correct": []}
-                                          for g in ("item", "held-out", "empty", "partial")}
+    groups: dict[str, dict[str, list]] = {
+        g: {"score": [], "margin": [], "correct": []} for g in ("item", "held-out", "empty", "partial")
+    }
     with tempfile.TemporaryDirectory() as tmp, Gallery(Path(tmp) / "g.db") as gallery:
         enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
         source = FileSource(str(path), decode_size=embedder.input_size)  # as the service decodes it
@@ -84,17 +86,25 @@ def main(argv=None) -> int:
             continue
         s = np.percentile(g["score"], q)
         mg = np.percentile(g["margin"], q[:3])
-        print(f"{name:<9} {len(g['score']):>6}  " + " / ".join(f"{v:.3f}" for v in s)
-              + "   " + " / ".join(f"{v:.3f}" for v in mg))
+        print(
+            f"{name:<9} {len(g['score']):>6}  "
+            + " / ".join(f"{v:.3f}" for v in s)
+            + "   "
+            + " / ".join(f"{v:.3f}" for v in mg)
+        )
     item = groups["item"]
     print(f"item frames whose top label is right: {item['correct'].mean():.1%}")
     negatives = np.concatenate([groups["empty"]["score"], groups["held-out"]["score"]])
     low, high = negatives.max(), np.percentile(item["score"][item["correct"]], 5)
-    print(f"highest non-item score {low:.3f}; item p05 (right label) {high:.3f}; "
-          f"midpoint threshold {(low + high) / 2:.3f}")
+    print(
+        f"highest non-item score {low:.3f}; item p05 (right label) {high:.3f}; "
+        f"midpoint threshold {(low + high) / 2:.3f}"
+    )
     neg_margins = np.concatenate([groups["empty"]["margin"], groups["held-out"]["margin"]])
-    print(f"highest non-item margin {neg_margins.max():.3f}; item margin p05 "
-          f"{np.percentile(item['margin'][item['correct']], 5):.3f}")
+    print(
+        f"highest non-item margin {neg_margins.max():.3f}; item margin p05 "
+        f"{np.percentile(item['margin'][item['correct']], 5):.3f}"
+    )
     threshold, margin = args.threshold, args.margin
     print(f"frames passing threshold {threshold} and margin {margin}:")
     for name, g in groups.items():

@@ -1,4 +1,5 @@
 """edge-retrieval: on-device image retrieval with an int8 MobileNet, a SQLite gallery and a NumPy scan."""
+
 import os
 
 # The interpreter owns the cores: OpenBLAS threads spinning beside it made the small matrix
@@ -15,6 +16,16 @@ from .modelcard import DEFAULT_MODEL, ModelCard
 from .storage.gallery import Gallery, Item, Matches
 
 __all__ = [
-    "BadImageError", "ConfigError", "DEFAULT_MODEL", "EdgeRetrievalError", "Embedder", "Gallery", "GalleryError",
-    "Item", "Matches", "ModelCard", "ModelError", "ModelMismatchError",
+    "BadImageError",
+    "ConfigError",
+    "DEFAULT_MODEL",
+    "EdgeRetrievalError",
+    "Embedder",
+    "Gallery",
+    "GalleryError",
+    "Item",
+    "Matches",
+    "ModelCard",
+    "ModelError",
+    "ModelMismatchError",
 ]

@@ -6,6 +6,7 @@ The views are generic camera changes — a crop, a perspective tilt, a light cha
 blur — not a model of any one benchmark: the camera sees the item partly, from the side,
 under other light.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

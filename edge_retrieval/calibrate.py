@@ -12,6 +12,7 @@ of the item): lowered to the item's 5th-percentile positive score, never to or b
 negative that landed on that item, and never raised (so the false alarms on the calibration
 negatives do not grow).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -71,8 +72,10 @@ def builtin_negatives(recognizer: Recognizer) -> tuple[list[np.ndarray], str]:
         frames.extend([image] + augment.views(image, BUILTIN_VIEWS, seed=i))
     negative_files = [s for (s,) in gallery.db.execute("SELECT source FROM negatives") if s and Path(s).is_file()]
     frames.extend(read_image(s) for s in negative_files)
-    return frames, (f"built-in: {len(photos)} bundled photos × {BUILTIN_VIEWS + 1} views"
-                    f" + {len(negative_files)} enrolled negative photo(s)")
+    return frames, (
+        f"built-in: {len(photos)} bundled photos × {BUILTIN_VIEWS + 1} views"
+        f" + {len(negative_files)} enrolled negative photo(s)"
+    )
 
 
 def calibrate(
@@ -107,8 +110,10 @@ def calibrate(
     neg_scores = np.array(neg_scores)
     threshold = threshold_at(neg_scores, fpir)
     if len(negatives) < 1 / fpir:
-        notes.append(f"only {len(negatives)} negatives: a false-alarm rate of {fpir:g} is not resolved "
-                     f"(want at least {int(np.ceil(1 / fpir))})")
+        notes.append(
+            f"only {len(negatives)} negatives: a false-alarm rate of {fpir:g} is not resolved "
+            f"(want at least {int(np.ceil(1 / fpir))})"
+        )
 
     pos = []  # (item id, correct, score)
     for label, frame in progress(list(positives)):
@@ -137,12 +142,18 @@ def calibrate(
         return score > per_item.get(item_id, threshold)
 
     measured_fpir = float(np.mean([passes(i, s) for s, i in zip(neg_scores, neg_items)]))
-    result = Calibration(recognizer.preset.name, fpir, threshold, per_item, len(negatives), source, measured_fpir,
-                         notes=notes)
+    result = Calibration(
+        recognizer.preset.name, fpir, threshold, per_item, len(negatives), source, measured_fpir, notes=notes
+    )
     if pos:
-        result = Calibration(**{**asdict(result), "positives": len(pos),
-                                "dir": float(np.mean([c and passes(i, s) for i, c, s in pos])),
-                                "recall_at_1": float(np.mean([c for _, c, _ in pos]))})
+        result = Calibration(
+            **{
+                **asdict(result),
+                "positives": len(pos),
+                "dir": float(np.mean([c and passes(i, s) for i, c, s in pos])),
+                "recall_at_1": float(np.mean([c for _, c, _ in pos])),
+            }
+        )
     return result
 
 

@@ -1,4 +1,5 @@
 """The command line: a thin click layer over the library. Only here do errors become messages."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,11 @@ class Group(click.Group):
             ctx.exit(1)
         except sqlite3.DatabaseError as e:  # damage SQLite finds only when it reads the page (not at open)
             where = ctx.meta.get(GALLERY_KEY, "the gallery")
-            click.echo(f"Error: {where}: damaged gallery database ({' '.join(str(e).split())}); "
-                       f"check it with: sqlite3 {where} 'PRAGMA integrity_check'", err=True)
+            click.echo(
+                f"Error: {where}: damaged gallery database ({' '.join(str(e).split())}); "
+                f"check it with: sqlite3 {where} 'PRAGMA integrity_check'",
+                err=True,
+            )
             ctx.exit(1)
 
 
@@ -45,17 +49,37 @@ def remember_gallery(ctx, param, value):
 
 
 gallery_option = click.option(
-    "--gallery", "-g", "gallery_path", default="gallery.db", show_default=True, envvar="EDGE_RETRIEVAL_GALLERY",
-    type=click.Path(dir_okay=False), callback=remember_gallery, help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY).")
+    "--gallery",
+    "-g",
+    "gallery_path",
+    default="gallery.db",
+    show_default=True,
+    envvar="EDGE_RETRIEVAL_GALLERY",
+    type=click.Path(dir_okay=False),
+    callback=remember_gallery,
+    help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY).",
+)
 model_option = click.option(
-    "--model", "-m", "model_path", default=str(DEFAULT_MODEL), show_default=True, envvar="EDGE_RETRIEVAL_MODEL",
-    type=click.Path(dir_okay=False), help="The .tflite model; its .json card must sit beside it.")
+    "--model",
+    "-m",
+    "model_path",
+    default=str(DEFAULT_MODEL),
+    show_default=True,
+    envvar="EDGE_RETRIEVAL_MODEL",
+    type=click.Path(dir_okay=False),
+    help="The .tflite model; its .json card must sit beside it.",
+)
 preset_option = click.option(
-    "--preset", default="default", show_default=True, type=click.Choice(["default", "quick", "fast", "whole"]),
+    "--preset",
+    default="default",
+    show_default=True,
+    type=click.Choice(["default", "quick", "fast", "whole"]),
     help="default: CNN regions + ORB votes over the gallery + geometric verification; quick: the "
-         "same with half the ORB features; fast: CNN regions only; whole: the whole-frame descriptor.")
-threads_option = click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
-                              help="Interpreter threads.")
+    "same with half the ORB features; fast: CNN regions only; whole: the whole-frame descriptor.",
+)
+threads_option = click.option(
+    "--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="Interpreter threads."
+)
 
 
 def parse_meta(pairs: tuple[str, ...]) -> dict:
@@ -91,10 +115,19 @@ def progress(items):
 @click.option("--label", "-l", help="Label for every image given (default: sub-folder name or file name).")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata for the enrolled items (repeatable).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and report how many) instead of stopping.")
-@click.option("--augment", default=0, show_default=True, type=click.IntRange(0, 64),
-              help="Also enrol this many camera-like views (tilt, crop, light, blur) of every photo.")
-@click.option("--not", "not_item", metavar="LABEL",
-              help="Enrol the images as negatives of item LABEL (\"this is NOT LABEL\"): they veto its matches.")
+@click.option(
+    "--augment",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="Also enrol this many camera-like views (tilt, crop, light, blur) of every photo.",
+)
+@click.option(
+    "--not",
+    "not_item",
+    metavar="LABEL",
+    help="Enrol the images as negatives of item LABEL (\"this is NOT LABEL\"): they veto its matches.",
+)
 @gallery_option
 @model_option
 @threads_option
@@ -111,8 +144,9 @@ def enroll(paths, label, meta, skip_bad, augment, not_item, gallery_path, model_
     metadata = parse_meta(meta)
     pairs = plan(paths, label)
     with Embedder(model_path, threads) as emb, Gallery(gallery_path) as gallery:
-        report = enroll_pairs(gallery, emb, pairs, metadata=metadata, skip_bad=skip_bad, progress=progress,
-                              augment=augment)
+        report = enroll_pairs(
+            gallery, emb, pairs, metadata=metadata, skip_bad=skip_bad, progress=progress, augment=augment
+        )
     for e in report.skipped:
         click.echo(f"skipped {e}", err=True)
     for warning in report.warnings:
@@ -130,13 +164,26 @@ def expand_queries(paths) -> list[Path]:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(1, 1000),
-              help="How many ranked candidates to list.")
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per query: query, match (label or null), score, threshold, margin, inliers, "
-                   "matches (the final ranking, best first: label, item_id, score, cosine, inliers, votes, metadata).")
-@click.option("--explain", type=click.Path(dir_okay=False),
-              help="Draw where the item was found into this image (several queries: NAME-0.jpg, NAME-1.jpg, …).")
+@click.option(
+    "--top-k",
+    "-k",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many ranked candidates to list.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per query: query, match (label or null), score, threshold, margin, inliers, "
+    "matches (the final ranking, best first: label, item_id, score, cosine, inliers, votes, metadata).",
+)
+@click.option(
+    "--explain",
+    type=click.Path(dir_okay=False),
+    help="Draw where the item was found into this image (several queries: NAME-0.jpg, NAME-1.jpg, …).",
+)
 @preset_option
 @gallery_option
 @model_option
@@ -180,12 +227,23 @@ def search(images, top_k, as_json, explain, preset, gallery_path, model_path, th
 
 
 @cli.command()
-@click.option("--positives", type=click.Path(exists=True, file_okay=False),
-              help="Labelled captures: a folder with one sub-folder per item label.")
-@click.option("--negatives", type=click.Path(exists=True, file_okay=False),
-              help="Captures of nothing enrolled (default: a built-in bank of bundled photos and enrolled negatives).")
-@click.option("--fpir", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Target false-alarm rate: the share of non-enrolled captures allowed to match.")
+@click.option(
+    "--positives",
+    type=click.Path(exists=True, file_okay=False),
+    help="Labelled captures: a folder with one sub-folder per item label.",
+)
+@click.option(
+    "--negatives",
+    type=click.Path(exists=True, file_okay=False),
+    help="Captures of nothing enrolled (default: a built-in bank of bundled photos and enrolled negatives).",
+)
+@click.option(
+    "--fpir",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Target false-alarm rate: the share of non-enrolled captures allowed to match.",
+)
 @click.option("--dry-run", is_flag=True, help="Report, but do not store the thresholds.")
 @click.option("--json", "as_json", is_flag=True)
 @preset_option
@@ -210,11 +268,15 @@ def calibrate(positives, negatives, fpir, dry_run, as_json, preset, gallery_path
     if as_json:
         click.echo(json.dumps(result.report()))
         return
-    click.echo(f"preset {result.preset}: threshold {result.threshold:.4f} for FPIR {fpir:g} "
-               f"({result.negatives} negatives, {result.negatives_source}; measured FPIR {result.fpir:.3f})")
+    click.echo(
+        f"preset {result.preset}: threshold {result.threshold:.4f} for FPIR {fpir:g} "
+        f"({result.negatives} negatives, {result.negatives_source}; measured FPIR {result.fpir:.3f})"
+    )
     if result.dir is not None:
-        click.echo(f"expected detection rate (DIR) {result.dir:.3f}, recall@1 {result.recall_at_1:.3f} "
-                   f"on {result.positives} positives; {len(result.per_item)} per-item threshold(s)")
+        click.echo(
+            f"expected detection rate (DIR) {result.dir:.3f}, recall@1 {result.recall_at_1:.3f} "
+            f"on {result.positives} positives; {len(result.per_item)} per-item threshold(s)"
+        )
     else:
         click.echo("no positives given: the detection rate is not known (pass --positives)")
     for note in result.notes:
@@ -231,8 +293,11 @@ def list_items(as_json, gallery_path):
         items = gallery.items()
     for item in items:
         if as_json:
-            click.echo(json.dumps({"item_id": item.id, "label": item.label, "embeddings": item.embeddings,
-                                   "metadata": item.metadata}))
+            click.echo(
+                json.dumps(
+                    {"item_id": item.id, "label": item.label, "embeddings": item.embeddings, "metadata": item.metadata}
+                )
+            )
         else:
             meta = " ".join(f"{k}={v}" for k, v in item.metadata.items())
             click.echo(f"{item.id:>6}  {item.label}  ({item.embeddings} embedding(s)) {meta}".rstrip())
@@ -262,9 +327,12 @@ def export(path, gallery_path):
 
 @cli.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--unverified", is_flag=True,
-              help="Also import an export without a manifest (made by an older version): its rows are checked, "
-                   "their sha256 cannot be.")
+@click.option(
+    "--unverified",
+    is_flag=True,
+    help="Also import an export without a manifest (made by an older version): its rows are checked, "
+    "their sha256 cannot be.",
+)
 @gallery_option
 def import_(path, unverified, gallery_path):
     """Merge an exported gallery file into the gallery (verified against its manifest; all or nothing)."""
@@ -282,10 +350,18 @@ def info(as_json, gallery_path, model_path):
     from .modelcard import ModelCard, sha256_file
 
     card = ModelCard.load(ModelCard.path_for(model_path))
-    out = {"model": {"path": model_path, "name": card.name, "sha256": sha256_file(model_path),
-                     "bytes": Path(model_path).stat().st_size, "input": [card.input_height, card.input_width],
-                     "output_kind": card.output_kind, "dim": card.output_dim,
-                     "validation": card.validation}}
+    out = {
+        "model": {
+            "path": model_path,
+            "name": card.name,
+            "sha256": sha256_file(model_path),
+            "bytes": Path(model_path).stat().st_size,
+            "input": [card.input_height, card.input_width],
+            "output_kind": card.output_kind,
+            "dim": card.output_dim,
+            "validation": card.validation,
+        }
+    }
     if Path(gallery_path).is_file():
         with Gallery(gallery_path, create=False) as gallery:
             out["gallery"] = gallery.info()
@@ -297,8 +373,10 @@ def info(as_json, gallery_path, model_path):
     click.echo(f"         input {m['input'][0]}×{m['input'][1]}, {m['output_kind']} → {m['dim']}-d descriptor")
     if "gallery" in out:
         g = out["gallery"]
-        click.echo(f"gallery  {g['path']}  {g['items']} item(s), {g['embeddings']} embedding(s), "
-                   f"{g['file_bytes'] / 1e6:.2f} MB on disk, {g['matrix_bytes'] / 1e6:.2f} MB matrix")
+        click.echo(
+            f"gallery  {g['path']}  {g['items']} item(s), {g['embeddings']} embedding(s), "
+            f"{g['file_bytes'] / 1e6:.2f} MB on disk, {g['matrix_bytes'] / 1e6:.2f} MB matrix"
+        )
         if g["model_sha256"]:
             click.echo(f"         belongs to model {g['model_name']} (sha256 {g['model_sha256'][:12]}…)")
     else:
@@ -327,9 +405,11 @@ def eval_(ground_truth, subset, as_json, preset, model_path, threads):
         fields = {k: v for k, v in result.__dict__.items() if k != "ranks"}
         click.echo(json.dumps(fields))
     else:
-        click.echo(f"{subset or ground_truth}: {result.queries} queries, {result.records} records  "
-                   f"recall@1 {result.recall_at_1:.3f}  recall@5 {result.recall_at_5:.3f}  "
-                   f"MRR {result.mrr:.3f}  {result.ms_per_query:.1f} ms/query")
+        click.echo(
+            f"{subset or ground_truth}: {result.queries} queries, {result.records} records  "
+            f"recall@1 {result.recall_at_1:.3f}  recall@5 {result.recall_at_5:.3f}  "
+            f"MRR {result.mrr:.3f}  {result.ms_per_query:.1f} ms/query"
+        )
 
 
 @cli.command()
@@ -339,15 +419,20 @@ def eval_(ground_truth, subset, as_json, preset, model_path, threads):
 @threads_option
 def demo(seed, preset, model_path, threads):
     """Enrol the built-in photos, then look up simulated camera views of them (no camera needed)."""
-    with tempfile.TemporaryDirectory() as tmp, Embedder(model_path, threads) as emb, \
-            Gallery(Path(tmp) / "demo.db") as gallery:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Embedder(model_path, threads) as emb,
+        Gallery(Path(tmp) / "demo.db") as gallery,
+    ):
         lookups = demo_data.run(emb, gallery, seed, preset)
         click.echo(f"enrolled {len(demo_data.ITEMS)} items from {demo_data.PHOTOS} with model {emb.card.name}")
         for x in lookups:
             best = x.ranking.best
             seen = f"best {best.label} {best.score:.3f}" if best else "empty gallery"
-            click.echo(f"camera view of {x.name:<10} → {x.answer:<10} ({seen}, threshold "
-                       f"{x.ranking.threshold or float('nan'):.3f})  {x.ms:5.1f} ms  truth: {x.truth}")
+            click.echo(
+                f"camera view of {x.name:<10} → {x.answer:<10} ({seen}, threshold "
+                f"{x.ranking.threshold or float('nan'):.3f})  {x.ms:5.1f} ms  truth: {x.truth}"
+            )
         hits = sum(x.answer == x.truth for x in lookups)
         click.echo(f"{hits}/{len(lookups)} right (preset {preset}, as `search`, the service and the kiosk answer)")
 
@@ -358,8 +443,7 @@ def setup_logging(level: str):
     import logging
     import os
 
-    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(message)s"
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
     root = logging.getLogger()
@@ -381,31 +465,62 @@ def service_config(config_path, settings, demo: bool, flags: dict):
 
 def apply(*decorators):
     """A group of options shared by several commands, applied as one decorator."""
+
     def wrap(f):
         for d in reversed(decorators):
             f = d(f)
         return f
+
     return wrap
 
 
 service_options = apply(
-    click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_CONFIG",
-                 help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it."),
+    click.option(
+        "--config",
+        "-c",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        envvar="EDGE_RETRIEVAL_CONFIG",
+        help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it.",
+    ),
     click.option("--source", "-s", help="V4L2 device index (0), video file, rtsp/http URL or image folder."),
-    click.option("--gallery", "-g", "gallery_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_GALLERY",
-                 help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY)."),
-    click.option("--model", "-m", "model_path", type=click.Path(dir_okay=False), envvar="EDGE_RETRIEVAL_MODEL",
-                 help="The .tflite model (default: the built-in one)."),
-    click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-                 help="Override any config key, e.g. --set decision.preset=quick (repeatable)."),
-    click.option("--demo", is_flag=True, help="Play the built-in demo clip against the built-in demo gallery (also "
-                                              "the default when no source and no gallery are configured)."),
+    click.option(
+        "--gallery",
+        "-g",
+        "gallery_path",
+        type=click.Path(dir_okay=False),
+        envvar="EDGE_RETRIEVAL_GALLERY",
+        help="Gallery SQLite file (env EDGE_RETRIEVAL_GALLERY).",
+    ),
+    click.option(
+        "--model",
+        "-m",
+        "model_path",
+        type=click.Path(dir_okay=False),
+        envvar="EDGE_RETRIEVAL_MODEL",
+        help="The .tflite model (default: the built-in one).",
+    ),
+    click.option(
+        "--set",
+        "settings",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override any config key, e.g. --set decision.preset=quick (repeatable).",
+    ),
+    click.option(
+        "--demo",
+        is_flag=True,
+        help="Play the built-in demo clip against the built-in demo gallery (also "
+        "the default when no source and no gallery are configured).",
+    ),
 )
 
 
 @cli.command()
 @service_options
-@click.option("--fps", type=click.FloatRange(min=0), help="Target rate of processed frames (0 = as fast as frames come).")
+@click.option(
+    "--fps", type=click.FloatRange(min=0), help="Target rate of processed frames (0 = as fast as frames come)."
+)
 @click.option("--threads", type=click.IntRange(1, 64), help="Interpreter threads.")
 @click.option("--stats", is_flag=True, help="Print fps and per-stage timings while running and a table at the end.")
 def run(config_path, source, gallery_path, model_path, settings, demo, fps, threads, stats):
@@ -422,9 +537,18 @@ def run(config_path, source, gallery_path, model_path, settings, demo, fps, thre
 
     from .service.daemon import Daemon
 
-    config, demo = service_config(config_path, settings, demo, {
-        "source.uri": source, "source.fps": fps, "gallery.path": gallery_path, "model.path": model_path,
-        "model.threads": threads})
+    config, demo = service_config(
+        config_path,
+        settings,
+        demo,
+        {
+            "source.uri": source,
+            "source.fps": fps,
+            "gallery.path": gallery_path,
+            "model.path": model_path,
+            "model.threads": threads,
+        },
+    )
     handler = setup_logging(config.service.log_level)
     stop = threading.Event()
 
@@ -440,24 +564,29 @@ def run(config_path, source, gallery_path, model_path, settings, demo, fps, thre
             signal.signal(signum, previous_handler)
         logging.getLogger().removeHandler(handler)
     alerts = len(summary.decisions)
-    click.echo(f"{summary.reason}: {summary.frames} frame(s) processed, {summary.embedded} embedded, "
-               f"{alerts} alert(s)", err=True)
+    click.echo(
+        f"{summary.reason}: {summary.frames} frame(s) processed, {summary.embedded} embedded, {alerts} alert(s)",
+        err=True,
+    )
     if stats and summary.metrics is not None:
         click.echo(summary.metrics.table(), err=True)
 
 
 @cli.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--show", is_flag=True, help="Print the effective configuration (defaults filled in) as TOML, "
-                                           "secrets shown as ***.")
+@click.option(
+    "--show", is_flag=True, help="Print the effective configuration (defaults filled in) as TOML, secrets shown as ***."
+)
 def check_config(path, show):
     """Validate a TOML config file; errors name the key path (e.g. decision.votes.m)."""
     from .config import SECRET, load_config, redacted, to_toml
 
     config = load_config(path)
     if show:
-        click.echo(f"# {path}, defaults filled in; passwords, tokens, header values and URL credentials and "
-                   f"query values shown as {SECRET}\n")
+        click.echo(
+            f"# {path}, defaults filled in; passwords, tokens, header values and URL credentials and "
+            f"query values shown as {SECRET}\n"
+        )
         click.echo(to_toml(redacted(config)), nl=False)
     else:
         click.echo(f"{path}: ok")
@@ -489,10 +618,13 @@ def events_list(parked, limit, as_json, gallery_path):
             click.echo(json.dumps({**event.payload(), "deliveries": [vars(d) for d in deliveries]}))
             continue
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time))
-        states = ", ".join(f"{d.sink} {d.state}" + (f" ({d.error})" if d.error and d.state != "delivered" else "")
-                           for d in deliveries)
-        click.echo(f"{event.id:>6}  {when}  {event.source}  {event.label or event.kind} {event.score:.2f}  "
-                   f"{states or 'no sinks'}")
+        states = ", ".join(
+            f"{d.sink} {d.state}" + (f" ({d.error})" if d.error and d.state != "delivered" else "") for d in deliveries
+        )
+        click.echo(
+            f"{event.id:>6}  {when}  {event.source}  {event.label or event.kind} {event.score:.2f}  "
+            f"{states or 'no sinks'}"
+        )
 
 
 @events.command("retry")
@@ -512,14 +644,16 @@ def events_retry(event_ids, every, gallery_path):
         click.echo(f"event {event_id}: nothing parked", err=True)
 
 
-
 # -- the kiosk -------------------------------------------------------------------------
 @cli.command()
 @service_options
 @click.option("--host", help="Address to serve on (default 127.0.0.1; 0.0.0.0 = the network too).")
 @click.option("--port", "-p", type=click.IntRange(0, 65535), help="TCP port (default 8080; 0 = any free port).")
-@click.option("--token", envvar="EDGE_RETRIEVAL_KIOSK_TOKEN",
-              help="Staff token (env EDGE_RETRIEVAL_KIOSK_TOKEN; default: kiosk.token, else a new random one).")
+@click.option(
+    "--token",
+    envvar="EDGE_RETRIEVAL_KIOSK_TOKEN",
+    help="Staff token (env EDGE_RETRIEVAL_KIOSK_TOKEN; default: kiosk.token, else a new random one).",
+)
 def kiosk(config_path, source, gallery_path, model_path, settings, demo, host, port, token):
     """Serve the kiosk page: the live camera and the record of the item held up to it; /admin for staff.
 
@@ -530,9 +664,19 @@ def kiosk(config_path, source, gallery_path, model_path, settings, demo, host, p
     """
     from .kiosk import Kiosk, Server
 
-    config, demo = service_config(config_path, settings, demo, {
-        "source.uri": source, "gallery.path": gallery_path, "model.path": model_path, "kiosk.host": host,
-        "kiosk.port": port, "kiosk.token": token})
+    config, demo = service_config(
+        config_path,
+        settings,
+        demo,
+        {
+            "source.uri": source,
+            "gallery.path": gallery_path,
+            "model.path": model_path,
+            "kiosk.host": host,
+            "kiosk.port": port,
+            "kiosk.token": token,
+        },
+    )
     setup_logging(config.service.log_level)
     if demo:
         click.echo("preparing the built-in demo (clip and gallery)…", err=True)

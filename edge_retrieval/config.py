@@ -6,6 +6,7 @@ nested dataclasses, Optional fields, lists, tuples and dicts — and rejects unk
 and wrong types with a `ConfigError` that names the key path (`decision.votes.m`).
 `to_toml` writes a config back out with every option documented.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,9 @@ from .errors import ConfigError
 from .sinks import SinksConfig, SnapshotConfig, redact_url
 
 
-def setting(default: Any = dataclasses.MISSING, doc: str = "", *, default_factory: Any = dataclasses.MISSING,
-            **checks: Any) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING, doc: str = "", *, default_factory: Any = dataclasses.MISSING, **checks: Any
+) -> Any:
     """A documented config field; `checks` may hold min, max (inclusive) and choices."""
     meta = {"doc": doc, **checks}
     if default_factory is not dataclasses.MISSING:
@@ -32,42 +34,65 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", *, default_factor
 
 # -- the sections -------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SourceConfig:
     """Where frames come from."""
 
-    uri: str = setting("", "A V4L2 device index (\"0\") or path (/dev/video0), a video file, an rtsp://, "
-                           "http(s):// or other stream URL, or a folder of images. Empty: none configured "
-                           "(with no gallery either, `run` plays the built-in demo).")
+    uri: str = setting(
+        "",
+        "A V4L2 device index (\"0\") or path (/dev/video0), a video file, an rtsp://, "
+        "http(s):// or other stream URL, or a folder of images. Empty: none configured "
+        "(with no gallery either, `run` plays the built-in demo).",
+    )
     name: str = setting("", "The source's name in events and cooldown keys (default: the uri).")
-    fps: float = setting(0.0, "Target rate of processed frames; 0 = as fast as frames come. Live sources "
-                              "always hand over their newest frame; files skip frames by media time.", min=0)
+    fps: float = setting(
+        0.0,
+        "Target rate of processed frames; 0 = as fast as frames come. Live sources "
+        "always hand over their newest frame; files skip frames by media time.",
+        min=0,
+    )
     width: int = setting(0, "Capture width to ask a device for (0 = the driver's default).", min=0)
     height: int = setting(0, "Capture height to ask a device for (0 = the driver's default).", min=0)
     loop: bool = setting(False, "Files and folders: start again at the end instead of finishing.")
-    realtime: bool = setting(False, "Files and folders: play at the media's own speed, dropping frames when "
-                                    "processing falls behind (as a camera would), instead of every frame "
-                                    "as fast as possible.")
-    watch: bool = setting(False, "Folders: a slow camera that drops image files; hand over the newest new file "
-                                 "and wait for more instead of finishing.")
-    read_timeout: float = setting(5.0, "Live sources: seconds without a new frame before the source counts as "
-                                       "failed and is reopened.", min=0.1)
-    reconnect_initial: float = setting(0.5, "Live sources: first wait before reopening a failed source, in "
-                                            "seconds; doubled after each failed attempt.", min=0.01)
+    realtime: bool = setting(
+        False,
+        "Files and folders: play at the media's own speed, dropping frames when "
+        "processing falls behind (as a camera would), instead of every frame "
+        "as fast as possible.",
+    )
+    watch: bool = setting(
+        False,
+        "Folders: a slow camera that drops image files; hand over the newest new file "
+        "and wait for more instead of finishing.",
+    )
+    read_timeout: float = setting(
+        5.0, "Live sources: seconds without a new frame before the source counts as failed and is reopened.", min=0.1
+    )
+    reconnect_initial: float = setting(
+        0.5,
+        "Live sources: first wait before reopening a failed source, in seconds; doubled after each failed attempt.",
+        min=0.01,
+    )
     reconnect_max: float = setting(30.0, "Live sources: the cap of the reconnect wait, in seconds.", min=0.01)
 
     def validate(self, path: str) -> None:
         if self.reconnect_max < self.reconnect_initial:
-            raise ConfigError(f"{_join(path, 'reconnect_max')}: {self.reconnect_max} is less than "
-                              f"reconnect_initial ({self.reconnect_initial})")
+            raise ConfigError(
+                f"{_join(path, 'reconnect_max')}: {self.reconnect_max} is less than "
+                f"reconnect_initial ({self.reconnect_initial})"
+            )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The embedding model."""
 
-    path: str = setting("", "The .tflite model (its .json card beside it); empty = the default model "
-                            "edge_retrieval/data/models/mobilenet_v2_240x320_int8.tflite.")
+    path: str = setting(
+        "",
+        "The .tflite model (its .json card beside it); empty = the default model "
+        "edge_retrieval/data/models/mobilenet_v2_240x320_int8.tflite.",
+    )
     threads: int = setting(2, "Interpreter threads.", min=1, max=64)
 
 
@@ -75,8 +100,11 @@ class ModelConfig:
 class GalleryConfig:
     """The watchlist."""
 
-    path: str = setting("", "The gallery SQLite file (enrol with `edge-retrieval enroll`). Changes made while "
-                            "the service runs take effect within a second. Events are stored in the same file.")
+    path: str = setting(
+        "",
+        "The gallery SQLite file (enrol with `edge-retrieval enroll`). Changes made while "
+        "the service runs take effect within a second. Events are stored in the same file.",
+    )
 
 
 @dataclass(frozen=True)
@@ -98,15 +126,21 @@ class RoiConfig:
 class MotionConfig:
     """The motion gate: skip the model while the scene does not change."""
 
-    enabled: bool = setting(True, "Skip embedding frames that look like the last embedded one (the last "
-                                  "descriptor is searched again instead, so gallery changes still apply).")
+    enabled: bool = setting(
+        True,
+        "Skip embedding frames that look like the last embedded one (the last "
+        "descriptor is searched again instead, so gallery changes still apply).",
+    )
     width: int = setting(64, "Width of the grey thumbnail compared, in pixels.", min=8, max=1024)
-    pixel_threshold: int = setting(12, "A thumbnail pixel counts as changed when it differs by more than this "
-                                       "(0..255).", min=0, max=255)
-    min_changed: float = setting(0.02, "The scene counts as changed when at least this fraction of the "
-                                       "thumbnail changed.", min=0, max=1)
-    refresh: float = setting(10.0, "Embed at least this often (seconds of source time) even without "
-                                   "motion; 0 = never.", min=0)
+    pixel_threshold: int = setting(
+        12, "A thumbnail pixel counts as changed when it differs by more than this (0..255).", min=0, max=255
+    )
+    min_changed: float = setting(
+        0.02, "The scene counts as changed when at least this fraction of the thumbnail changed.", min=0, max=1
+    )
+    refresh: float = setting(
+        10.0, "Embed at least this often (seconds of source time) even without motion; 0 = never.", min=0
+    )
 
 
 @dataclass(frozen=True)
@@ -125,46 +159,73 @@ class VotesConfig:
 class DecisionConfig:
     """How a frame is recognised, and when a match becomes an alert."""
 
-    preset: str = setting("default", "How a frame is matched (the same for `search`, the service and the kiosk). "
-                                     "default: regions of the frame and of the motion, ORB votes over the "
-                                     "gallery and geometric verification: finds items anywhere in a scene "
-                                     "(≈ 25 ms a 640×480 frame on 2 cores); quick: the same with half the ORB "
-                                     "features (≈ 20 % faster, a little less recall); fast: CNN regions only; "
-                                     "whole: the whole-frame descriptor (≈ 5 ms; only items that fill much "
-                                     "of the frame). Scores and thresholds are the preset's, set by "
-                                     "`edge-retrieval calibrate`; README: Finding items in scenes.",
-                          choices=("default", "quick", "fast", "whole"))
-    threshold: Optional[float] = setting(None, "Global threshold on the preset's score, over the gallery's "
-                                               "calibrated one (absent: calibrated, else the preset's own; an "
-                                               "item's calibrated threshold wins over both).", min=-1, max=10)
-    margin: Optional[float] = setting(None, "Minimum lead of the top score over the best score of a different "
-                                            "label (absent: the preset's: 0.2 for whole, none for the others).",
-                                      min=0, max=10)
+    preset: str = setting(
+        "default",
+        "How a frame is matched (the same for `search`, the service and the kiosk). "
+        "default: regions of the frame and of the motion, ORB votes over the "
+        "gallery and geometric verification: finds items anywhere in a scene "
+        "(≈ 25 ms a 640×480 frame on 2 cores); quick: the same with half the ORB "
+        "features (≈ 20 % faster, a little less recall); fast: CNN regions only; "
+        "whole: the whole-frame descriptor (≈ 5 ms; only items that fill much "
+        "of the frame). Scores and thresholds are the preset's, set by "
+        "`edge-retrieval calibrate`; README: Finding items in scenes.",
+        choices=("default", "quick", "fast", "whole"),
+    )
+    threshold: Optional[float] = setting(
+        None,
+        "Global threshold on the preset's score, over the gallery's "
+        "calibrated one (absent: calibrated, else the preset's own; an "
+        "item's calibrated threshold wins over both).",
+        min=-1,
+        max=10,
+    )
+    margin: Optional[float] = setting(
+        None,
+        "Minimum lead of the top score over the best score of a different "
+        "label (absent: the preset's: 0.2 for whole, none for the others).",
+        min=0,
+        max=10,
+    )
     votes: VotesConfig = setting(default_factory=VotesConfig, doc="Temporal voting.")
-    cooldown: float = setting(30.0, "Seconds per (label, source): a label alerts again only after it has not "
-                                    "been confirmed for this long, so one standing in view alerts once.", min=0)
-    unknown: bool = setting(False, "Also raise \"unknown\" events: the scene moved in M of the last N frames "
-                                   "and nothing in the gallery passed.")
+    cooldown: float = setting(
+        30.0,
+        "Seconds per (label, source): a label alerts again only after it has not "
+        "been confirmed for this long, so one standing in view alerts once.",
+        min=0,
+    )
+    unknown: bool = setting(
+        False,
+        "Also raise \"unknown\" events: the scene moved in M of the last N frames and nothing in the gallery passed.",
+    )
 
 
 @dataclass(frozen=True)
 class EventsConfig:
     """The event history in the gallery file (one row per decision, ≈ 430 bytes with three sinks)."""
 
-    max_count: int = setting(100_000, "Keep at most this many events (the oldest go, with their delivery "
-                                      "records); 0 = no limit. An event a sink has not acknowledged yet is "
-                                      "always kept (one a sink refused for good, parked, until max_age_days).",
-                             min=0)
-    max_age_days: float = setting(365.0, "Delete events older than this (by their time); 0 = no limit. "
-                                         "Snapshots have their own retention ([snapshot]).", min=0)
+    max_count: int = setting(
+        100_000,
+        "Keep at most this many events (the oldest go, with their delivery "
+        "records); 0 = no limit. An event a sink has not acknowledged yet is "
+        "always kept (one a sink refused for good, parked, until max_age_days).",
+        min=0,
+    )
+    max_age_days: float = setting(
+        365.0,
+        "Delete events older than this (by their time); 0 = no limit. Snapshots have their own retention ([snapshot]).",
+        min=0,
+    )
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     """The service's own reporting."""
 
-    status_interval: float = setting(2.0, "Seconds between STATUS updates to systemd (fps, stages, last "
-                                          "match); sent after a processed frame.", min=0.1)
+    status_interval: float = setting(
+        2.0,
+        "Seconds between STATUS updates to systemd (fps, stages, last match); sent after a processed frame.",
+        min=0.1,
+    )
     log_interval: float = setting(60.0, "Seconds between per-stage timing lines in the log; 0 = never.", min=0)
     log_level: str = setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -174,20 +235,37 @@ class KioskConfig:
     """The kiosk web page (`edge-retrieval kiosk`). It runs the service's pipeline and decision rules;
     a video file or image folder as the source plays at its own speed, over and over."""
 
-    host: str = setting("127.0.0.1", "Address to serve the page on; \"0.0.0.0\" opens it to the network "
-                                     "(every write still needs the token).")
+    host: str = setting(
+        "127.0.0.1",
+        "Address to serve the page on; \"0.0.0.0\" opens it to the network (every write still needs the token).",
+    )
     port: int = setting(8080, "TCP port of the page; 0 = any free port (printed at start).", min=0, max=65535)
-    token: str = setting("", "The staff token for /admin and every write (env EDGE_RETRIEVAL_KIOSK_TOKEN); "
-                             "empty = a random token kept in <gallery>.kiosk-token (mode 600; delete the file for "
-                             "a new one). Printed only on a terminal, never to a log.")
-    photos: str = setting("", "Folder for the photos enrolled from the staff page; empty = a folder named "
-                              "after the gallery with \"-photos\" beside it.")
-    hold: float = setting(3.0, "Seconds a record (or \"unknown item\") stays on screen after its item was last "
-                               "confirmed (M of the last N frames, as for alerts).", min=0, max=600)
+    token: str = setting(
+        "",
+        "The staff token for /admin and every write (env EDGE_RETRIEVAL_KIOSK_TOKEN); "
+        "empty = a random token kept in <gallery>.kiosk-token (mode 600; delete the file for "
+        "a new one). Printed only on a terminal, never to a log.",
+    )
+    photos: str = setting(
+        "",
+        "Folder for the photos enrolled from the staff page; empty = a folder named "
+        "after the gallery with \"-photos\" beside it.",
+    )
+    hold: float = setting(
+        3.0,
+        "Seconds a record (or \"unknown item\") stays on screen after its item was last "
+        "confirmed (M of the last N frames, as for alerts).",
+        min=0,
+        max=600,
+    )
     stream_fps: float = setting(10.0, "Frame rate of the live view sent to the page.", min=0.5, max=60)
     jpeg_quality: int = setting(75, "JPEG quality of the live view (10..100).", min=10, max=100)
-    max_upload_mb: float = setting(10.0, "Largest accepted request body (a searched image, an enrolment), "
-                                         "in megabytes; bigger ones get 413.", min=0.01, max=1000)
+    max_upload_mb: float = setting(
+        10.0,
+        "Largest accepted request body (a searched image, an enrolment), in megabytes; bigger ones get 413.",
+        min=0.01,
+        max=1000,
+    )
 
     def validate(self, path: str) -> None:
         if self.token and len(self.token) < 8:
@@ -212,6 +290,7 @@ class Config:
 
 
 # -- loading ------------------------------------------------------------------
+
 
 def _join(path: str, key: str | int) -> str:
     """A key path as TOML would write it: `a.b`, `a."my key"` (quoted when not bare), `a[0]`."""
@@ -311,8 +390,14 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 
 
 def _describe(value: Any) -> str:
-    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
     return f"{kind} ({_short(value)})"
 
 
@@ -351,8 +436,11 @@ def from_dict(cls: type[T], data: Any, key_path: str = "") -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(f"{_join(key_path, unknown[0])}: unknown key (known: {', '.join(fields)})")
-    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{_join(key_path, missing[0])}: required")
     kwargs = {}
@@ -375,8 +463,9 @@ def from_dict(cls: type[T], data: Any, key_path: str = "") -> T:
 def to_dict(obj: Any) -> Any:
     """A config dataclass → plain data (None fields left out), the inverse of from_dict."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if getattr(obj, f.name) is not None}
+        return {
+            f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if getattr(obj, f.name) is not None
+        }
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -417,7 +506,7 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """"decision.votes.m=4" → ("decision.votes.m", 4); the value is read as TOML, else as a string."""
+    """ "decision.votes.m=4" → ("decision.votes.m", 4); the value is read as TOML, else as a string."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -431,14 +520,20 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 # -- writing ------------------------------------------------------------------
 
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
-                             for c in value) + '"'
+        return (
+            '"'
+            + "".join(
+                _TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in value
+            )
+            + '"'
+        )
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -460,8 +555,7 @@ def _example(cls: type) -> Any:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             tp = hints[f.name]
             origin = typing.get_origin(tp)
-            required[f.name] = ([] if origin is list else {} if origin is dict else
-                                placeholders.get(tp, ""))
+            required[f.name] = [] if origin is list else {} if origin is dict else placeholders.get(tp, "")
     return cls(**required)
 
 
@@ -487,8 +581,11 @@ def to_toml(obj: Any = None, *, table: str = "", commented_optional: bool = True
         value = getattr(obj, f.name)
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        nested = tp if dataclasses.is_dataclass(tp) else (inner[0] if len(inner) == 1 and
-                                                          dataclasses.is_dataclass(inner[0]) else None)
+        nested = (
+            tp
+            if dataclasses.is_dataclass(tp)
+            else (inner[0] if len(inner) == 1 and dataclasses.is_dataclass(inner[0]) else None)
+        )
         if nested is not None:
             tables.append((f, nested, value))
         else:
@@ -532,8 +629,12 @@ def redacted(config: Config) -> Config:
         source = replace(source, uri=redact_url(source.uri))
     sinks = config.sinks
     if sinks.webhook is not None:
-        sinks = replace(sinks, webhook=replace(sinks.webhook, url=redact_url(sinks.webhook.url),
-                                               headers={k: SECRET for k in sinks.webhook.headers}))
+        sinks = replace(
+            sinks,
+            webhook=replace(
+                sinks.webhook, url=redact_url(sinks.webhook.url), headers={k: SECRET for k in sinks.webhook.headers}
+            ),
+        )
     if sinks.mqtt is not None and sinks.mqtt.password:
         sinks = replace(sinks, mqtt=replace(sinks.mqtt, password=SECRET))
     kiosk = replace(config.kiosk, token=SECRET) if config.kiosk.token else config.kiosk
@@ -547,8 +648,11 @@ def documented_keys(cls: type = Config, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        nested = tp if dataclasses.is_dataclass(tp) else (inner[0] if len(inner) == 1 and
-                                                          dataclasses.is_dataclass(inner[0]) else None)
+        nested = (
+            tp
+            if dataclasses.is_dataclass(tp)
+            else (inner[0] if len(inner) == 1 and dataclasses.is_dataclass(inner[0]) else None)
+        )
         path = _join(prefix, f.name)
         keys += documented_keys(nested, path) if nested is not None else [path]
     return keys
@@ -565,9 +669,11 @@ def example_config() -> Config:
     """The example config shipped as systemd/edge-retrieval.toml: the defaults, pointed at a
     camera and the service's data dir."""
     data = "/var/lib/edge-retrieval"
-    return Config(source=SourceConfig(uri="0", name="camera0", fps=5.0),
-                  gallery=GalleryConfig(path=f"{data}/gallery.db"),
-                  snapshot=dataclasses.replace(SnapshotConfig(), enabled=True, folder=f"{data}/snapshots"))
+    return Config(
+        source=SourceConfig(uri="0", name="camera0", fps=5.0),
+        gallery=GalleryConfig(path=f"{data}/gallery.db"),
+        snapshot=dataclasses.replace(SnapshotConfig(), enabled=True, folder=f"{data}/snapshots"),
+    )
 
 
 def example_toml() -> str:

@@ -13,6 +13,7 @@ Pure logic with the clock passed in (the frame's time), so tests replay any time
 Frames where the scene moved but nothing matched vote "unknown", which is confirmed the same
 way (the kiosk shows it); it alerts only with `unknown = True`.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,9 +83,18 @@ class Decider:
             return None
         kind = key[0]
         best = ranking.best
-        decision = Decision(kind=kind, label=match.label if match else None, item_id=match.item_id if match else None,
-                            score=best.score if best else -math.inf, margin=ranking.margin, votes=count,
-                            window=self.n, source=source, time=t, threshold=ranking.threshold)
+        decision = Decision(
+            kind=kind,
+            label=match.label if match else None,
+            item_id=match.item_id if match else None,
+            score=best.score if best else -math.inf,
+            margin=ranking.margin,
+            votes=count,
+            window=self.n,
+            source=source,
+            time=t,
+            threshold=ranking.threshold,
+        )
         self._confirmed[source] = decision
         if kind == UNKNOWN and not self.unknown:
             return None

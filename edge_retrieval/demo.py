@@ -1,4 +1,5 @@
 """The built-in demo: the repo's own real photos, enrolled and then looked up as a camera would see them."""
+
 from __future__ import annotations
 
 import time
@@ -37,6 +38,7 @@ def camera_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 80))])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
+
 # What a kiosk shows about each demo photo (from SOURCE.md): the built-in demo's item metadata.
 DETAILS = {
     "astronaut": {"title": "Eileen Collins, astronaut", "credit": "NASA", "rights": "public domain"},
@@ -45,11 +47,17 @@ DETAILS = {
     "rocket": {"title": "DSCOVR launch", "credit": "SpaceX", "rights": "public domain"},
     "galaxies": {"title": "Hubble Deep Field", "credit": "NASA", "rights": "public domain"},
     "retina": {"title": "A human retina", "credit": "Wikimedia Commons", "rights": "CC0"},
-    "coins": {"title": "Greek coins from Pompeii", "credit": "Brooklyn Museum",
-              "rights": "no known copyright restrictions"},
+    "coins": {
+        "title": "Greek coins from Pompeii",
+        "credit": "Brooklyn Museum",
+        "rights": "no known copyright restrictions",
+    },
     "cameraman": {"title": "The cameraman", "credit": "Lav Varshney", "rights": "CC0"},
-    "tissue": {"title": "Immunohistochemistry stain", "credit": "scikit-image sample data",
-               "rights": "no known copyright restrictions"},
+    "tissue": {
+        "title": "Immunohistochemistry stain",
+        "credit": "scikit-image sample data",
+        "rights": "no known copyright restrictions",
+    },
 }
 
 

@@ -5,6 +5,7 @@ The clip is rendered at run time (deterministic for a seed) and cached as an MJP
 in `~/.cache/edge-retrieval/` (or `$XDG_CACHE_HOME`); no video file is committed.
 `DemoClip.truth(i)` says which item frame i shows, for measurements and tests.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,7 +57,7 @@ def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
     s = max(width / w, height / h)
     img = cv2.resize(image, (math.ceil(w * s), math.ceil(h * s)), interpolation=cv2.INTER_LINEAR)
     y, x = (img.shape[0] - height) // 2, (img.shape[1] - width) // 2
-    return img[y:y + height, x:x + width]
+    return img[y : y + height, x : x + width]
 
 
 def background() -> np.ndarray:
@@ -80,9 +81,16 @@ class DemoClip:
         t = LEAD_IN
         appearances = []
         for i, label in enumerate(sequence):
-            appearances.append(Appearance(label, t, side=-1 if i % 2 == 0 else 1,
-                                          gain=float(rng.uniform(0.8, 1.15)), size=float(rng.uniform(0.6, 0.75)),
-                                          tilt=float(rng.uniform(-4, 4))))
+            appearances.append(
+                Appearance(
+                    label,
+                    t,
+                    side=-1 if i % 2 == 0 else 1,
+                    gain=float(rng.uniform(0.8, 1.15)),
+                    size=float(rng.uniform(0.6, 0.75)),
+                    tilt=float(rng.uniform(-4, 4)),
+                )
+            )
             t = appearances[-1].end + GAP
         self.appearances = tuple(appearances)
         self.duration = t
@@ -190,7 +198,7 @@ def cache_dir() -> Path:
 def clip_path(seed: int = 0, folder: str | Path | None = None, stop=None) -> Path:
     """The cached demo clip for `seed`, rendered first if it is not there yet."""
     name = f"demo-clip-v{VERSION}-seed{seed}.avi"
-    for candidate in ([Path(folder)] if folder else [cache_dir(), Path(tempfile.gettempdir()) / "edge-retrieval"]):
+    for candidate in [Path(folder)] if folder else [cache_dir(), Path(tempfile.gettempdir()) / "edge-retrieval"]:
         path = candidate / name
         if path.is_file():
             return path

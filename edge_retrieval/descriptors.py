@@ -1,4 +1,5 @@
 """Feature maps → L2-normalized float32 descriptors."""
+
 from __future__ import annotations
 
 import numpy as np

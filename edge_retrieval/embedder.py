@@ -1,4 +1,5 @@
 """The embedder: a LiteRT int8 model and its card → L2-normalized float32 descriptors."""
+
 from __future__ import annotations
 
 import os
@@ -60,9 +61,7 @@ def load_interpreter(model_path: str, num_threads: int):
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            raise ModelError(
-                "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime with numpy<2)"
-            ) from None
+            raise ModelError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime with numpy<2)") from None
     with _without_xnnpack_notice():
         try:
             interp = Interpreter(model_path=model_path, num_threads=num_threads)
@@ -114,28 +113,36 @@ class Embedder:
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{self.model_path}: not a usable TFLite model ({one_line(e)})") from None
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{self.model_path}: {len(inputs)} input(s) and {len(outputs)} output(s); "
-                             f"an embedding model has one of each")
+            raise ModelError(
+                f"{self.model_path}: {len(inputs)} input(s) and {len(outputs)} output(s); "
+                f"an embedding model has one of each"
+            )
         inp, out = inputs[0], outputs[0]
         self._in_index, self._out_index = inp["index"], out["index"]
         if len(inp["shape"]) != 4 or inp["shape"][0] != 1 or inp["shape"][3] != 3:
             raise ModelError(f"{self.model_path}: input shape {list(inp['shape'])}, expected [1, height, width, 3]")
         h, w = int(inp["shape"][1]), int(inp["shape"][2])
         if (h, w) != (self.card.input_height, self.card.input_width):
-            raise ModelError(f"{self.model_path}: input {h}×{w} differs from the card's "
-                             f"{self.card.input_height}×{self.card.input_width}")
+            raise ModelError(
+                f"{self.model_path}: input {h}×{w} differs from the card's "
+                f"{self.card.input_height}×{self.card.input_width}"
+            )
         expected = 4 if self.card.output_kind == "feature_map" else 2
         if len(out["shape"]) != expected or int(out["shape"][-1]) != self.card.output_dim:
-            raise ModelError(f"{self.model_path}: output shape {list(out['shape'])} does not match the card's "
-                             f"{self.card.output_kind} of {self.card.output_dim} channels")
+            raise ModelError(
+                f"{self.model_path}: output shape {list(out['shape'])} does not match the card's "
+                f"{self.card.output_kind} of {self.card.output_dim} channels"
+            )
         if self.card.output_shape and list(out["shape"]) != self.card.output_shape:
-            raise ModelError(f"{self.model_path}: output shape {list(out['shape'])} differs from the card's "
-                             f"{self.card.output_shape}")
+            raise ModelError(
+                f"{self.model_path}: output shape {list(out['shape'])} differs from the card's {self.card.output_shape}"
+            )
         self.input_quant = TensorQuantization.of(inp)
         self.output_quant = TensorQuantization.of(out)
         q = self.output_quant  # True when the lowest code dequantizes to ≥ 0 (a ReLU output); else unknown
-        self._nonnegative = (q.scale > 0 and np.issubdtype(q.dtype, np.integer)
-                             and q.zero_point <= np.iinfo(q.dtype).min) or None
+        self._nonnegative = (
+            q.scale > 0 and np.issubdtype(q.dtype, np.integer) and q.zero_point <= np.iinfo(q.dtype).min
+        ) or None
         if not np.issubdtype(self.input_quant.dtype, np.integer):
             raise ModelError(f"{self.model_path}: input is {self.input_quant.dtype}, expected a full-integer model")
         self._lut = preprocess.input_lut(self.input_quant.scale, self.input_quant.zero_point, self.input_quant.dtype)

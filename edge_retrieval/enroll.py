@@ -1,4 +1,5 @@
 """Turning paths on disk into (label, image) pairs and enrolling them in one transaction."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -88,8 +89,14 @@ def enroll(
     report.warnings.extend(near_duplicates(gallery, firsts))
     with gallery.transaction():
         for label, (vectors, sources, feats) in by_label.items():
-            item_id = gallery.add(label, np.stack(vectors), model_sha256=embedder.sha256,
-                                  model_name=embedder.card.name, metadata=metadata, sources=sources)
+            item_id = gallery.add(
+                label,
+                np.stack(vectors),
+                model_sha256=embedder.sha256,
+                model_name=embedder.card.name,
+                metadata=metadata,
+                sources=sources,
+            )
             for source, f in feats:
                 gallery.add_features(item_id, verify.KIND, f.size, f.keypoints, f.descriptors, source)
             report.images += len(feats) if features else sum(1 for s in sources if "#view" not in s)
@@ -115,8 +122,10 @@ def near_duplicates(gallery: Gallery, firsts: list[tuple[str, str, np.ndarray]])
         for r, j in zip(rows, cols):
             i = start + r
             if j < i and labels[j] != labels[i]:
-                warnings.append(f"{firsts[i][1]}: nearly identical to {firsts[j][1]} of item {labels[j]!r} "
-                                f"(cosine {sims[r, j]:.3f})")
+                warnings.append(
+                    f"{firsts[i][1]}: nearly identical to {firsts[j][1]} of item {labels[j]!r} "
+                    f"(cosine {sims[r, j]:.3f})"
+                )
     if gallery.count()[1] and gallery.dim == vecs.shape[1]:
         m = gallery.search(vecs, 1)
         for (label, path, _), other, score in zip(firsts, m.labels[:, 0], m.scores[:, 0]):

@@ -1,4 +1,5 @@
 """Typed errors. The library raises these; only `cli.py` turns them into messages."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Retrieval protocols from a ground-truth JSON file: {query path: expected record path}."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def load_ground_truth(path: Path, subset: str | None) -> dict[str, str]:
     return gt
 
 
-def evaluate(ground_truth: Path, embedder: Embedder, subset: str | None = None,
-             preset: str = DEFAULT_PRESET) -> EvalResult:
+def evaluate(
+    ground_truth: Path, embedder: Embedder, subset: str | None = None, preset: str = DEFAULT_PRESET
+) -> EvalResult:
     """Enroll every image in the folders holding the expected records (labels = record paths),
     then look up each query with the preset's recognizer (its final ranking); paths are relative
     to the ground-truth file's folder."""

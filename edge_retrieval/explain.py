@@ -3,6 +3,7 @@
 The verified outline (the enrolled photo's corners through the homography) and the inlier
 points when verification found the item; else the best-matching region; and the verdict.
 """
+
 from __future__ import annotations
 
 import cv2

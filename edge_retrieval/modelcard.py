@@ -4,6 +4,7 @@ A card sits beside its model as `<model>.json`. The runtime reads the input geom
 colour order and output kind from it; quantization parameters are *always* read from
 the model itself (the card only records them for people).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,6 +67,7 @@ class ModelCard:
     def __post_init__(self) -> None:
         """Every field of the right type and range: a card is read from a file that may be damaged or
         hand-edited, and a wrong value must be a ModelError naming the field, not a crash later."""
+
         def wrong(name: str, what: str) -> ModelError:
             return ModelError(f"model card: {name} must be {what}, not {getattr(self, name)!r}"[:300])
 
@@ -91,8 +93,15 @@ class ModelCard:
             raise ModelError(f"model card: color_order must be 'RGB' or 'BGR', not {self.color_order!r}")
         if isinstance(self.gem_p, bool) or not isinstance(self.gem_p, (int, float)) or not 0.5 <= self.gem_p <= 16:
             raise wrong("gem_p", "a number from 0.5 to 16")
-        for name in ("input_quantization", "output_quantization", "source_weights", "calibration", "validation",
-                     "converter", "whitening"):
+        for name in (
+            "input_quantization",
+            "output_quantization",
+            "source_weights",
+            "calibration",
+            "validation",
+            "converter",
+            "whitening",
+        ):
             if not isinstance(getattr(self, name), dict):
                 raise wrong(name, "a JSON object")
         if self.whitening:
@@ -126,8 +135,11 @@ class ModelCard:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelError(f"{path}: unknown model card field {unknown[0]!r}")
-        missing = [name for name, f in cls.__dataclass_fields__.items()
-                   if name not in data and f.default is MISSING and f.default_factory is MISSING]
+        missing = [
+            name
+            for name, f in cls.__dataclass_fields__.items()
+            if name not in data and f.default is MISSING and f.default_factory is MISSING
+        ]
         if missing:
             raise ModelError(f"{path}: model card field {missing[0]!r} is missing")
         try:

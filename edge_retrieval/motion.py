@@ -4,6 +4,7 @@ The gate compares a small grey thumbnail of each frame with the thumbnail of the
 that was *embedded*: slow drifts add up until they count, and a scene that stays as it was
 costs one resize and one subtraction instead of a model invocation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,15 @@ class Motion:
 class MotionGate:
     """Decides, frame by frame, whether the scene changed enough to run the model again."""
 
-    def __init__(self, *, enabled: bool = True, width: int = 64, pixel_threshold: int = 12,
-                 min_changed: float = 0.02, refresh: float = 10.0):
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        width: int = 64,
+        pixel_threshold: int = 12,
+        min_changed: float = 0.02,
+        refresh: float = 10.0,
+    ):
         self.enabled, self.width = enabled, width
         self.pixel_threshold, self.min_changed, self.refresh = pixel_threshold, min_changed, refresh
         self._reference: np.ndarray | None = None
@@ -60,8 +68,13 @@ class MotionGate:
 
     @classmethod
     def from_config(cls, config) -> "MotionGate":
-        return cls(enabled=config.enabled, width=config.width, pixel_threshold=config.pixel_threshold,
-                   min_changed=config.min_changed, refresh=config.refresh)
+        return cls(
+            enabled=config.enabled,
+            width=config.width,
+            pixel_threshold=config.pixel_threshold,
+            min_changed=config.min_changed,
+            refresh=config.refresh,
+        )
 
     def check(self, image: np.ndarray, t: float) -> Motion:
         """Compare `image` (taken at time t, seconds) with the reference; a changed frame becomes

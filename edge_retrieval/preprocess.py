@@ -7,6 +7,7 @@ header claims gigapixels) are a BadImageError naming the file, never a crash, a 
 gigabytes of memory. Accepted: JPEG, PNG, BMP, WebP and TIFF (what `IMAGE_SUFFIXES` names),
 recognised by their content, at most `MAX_PIXELS` pixels and `MAX_FILE_BYTES` bytes.
 """
+
 from __future__ import annotations
 
 import re
@@ -54,8 +55,9 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     except ValueError as e:
         raise BadImageError(name, str(e)) from None
     if width * height > MAX_PIXELS:
-        raise BadImageError(name, f"{width}×{height} {kind.upper()} has more pixels than the limit of "
-                                  f"{MAX_PIXELS / 1e6:g} megapixels")
+        raise BadImageError(
+            name, f"{width}×{height} {kind.upper()} has more pixels than the limit of {MAX_PIXELS / 1e6:g} megapixels"
+        )
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:
@@ -76,7 +78,7 @@ _JPEG_SOF = {m for m in range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
 
 
 def image_format(data: bytes) -> str | None:
-    """"jpeg", "png", "bmp", "webp" or "tiff" by the file's signature; None for anything else."""
+    """ "jpeg", "png", "bmp", "webp" or "tiff" by the file's signature; None for anything else."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == _PNG_SIGNATURE:
@@ -158,7 +160,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
         end = i + 12 + length
         if length > 0x7FFFFFFF or end > n:
             raise ValueError("truncated PNG (ends inside a chunk)")
-        if zlib.crc32(data[i + 4:i + 8 + length]) != struct.unpack_from(">I", data, i + 8 + length)[0]:
+        if zlib.crc32(data[i + 4 : i + 8 + length]) != struct.unpack_from(">I", data, i + 8 + length)[0]:
             raise ValueError(f"corrupt PNG (CRC error in chunk {kind!r} at byte {i})")
         if size is None:
             if kind != b"IHDR" or length != 13:

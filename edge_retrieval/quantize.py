@@ -4,6 +4,7 @@ A vector x is stored as codes q = round(x / s) with s = max|x| / 127, so every
 component comes back within s / 2: |x - q·s| ≤ s / 2 (`ROUNDTRIP_BOUND`).
 Shared by the gallery, the scan and `tools/`.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ PCA-whitened when the model card ships a whitening, and L2-normalized.
 A frame then matches an item by its *best* region, so an item that fills a third of the
 frame is compared with the part of the frame it fills, not with the whole scene.
 """
+
 from __future__ import annotations
 
 import math
@@ -125,8 +126,13 @@ class Whitening:
             raise ModelError(f"{path}: not a whitening file ({e})") from None
 
 
-def describe(fmap: np.ndarray, p: float = 3.0, levels: int = 3, whitening: Whitening | None = None,
-             extra: Sequence[Sequence[float]] = ()) -> Regions:
+def describe(
+    fmap: np.ndarray,
+    p: float = 3.0,
+    levels: int = 3,
+    whitening: Whitening | None = None,
+    extra: Sequence[Sequence[float]] = (),
+) -> Regions:
     """An (H, W, C) feature map → the whole-frame descriptor, the grid regions' and those of
     `extra` boxes (frame fractions x0, y0, x1, y1), whitened if given, unit norm."""
     h, w = fmap.shape[:2]

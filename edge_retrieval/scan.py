@@ -27,6 +27,7 @@ sign bits per row (centred, randomly rotated: Hamming distance by `np.bitwise_co
 then the exact int8 scores of the `shortlist` nearest rows. It is approximate: measure
 its recall (`benchmarks/scan.py` does) before relying on it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -38,26 +39,26 @@ from contextlib import contextmanager
 
 import numpy as np
 
-BLOCK_BYTES = 1 << 22          # float32 scratch per thread and block (L2 + a share of L3)
-SCORE_BYTES = 1 << 20          # scores buffered per thread before threshold selection
-SEGMENT_ROWS = 1 << 16         # rows per storage segment allocated by `append`
-PARALLEL_MIN_CODES = 1 << 23   # below n·d = 8M codes (≈ 1 ms) a scan runs in the calling thread:
-                               # handing work to a pool thread costs ≈ 50 µs here
-BLAS_SMALL = 8192              # OpenBLAS threads a product above 9216 elements: limit it above this
-FLOAT_CACHE_CODES = 1 << 22    # up to n·d = 4M codes (16 MB) the matrix keeps a float32 copy
-TINY_CODES = 1 << 14           # up to n·d = 16k codes (64 rows of 256) a full sort beats the kernel's bookkeeping
+BLOCK_BYTES = 1 << 22  # float32 scratch per thread and block (L2 + a share of L3)
+SCORE_BYTES = 1 << 20  # scores buffered per thread before threshold selection
+SEGMENT_ROWS = 1 << 16  # rows per storage segment allocated by `append`
+PARALLEL_MIN_CODES = 1 << 23  # below n·d = 8M codes (≈ 1 ms) a scan runs in the calling thread:
+# handing work to a pool thread costs ≈ 50 µs here
+BLAS_SMALL = 8192  # OpenBLAS threads a product above 9216 elements: limit it above this
+FLOAT_CACHE_CODES = 1 << 22  # up to n·d = 4M codes (16 MB) the matrix keeps a float32 copy
+TINY_CODES = 1 << 14  # up to n·d = 16k codes (64 rows of 256) a full sort beats the kernel's bookkeeping
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-SIGN_BITS = 256                # sign bits per row for the two-stage first pass
-SIGN_GROUP = 16                # bits per block of the block-diagonal random rotation
-SHORTLIST_FRACTION = 1 / 500   # default shortlist: 0.2 % of the rows ...
-SHORTLIST_MIN = 1000           # ... but at least this many (and at least 16·k)
-TWO_STAGE_MIN_ROWS = 1 << 15   # "auto" scans smaller matrices exactly (it is as fast, and exact)
-SIGN_SEED = 20240501           # the rotation is fixed: the same rows give the same bits
-HAMMING_BYTES = 1 << 18        # sign words per block of the Hamming pass
-HAMMING_MIN_ROWS = 1 << 18     # below this many rows the Hamming pass runs in one thread
-CHUNKS_PER_THREAD = 8          # row ranges per thread, taken one at a time (load balance) ...
-CHUNK_MIN_CODES = 1 << 20      # ... of at least this many codes each
+SIGN_BITS = 256  # sign bits per row for the two-stage first pass
+SIGN_GROUP = 16  # bits per block of the block-diagonal random rotation
+SHORTLIST_FRACTION = 1 / 500  # default shortlist: 0.2 % of the rows ...
+SHORTLIST_MIN = 1000  # ... but at least this many (and at least 16·k)
+TWO_STAGE_MIN_ROWS = 1 << 15  # "auto" scans smaller matrices exactly (it is as fast, and exact)
+SIGN_SEED = 20240501  # the rotation is fixed: the same rows give the same bits
+HAMMING_BYTES = 1 << 18  # sign words per block of the Hamming pass
+HAMMING_MIN_ROWS = 1 << 18  # below this many rows the Hamming pass runs in one thread
+CHUNKS_PER_THREAD = 8  # row ranges per thread, taken one at a time (load balance) ...
+CHUNK_MIN_CODES = 1 << 20  # ... of at least this many codes each
 
 
 def default_shortlist(n: int, k: int) -> int:
@@ -89,7 +90,7 @@ class CodeMatrix:
         self._keys = np.empty(capacity, np.int64)
         self.size = 0
         self._signs: _SignIndex | None = None
-        self._f32: np.ndarray | None = None     # float32 copy of the rows of a small matrix
+        self._f32: np.ndarray | None = None  # float32 copy of the rows of a small matrix
 
     @classmethod
     def wrap(cls, codes: np.ndarray, scales: np.ndarray, keys: np.ndarray | None = None) -> CodeMatrix:
@@ -113,8 +114,9 @@ class CodeMatrix:
     def codes(self) -> np.ndarray:
         if len(self._segments) == 1:
             return self._segments[0][: self.size]
-        return np.concatenate([seg[: max(0, min(len(seg), self.size - s))]
-                               for seg, s in zip(self._segments, self._starts)])
+        return np.concatenate(
+            [seg[: max(0, min(len(seg), self.size - s))] for seg, s in zip(self._segments, self._starts)]
+        )
 
     @property
     def scales(self) -> np.ndarray:
@@ -135,11 +137,16 @@ class CodeMatrix:
         scales = np.asarray(scales, np.float32).reshape(-1)
         keys = np.asarray(keys, np.int64).reshape(-1)
         if codes.shape[1:] != (self.dim,) or len(scales) != n or len(keys) != n:
-            raise ValueError(f"append needs (n, {self.dim}) codes, n scales and n keys; "
-                             f"got {codes.shape}, {scales.shape}, {keys.shape}")
+            raise ValueError(
+                f"append needs (n, {self.dim}) codes, n scales and n keys; "
+                f"got {codes.shape}, {scales.shape}, {keys.shape}"
+            )
         if codes.dtype != self.dtype:
-            if codes.dtype.kind not in "iu" or n and (codes.min() < np.iinfo(self.dtype).min
-                                                      or codes.max() > np.iinfo(self.dtype).max):
+            if (
+                codes.dtype.kind not in "iu"
+                or n
+                and (codes.min() < np.iinfo(self.dtype).min or codes.max() > np.iinfo(self.dtype).max)
+            ):
                 raise ValueError(f"codes of type {codes.dtype} do not fit {self.dtype}")
             codes = codes.astype(self.dtype)
         if n == 0:
@@ -183,8 +190,9 @@ class CodeMatrix:
         f32 = self._f32
         done = 0 if f32 is None else self._f32_rows
         if f32 is None or len(f32) < self.size:
-            new = np.empty((min(max(2 * self.size, 64), max(FLOAT_CACHE_CODES // self.dim, self.size)), self.dim),
-                           np.float32)
+            new = np.empty(
+                (min(max(2 * self.size, 64), max(FLOAT_CACHE_CODES // self.dim, self.size)), self.dim), np.float32
+            )
             if done:
                 new[:done] = f32[:done]
             self._f32 = f32 = new
@@ -209,7 +217,7 @@ class CodeMatrix:
             idx = np.flatnonzero(keep)
             codes, scales, ks = self.rows(idx), self.scales[idx], self.keys[idx]
             signs = self._signs is not None
-            self.__init__(self.dim, max(len(idx), 1), self.dtype)   # (drops the float copy too)
+            self.__init__(self.dim, max(len(idx), 1), self.dtype)  # (drops the float copy too)
             self.append(codes, scales, ks)
             if signs:
                 self.enable_two_stage()
@@ -235,8 +243,9 @@ class CodeMatrix:
                 yield seg, a - s0, b - s0, a
 
     # -- search -------------------------------------------------------------------
-    def topk(self, queries: np.ndarray, k: int, *, threads: int | None = None,
-             shortlist: int | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def topk(
+        self, queries: np.ndarray, k: int, *, threads: int | None = None, shortlist: int | str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(q, d) float32 queries → row indices (q, k') and scores (q, k'), best first; k' = min(k, n).
 
         `threads`: Python threads for the scan (default: all usable CPUs). `shortlist`:
@@ -261,29 +270,30 @@ class CodeMatrix:
         n = hi - lo
         if self._f32 is None and self.size * self.dim <= FLOAT_CACHE_CODES:
             self._cache_floats()
-        if n * self.dim <= TINY_CODES:      # a watchlist: one product and a sort of n scores
+        if n * self.dim <= TINY_CODES:  # a watchlist: one product and a sort of n scores
             if self._f32 is not None:
                 block = self._f32[lo:hi]
             else:
                 block = np.concatenate([seg[a:b] for seg, a, b, _ in self._pieces(lo, hi)]).astype(np.float32)
-            if len(q) == 1:                 # a camera frame's query: the fewest calls (they run cold
-                scores = block @ q[0]       # after the model's invoke, ≈ 10 µs each)
+            if len(q) == 1:  # a camera frame's query: the fewest calls (they run cold
+                scores = block @ q[0]  # after the model's invoke, ≈ 10 µs each)
                 scores *= self._scales[lo:hi]
-                rows = (-scores).argsort(kind="stable")[:k]              # ties: the lower row
+                rows = (-scores).argsort(kind="stable")[:k]  # ties: the lower row
                 return rows[None] + lo, scores[rows][None]
             scores = np.matmul(block, q.T)
             np.multiply(scores, self._scales[lo:hi, None], out=scores)
-            rows = np.argsort(-scores.T, axis=1, kind="stable")[:, :k]   # ties: the lower row
+            rows = np.argsort(-scores.T, axis=1, kind="stable")[:, :k]  # ties: the lower row
             return rows + lo, np.take_along_axis(scores.T, rows, axis=1)
-        if n * self.dim <= BLAS_SMALL:      # OpenBLAS runs these in one thread anyway
+        if n * self.dim <= BLAS_SMALL:  # OpenBLAS runs these in one thread anyway
             best_s, best_i = _scan(self, q, k, [(lo, hi)])
         elif threads > 1 and n * self.dim >= PARALLEL_MIN_CODES and self._f32 is None:
             chunks = min(threads * CHUNKS_PER_THREAD, max(threads, n * self.dim // CHUNK_MIN_CODES))
             work = _Chunks(lo, hi, chunks, _block_rows(self.dim))
             with _blas_one_thread():
                 parts = _parallel(lambda _: _scan(self, q, k, work), threads)
-            best_s, best_i = _top_per_query(np.concatenate([p[0] for p in parts], axis=1),
-                                            np.concatenate([p[1] for p in parts], axis=1), k)
+            best_s, best_i = _top_per_query(
+                np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1), k
+            )
         else:
             with _blas_one_thread():
                 best_s, best_i = _scan(self, q, k, [(lo, hi)])
@@ -317,8 +327,15 @@ class CodeMatrix:
         return out_i, out_s
 
 
-def topk(codes: np.ndarray, scales: np.ndarray, queries: np.ndarray, k: int, *,
-         threads: int | None = None, shortlist: int | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk(
+    codes: np.ndarray,
+    scales: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    threads: int | None = None,
+    shortlist: int | str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows of `codes` (n, d) int8 with `scales` (n,) for each of `queries` (q, d); no copy."""
     return CodeMatrix.wrap(codes, scales).topk(queries, k, threads=threads, shortlist=shortlist)
 
@@ -362,7 +379,7 @@ def _scan(m: CodeMatrix, q: np.ndarray, k: int, ranges):
     f32 = m._f32
     brows = _block_rows(dim)
     chunk = max(brows, SCORE_BYTES // (4 * nq) // brows * brows)
-    if f32 is not None:            # no cast to do: blocks as large as the score buffer
+    if f32 is not None:  # no cast to do: blocks as large as the score buffer
         brows = chunk
     else:
         buf = _scratch("codes_f32", (brows, dim), np.float32)
@@ -371,17 +388,16 @@ def _scan(m: CodeMatrix, q: np.ndarray, k: int, ranges):
     best_s = np.full((nq, k), -np.inf, np.float32)
     best_i = np.full((nq, k), -1, np.int64)
     scales = m._scales
-    seen = 0                       # rows selected so far: the first selections of a long
-    for lo, hi in ranges:          # scan come early (they set the thresholds), later ones
-        pending = 0                # batch more rows; rows in `scores` not yet selected:
-        base = lo                  # pending; global row of scores[0]: base
+    seen = 0  # rows selected so far: the first selections of a long
+    for lo, hi in ranges:  # scan come early (they set the thresholds), later ones
+        pending = 0  # batch more rows; rows in `scores` not yet selected:
+        base = lo  # pending; global row of scores[0]: base
         early = seen or hi - lo > chunk
         for seg, a, b, g in m._pieces(lo, hi):
             for s in range(a, b, brows):
                 e = min(s + brows, b)
                 if pending + e - s > (min(chunk, max(brows, 2 * seen)) if early else chunk):
-                    best_s, best_i = _select(scores[:pending], scales[base : base + pending], base,
-                                             best_s, best_i, k)
+                    best_s, best_i = _select(scores[:pending], scales[base : base + pending], base, best_s, best_i, k)
                     base, seen, pending = base + pending, seen + pending, 0
                 if f32 is None:
                     blk = buf[: e - s]
@@ -399,8 +415,8 @@ def _scan(m: CodeMatrix, q: np.ndarray, k: int, ranges):
 def _select(scores, scales, base, best_s, best_i, k):
     """Merge the rows of `scores` (r, q) that beat the running k-th best into (best_s, best_i)."""
     np.multiply(scores, scales[:, None], out=scores)
-    hits = scores > best_s[:, -1]             # beat the k-th best so far (-inf until k rows
-    n_hits = np.count_nonzero(hits)           # are seen); a later row equal to it loses the tie
+    hits = scores > best_s[:, -1]  # beat the k-th best so far (-inf until k rows
+    n_hits = np.count_nonzero(hits)  # are seen); a later row equal to it loses the tie
     if n_hits == 0:
         return best_s, best_i
     r, nq = scores.shape
@@ -410,7 +426,7 @@ def _select(scores, scales, base, best_s, best_i, k):
         sample = scores[:: max(1, r // (256 * k))]
         kth = np.partition(sample, len(sample) - k, axis=0)[len(sample) - k]
         np.logical_and(hits, scores >= kth, out=hits)
-    ri, qi = np.divmod(np.flatnonzero(hits), nq)   # (2-D np.nonzero is 50x slower)
+    ri, qi = np.divmod(np.flatnonzero(hits), nq)  # (2-D np.nonzero is 50x slower)
     cand_s = np.concatenate([best_s.ravel(), scores[ri, qi]])
     cand_i = np.concatenate([best_i.ravel(), ri + base])
     cand_q = np.concatenate([np.repeat(np.arange(nq), k), qi])
@@ -443,7 +459,7 @@ class _Chunks:
     def __init__(self, lo: int, hi: int, parts: int, align: int):
         step = max(align, -(-(hi - lo) // max(1, parts) // align) * align)
         self.ranges = [(a, min(a + step, hi)) for a in range(lo, hi, step)]
-        self._next = itertools.count()     # next() is atomic under the GIL
+        self._next = itertools.count()  # next() is atomic under the GIL
 
     def __iter__(self):
         for i in self._next:
@@ -483,6 +499,7 @@ def _blas_one_thread():
     with _blas_lock:
         if _blas_libs is None:
             from threadpoolctl import ThreadpoolController
+
             _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
         if _blas_depth == 0:
             _blas_saved[:] = [(lib, lib.get_num_threads()) for lib in _blas_libs]
@@ -516,15 +533,18 @@ class _SignIndex:
         d = m.dim
         self.bits = min(SIGN_BITS, -(-d // 64) * 64)
         self.words = self.bits // 64
-        self.live = min(self.bits, 248)                 # ≤ 255 bits can differ: uint8 distances
+        self.live = min(self.bits, 248)  # ≤ 255 bits can differ: uint8 distances
         self.groups = self.bits // SIGN_GROUP
-        self.group_in = -(-d // self.groups)           # input dims per group (zero padded)
+        self.group_in = -(-d // self.groups)  # input dims per group (zero padded)
         rng = np.random.default_rng(SIGN_SEED)
         rot = np.empty((self.groups, self.group_in, SIGN_GROUP), np.float32)
         for g in range(self.groups):
             basis = np.linalg.qr(rng.standard_normal((self.group_in, max(self.group_in, SIGN_GROUP))))[0]
-            rot[g] = basis[:, :SIGN_GROUP] if basis.shape[1] >= SIGN_GROUP else np.pad(
-                basis, ((0, 0), (0, SIGN_GROUP - basis.shape[1])))
+            rot[g] = (
+                basis[:, :SIGN_GROUP]
+                if basis.shape[1] >= SIGN_GROUP
+                else np.pad(basis, ((0, 0), (0, SIGN_GROUP - basis.shape[1])))
+            )
         self.rot = rot
         n = m.size
         sample = np.linspace(0, n - 1, min(n, self.FIT_ROWS)).astype(np.int64) if n else np.zeros(0, np.int64)
@@ -534,7 +554,7 @@ class _SignIndex:
         else:
             self.mean = np.zeros(d, np.float32)
         self.fitted = n
-        self.offset = self._project(self.mean[None])[0]   # (bits,)
+        self.offset = self._project(self.mean[None])[0]  # (bits,)
         self.segments = [np.empty((self.words, len(seg)), np.uint64) for seg in m._segments]
         if n:
             threads = THREADS if n >= HAMMING_MIN_ROWS else 1
@@ -576,7 +596,7 @@ class _SignIndex:
                 words[:, s:e] = self._pack(y > self.offset)
 
     def encode_queries(self, q: np.ndarray) -> np.ndarray:
-        return self._pack(self._project(q - self.mean) > 0).T.copy()   # (q, words)
+        return self._pack(self._project(q - self.mean) > 0).T.copy()  # (q, words)
 
     def hamming(self, m: CodeMatrix, qbits: np.ndarray, dist: np.ndarray, ranges) -> np.ndarray:
         """dist[lo:hi] = Hamming distances (uint8) to qbits over the ranges; their histogram (256,)."""

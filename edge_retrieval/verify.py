@@ -7,6 +7,7 @@ matches one frame against one candidate by brute force.
 ORB because it is fast (≈ 6 ms for 2000 features on a 640×480 frame here) and binary (32 bytes
 a feature in the gallery); SIFT was ≈ 10× slower on this machine (≈ 200 ms a frame).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,12 +92,24 @@ class Verifier:
             return NOTHING
         pairs = self._matcher.knnMatch(frame.descriptors, candidate.descriptors, k=2)
         good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
-        return fit(frame, candidate, np.array([m.queryIdx for m in good], np.int64),
-                   np.array([m.trainIdx for m in good], np.int64), self.reprojection, self.min_matches)
+        return fit(
+            frame,
+            candidate,
+            np.array([m.queryIdx for m in good], np.int64),
+            np.array([m.trainIdx for m in good], np.int64),
+            self.reprojection,
+            self.min_matches,
+        )
 
 
-def fit(frame: LocalFeatures, candidate: LocalFeatures, frame_idx: np.ndarray, candidate_idx: np.ndarray,
-        reprojection: float = REPROJECTION_PX, min_matches: int = MIN_MATCHES) -> Verification:
+def fit(
+    frame: LocalFeatures,
+    candidate: LocalFeatures,
+    frame_idx: np.ndarray,
+    candidate_idx: np.ndarray,
+    reprojection: float = REPROJECTION_PX,
+    min_matches: int = MIN_MATCHES,
+) -> Verification:
     """The homography (USAC-MAGSAC) of matched points: frame point `frame_idx[i]` is the
     candidate's point `candidate_idx[i]`; NOTHING (with the match count) unless there are
     `min_matches` and the candidate's outline lands plausibly in the frame."""

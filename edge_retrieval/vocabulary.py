@@ -11,6 +11,7 @@ Descriptors are 32-byte ORB descriptors (256 bits). Two representations serve tw
 comparison: ±1 float32 signs, so that centroid distances are one BLAS product
 (Hamming = (256 − a·b) / 2), and four uint64 words for the gallery pairs (`np.bitwise_count`).
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -54,8 +55,11 @@ def _majority(descriptors: np.ndarray, k: int, iterations: int, rng: np.random.G
     """k binary centroids (k-majority: k-means in Hamming space, each centroid the bitwise
     majority of its members)."""
     if len(descriptors) <= k:
-        return np.concatenate([descriptors, descriptors[rng.integers(0, max(len(descriptors), 1), k - len(descriptors))]]) \
-            if len(descriptors) else np.zeros((k, BYTES), np.uint8)
+        return (
+            np.concatenate([descriptors, descriptors[rng.integers(0, max(len(descriptors), 1), k - len(descriptors))]])
+            if len(descriptors)
+            else np.zeros((k, BYTES), np.uint8)
+        )
     centroids = descriptors[rng.choice(len(descriptors), k, replace=False)]
     bits = np.unpackbits(descriptors, axis=1).astype(np.float32)
     s = bits * 2 - 1
@@ -77,25 +81,40 @@ class Vocabulary:
 
     def __post_init__(self):
         k1 = len(self.nodes)
-        if self.nodes.ndim != 2 or self.nodes.shape[1] != BYTES or k1 == 0 or len(self.leaves) % k1 \
-                or self.leaves.shape[1:] != (BYTES,) or self.nodes.dtype != np.uint8 or self.leaves.dtype != np.uint8:
-            raise ValueError(f"a vocabulary needs (k1, {BYTES}) nodes and (k1·k2, {BYTES}) leaves of uint8, "
-                             f"not {self.nodes.shape} {self.nodes.dtype} and {self.leaves.shape} {self.leaves.dtype}")
+        if (
+            self.nodes.ndim != 2
+            or self.nodes.shape[1] != BYTES
+            or k1 == 0
+            or len(self.leaves) % k1
+            or self.leaves.shape[1:] != (BYTES,)
+            or self.nodes.dtype != np.uint8
+            or self.leaves.dtype != np.uint8
+        ):
+            raise ValueError(
+                f"a vocabulary needs (k1, {BYTES}) nodes and (k1·k2, {BYTES}) leaves of uint8, "
+                f"not {self.nodes.shape} {self.nodes.dtype} and {self.leaves.shape} {self.leaves.dtype}"
+            )
         object.__setattr__(self, "_node_signs", np.ascontiguousarray(signs(self.nodes).T))
-        object.__setattr__(self, "_leaf_signs",  # (k1, 256, k2): each node's children, ready for a product
-                           np.ascontiguousarray(signs(self.leaves).reshape(k1, -1, BITS).transpose(0, 2, 1)))
+        object.__setattr__(
+            self,
+            "_leaf_signs",  # (k1, 256, k2): each node's children, ready for a product
+            np.ascontiguousarray(signs(self.leaves).reshape(k1, -1, BITS).transpose(0, 2, 1)),
+        )
 
     @property
     def branching(self) -> int:
         return len(self.leaves) // len(self.nodes)
 
     @classmethod
-    def learn(cls, descriptors: np.ndarray, nodes: int = 64, branching: int = 64, iterations: int = 8,
-              seed: int = 0) -> Vocabulary:
+    def learn(
+        cls, descriptors: np.ndarray, nodes: int = 64, branching: int = 64, iterations: int = 8, seed: int = 0
+    ) -> Vocabulary:
         rng = np.random.default_rng(seed)
         top = _majority(descriptors, nodes, iterations, rng)
         nearest = np.argmax(signs(descriptors) @ signs(top).T, axis=1)
-        leaves = np.concatenate([_majority(descriptors[nearest == i], branching, iterations, rng) for i in range(nodes)])
+        leaves = np.concatenate(
+            [_majority(descriptors[nearest == i], branching, iterations, rng) for i in range(nodes)]
+        )
         return cls(top, leaves)
 
     @classmethod
@@ -104,8 +123,10 @@ class Vocabulary:
             with np.load(path, allow_pickle=False) as f:
                 return cls(f["nodes"], f["leaves"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise ModelError(f"{path}: not a usable ORB vocabulary ({one_line(e)}); reinstall the package or "
-                             "rebuild it with `python -m tools.learn_vocabulary`") from None
+            raise ModelError(
+                f"{path}: not a usable ORB vocabulary ({one_line(e)}); reinstall the package or "
+                "rebuild it with `python -m tools.learn_vocabulary`"
+            ) from None
 
     def save(self, path: str | Path, **about: str) -> None:
         np.savez(path, nodes=self.nodes, leaves=self.leaves, **{k: np.array(v) for k, v in about.items()})
@@ -125,12 +146,14 @@ class Vocabulary:
         bounds = np.searchsorted(node[order], np.arange(len(self.nodes) + 1))
         scores = np.empty((len(node), k2), np.float32)
         for i in np.flatnonzero(np.diff(bounds)):
-            np.matmul(grouped[bounds[i]:bounds[i + 1]], self._leaf_signs[i], out=scores[bounds[i]:bounds[i + 1]])
+            np.matmul(grouped[bounds[i] : bounds[i + 1]], self._leaf_signs[i], out=scores[bounds[i] : bounds[i + 1]])
         unsorted = np.empty_like(scores)
         unsorted[order] = scores
         scores = unsorted.reshape(n, nodes * k2)
         ids = (top[:, :, None] * k2 + np.arange(k2)).reshape(n, nodes * k2)
-        pick = np.argmax(scores, 1)[:, None] if leaves == 1 else np.argpartition(-scores, leaves - 1, axis=1)[:, :leaves]
+        pick = (
+            np.argmax(scores, 1)[:, None] if leaves == 1 else np.argpartition(-scores, leaves - 1, axis=1)[:, :leaves]
+        )
         return np.take_along_axis(ids, pick, 1)
 
 
@@ -153,8 +176,9 @@ class InvertedFile:
     def __len__(self) -> int:
         return len(self._position)
 
-    def nearest2(self, descriptors: np.ndarray, nodes: int = NODES_PROBED,
-                 leaves: int = LEAVES_PROBED) -> tuple[np.ndarray, np.ndarray]:
+    def nearest2(
+        self, descriptors: np.ndarray, nodes: int = NODES_PROBED, leaves: int = LEAVES_PROBED
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The two nearest gallery descriptors of each frame descriptor among those in its
         probed leaves: (distances (n, 2), positions (n, 2)); FAR and NO_MATCH where fewer."""
         n = len(descriptors)

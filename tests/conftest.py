@@ -1,4 +1,5 @@
 """Shared fixtures: the real default model, the repo's real photos, fresh galleries."""
+
 from __future__ import annotations
 
 import os

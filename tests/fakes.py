@@ -1,6 +1,7 @@
 """Fakes of the hardware (camera, interpreter, systemd's notify socket) for tests of the service
 loop: they follow the same small protocols as the real parts (`FrameSource`, the embedder's
 prepare/invoke/describe), which the real-part tests exercise separately."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """Calibrated thresholds, negatives, enrolment checks and the CLI around them."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Frame sources: a real video file and image folder, fake captures for live ones (dying and coming back)."""
+
 import threading
 import time
 
@@ -184,7 +185,7 @@ def test_a_reduced_frame_ignores_an_exif_orientation_as_ffmpeg_does():
     frame = Frame(_decode_reduced(jpeg, 2), 0.0, 0, jpeg=jpeg)
     assert frame.image.shape == (24, 32, 3) and frame.size == (64, 48) and frame.full().shape == (48, 64, 3)
     damaged = jpeg.copy()
-    damaged[len(damaged) // 2:len(damaged) // 2 + 4] = [0xFF, 0x31, 0xFF, 0x32]  # markers that cannot be there
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 4] = [0xFF, 0x31, 0xFF, 0x32]  # markers that cannot be there
     assert _decode_reduced(damaged, 2) is None
 
 
@@ -223,6 +224,7 @@ def test_watched_folder_hands_over_the_newest_new_image(tmp_path):
         cv2.imwrite(str(tmp_path / name), np.full((48, 64, 3), 20 * (i + 2), np.uint8))
         t = time.time() + i
         import os
+
         os.utime(tmp_path / name, (t, t))
     frame = source.read(1.0)
     assert brightness(frame) == 4  # c.png, the newest; a and b are dropped
@@ -272,8 +274,9 @@ def test_a_live_source_that_dies_mid_stream_comes_back():
         return FakeCapture(codes=[n] * 1000, fail_after=5 if n == 1 else None, interval=0.002)
 
     stop = threading.Event()
-    source = Reconnecting(lambda: LiveSource("0", open_fn=open_fn, read_timeout=1.0), "cam",
-                          backoff=Backoff(0.05, 0.2), stop=stop)
+    source = Reconnecting(
+        lambda: LiveSource("0", open_fn=open_fn, read_timeout=1.0), "cam", backoff=Backoff(0.05, 0.2), stop=stop
+    )
     got = []
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len([c for c in got if c == 4]) < 3:
@@ -290,8 +293,7 @@ def test_a_live_source_that_dies_mid_stream_comes_back():
 
 def test_reconnect_wait_ends_at_once_on_stop():
     stop = threading.Event()
-    source = Reconnecting(lambda: (_ for _ in ()).throw(SourceError("down")), "cam",
-                          backoff=Backoff(30, 30), stop=stop)
+    source = Reconnecting(lambda: (_ for _ in ()).throw(SourceError("down")), "cam", backoff=Backoff(30, 30), stop=stop)
     assert source.read(0.01) is None  # first attempt fails: next in 30 s
     threading.Timer(0.05, stop.set).start()
     start = time.monotonic()
@@ -375,8 +377,11 @@ class MjpegServer:
                 self.end_headers()
                 try:
                     for jpeg in jpegs:
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                         % len(jpeg) + jpeg + b"\r\n")
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                            + jpeg
+                            + b"\r\n"
+                        )
                         time.sleep(interval)
                 except OSError:
                     pass
@@ -451,21 +456,24 @@ def test_a_damaged_packet_of_an_http_mjpeg_camera_is_dropped_and_counted(caplog)
     assert caplog.text.count("damaged frame(s) skipped") == 1  # logged once, then counted
 
 
-@pytest.mark.parametrize("image, kind, converted", [
-    (fake_frame(1), None, False),
-    (np.full((48, 64), 30, np.uint8), "grey", True),
-    (np.full((48, 64, 1), 30, np.uint8), "grey", True),
-    (np.full((48, 64, 4), 30, np.uint8), "bgra", True),
-    (np.zeros((48, 64, 3), np.uint8), "black", False),
-    (np.full((48, 64, 3), 253, np.uint8), "white", False),
-    (None, "none", None),
-    ([[1, 2]], "not an array", None),
-    (np.zeros((0, 0, 3), np.uint8), "empty", None),
-    (np.zeros((2, 48, 64, 3), np.uint8), "bad shape", None),
-    (np.zeros((48, 64, 2), np.uint8), "bad channels", None),
-    (np.zeros((48, 64, 3), np.float32), "bad dtype", None),
-    (np.zeros((48, 8, 3), np.uint8), "too small", None),
-])
+@pytest.mark.parametrize(
+    "image, kind, converted",
+    [
+        (fake_frame(1), None, False),
+        (np.full((48, 64), 30, np.uint8), "grey", True),
+        (np.full((48, 64, 1), 30, np.uint8), "grey", True),
+        (np.full((48, 64, 4), 30, np.uint8), "bgra", True),
+        (np.zeros((48, 64, 3), np.uint8), "black", False),
+        (np.full((48, 64, 3), 253, np.uint8), "white", False),
+        (None, "none", None),
+        ([[1, 2]], "not an array", None),
+        (np.zeros((0, 0, 3), np.uint8), "empty", None),
+        (np.zeros((2, 48, 64, 3), np.uint8), "bad shape", None),
+        (np.zeros((48, 64, 2), np.uint8), "bad channels", None),
+        (np.zeros((48, 64, 3), np.float32), "bad dtype", None),
+        (np.zeros((48, 8, 3), np.uint8), "too small", None),
+    ],
+)
 def test_inspect_image_drops_garbage_and_converts_grey_and_bgra(image, kind, converted):
     from edge_retrieval.camera import DROPPED, NOTED, inspect_image
 

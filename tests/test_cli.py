@@ -87,7 +87,7 @@ def test_wrong_model_gallery_is_refused(tmp_path, embedder):
 
     db = tmp_path / "g.db"
     with Gallery(db) as g:
-        g.add("x", [[embedder.dim ** -0.5] * embedder.dim], model_sha256="f" * 64, model_name="someone-elses-model")
+        g.add("x", [[embedder.dim**-0.5] * embedder.dim], model_sha256="f" * 64, model_name="someone-elses-model")
     result = run("search", photo(ITEMS[0]), "-g", db, ok=False)
     assert result.exit_code == 1 and "belongs to model someone-elses-model" in result.stderr
 
@@ -117,6 +117,7 @@ def test_an_imported_gallery_identifies_like_the_original(tmp_path, folder, embe
 
 def test_events_list_and_retry_name_the_gallery_and_what_to_retry(tmp_path):
     from edge_retrieval.storage.gallery import Gallery
+
     missing = run("events", "list", "-g", tmp_path / "none.db", ok=False)
     assert missing.exit_code == 1 and "none.db" in missing.stderr and not (tmp_path / "none.db").exists()
     db = tmp_path / "gallery.db"

@@ -1,4 +1,5 @@
 """The config: defaults, the example file, key-path errors, CLI overrides and check-config."""
+
 import dataclasses
 import textwrap
 import tomllib
@@ -52,27 +53,34 @@ def test_the_example_file_is_current_and_holds_every_option():
         assert f"# [{table}]" in text
 
 
-@pytest.mark.parametrize("toml, message", [
-    ("[decision.votes]\nm = 7", "decision.votes.m: 7 is more than n (5)"),
-    ("[decision.votes]\nk = 2", "decision.votes.k: unknown key"),
-    ("[decision]\nthreshold = 'high'", "decision.threshold: expected a number"),
-    ("[decision]\nthreshold = 11", "decision.threshold: 11 is above the maximum 10"),
-    ("[decision]\npreset = 'best'", "decision.preset: 'best' is not one of 'default', 'quick', 'fast', 'whole'"),
-    ("[decision.thresholds]\ncat = 0.8", "decision.thresholds: unknown key"),  # per-item ones live in the gallery
-    ("[source]\nfps = -1", "source.fps: -1 is below the minimum 0"),
-    ("[source]\nloop = 1", "source.loop: expected true or false"),
-    ("[model]\nthreads = 2.5", "model.threads: expected an integer"),
-    ("[roi]\nx = 0.6\nwidth = 0.5", "roi.width: the region ends at 1.1"),
-    ("[sinks.webhook]\ntimeout_s = 1", "sinks.webhook.url: required"),
-    ("[sinks.command]\nargv = ['ok', 3]", "sinks.command.argv[1]: expected a string"),
-    ("[sinks.command]\nargv = ['ok']\npermanent_exit_codes = ['3']",
-     "sinks.command.permanent_exit_codes[0]: expected an integer"),
-    ("[sinks.command]\nargv = ['ok']\npermanent_exit_codes = [256]",
-     "sinks.command.permanent_exit_codes: 256 is not an exit status 1-255"),
-    ("[service]\nlog_level = 'LOUD'", "service.log_level: 'LOUD' is not one of"),
-    ("camera = 0", "camera: unknown key"),
-    ("source = 3", "source: expected a table"),
-])
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[decision.votes]\nm = 7", "decision.votes.m: 7 is more than n (5)"),
+        ("[decision.votes]\nk = 2", "decision.votes.k: unknown key"),
+        ("[decision]\nthreshold = 'high'", "decision.threshold: expected a number"),
+        ("[decision]\nthreshold = 11", "decision.threshold: 11 is above the maximum 10"),
+        ("[decision]\npreset = 'best'", "decision.preset: 'best' is not one of 'default', 'quick', 'fast', 'whole'"),
+        ("[decision.thresholds]\ncat = 0.8", "decision.thresholds: unknown key"),  # per-item ones live in the gallery
+        ("[source]\nfps = -1", "source.fps: -1 is below the minimum 0"),
+        ("[source]\nloop = 1", "source.loop: expected true or false"),
+        ("[model]\nthreads = 2.5", "model.threads: expected an integer"),
+        ("[roi]\nx = 0.6\nwidth = 0.5", "roi.width: the region ends at 1.1"),
+        ("[sinks.webhook]\ntimeout_s = 1", "sinks.webhook.url: required"),
+        ("[sinks.command]\nargv = ['ok', 3]", "sinks.command.argv[1]: expected a string"),
+        (
+            "[sinks.command]\nargv = ['ok']\npermanent_exit_codes = ['3']",
+            "sinks.command.permanent_exit_codes[0]: expected an integer",
+        ),
+        (
+            "[sinks.command]\nargv = ['ok']\npermanent_exit_codes = [256]",
+            "sinks.command.permanent_exit_codes: 256 is not an exit status 1-255",
+        ),
+        ("[service]\nlog_level = 'LOUD'", "service.log_level: 'LOUD' is not one of"),
+        ("camera = 0", "camera: unknown key"),
+        ("source = 3", "source: expected a table"),
+    ],
+)
 def test_errors_name_the_key_path(tmp_path, toml, message):
     path = tmp_path / "bad.toml"
     path.write_text(toml)
@@ -83,10 +91,17 @@ def test_errors_name_the_key_path(tmp_path, toml, message):
 
 
 def test_nested_optional_and_sink_dataclasses():
-    config = from_dict(Config, {"roi": {"x": 0.25, "width": 0.5},
-                                "sinks": {"stdout": True, "webhook": {"url": "http://x/", "headers": {"X-A.b": "b c"}}}})
+    config = from_dict(
+        Config,
+        {
+            "roi": {"x": 0.25, "width": 0.5},
+            "sinks": {"stdout": True, "webhook": {"url": "http://x/", "headers": {"X-A.b": "b c"}}},
+        },
+    )
     assert config.roi.x == 0.25 and config.roi.height == 1.0
-    assert config.sinks == SinksConfig(stdout=True, webhook=WebhookSinkConfig(url="http://x/", headers={"X-A.b": "b c"}))
+    assert config.sinks == SinksConfig(
+        stdout=True, webhook=WebhookSinkConfig(url="http://x/", headers={"X-A.b": "b c"})
+    )
     assert 'headers = { "X-A.b" = "b c" }' in to_toml(config)
     assert config.decision.threshold is None and config.decision.preset == "default"
     assert from_dict(Config, tomllib.loads(to_toml(config))) == config
@@ -97,8 +112,13 @@ def test_overrides_beat_the_file(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[source]\nuri = "0"\nfps = 5.0\n[decision.votes]\nm = 2\n')
     config = load_config(path, {"source.fps": 2.0, "decision.votes.n": 3, "gallery.path": "g.db"})
-    assert (config.source.uri, config.source.fps, config.decision.votes.m, config.decision.votes.n,
-            config.gallery.path) == ("0", 2.0, 2, 3, "g.db")
+    assert (
+        config.source.uri,
+        config.source.fps,
+        config.decision.votes.m,
+        config.decision.votes.n,
+        config.gallery.path,
+    ) == ("0", 2.0, 2, 3, "g.db")
     assert parse_assignment("decision.votes.m=4") == ("decision.votes.m", 4)
     assert parse_assignment("source.uri=rtsp://cam/1") == ("source.uri", "rtsp://cam/1")
     assert parse_assignment("decision.thresholds={cat=0.8}") == ("decision.thresholds", {"cat": 0.8})
@@ -108,7 +128,8 @@ def test_overrides_beat_the_file(tmp_path):
 
 def test_check_config_show_hides_every_secret_and_keeps_the_rest(tmp_path):
     config = tmp_path / "secrets.toml"
-    config.write_text(textwrap.dedent("""\
+    config.write_text(
+        textwrap.dedent("""\
         [source]
         uri = "rtsp://admin:camPass1@10.0.0.5:554/stream?token=abc123"
         [sinks.webhook]
@@ -119,7 +140,8 @@ def test_check_config_show_hides_every_secret_and_keeps_the_rest(tmp_path):
         password = "mqttPass3"
         [kiosk]
         token = "kioskTok44"
-        """))
+        """)
+    )
     result = CliRunner().invoke(cli, ["check-config", "--show", str(config)])
     assert result.exit_code == 0, result.output
     for secret in ("camPass1", "abc123", "hookPass2", "qk987", "hdr555", "mqttPass3", "kioskTok44"):

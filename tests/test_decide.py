@@ -1,4 +1,5 @@
 """The decision logic on replayed timelines (the clock is the frame time passed in)."""
+
 import pytest
 
 from edge_retrieval.config import DecisionConfig, VotesConfig

@@ -161,7 +161,8 @@ def test_a_cli_user_sees_no_xnnpack_notice(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(repo)}
     cli = [sys.executable, "-c", "from edge_retrieval.cli import cli; cli()"]
     for args in (["info"], ["enroll", photo(ITEMS[0]), "-g", tmp_path / "g.db"]):
-        out = subprocess.run(cli + [str(a) for a in args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run(
+            cli + [str(a) for a in args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         assert "XNNPACK" not in out.stderr, args

@@ -1,4 +1,5 @@
 """Events in the gallery file, their outbox rows, and snapshots with retention, on real files."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ SINKS = ("stdout", "webhook", "mqtt")
 
 
 def match(t: float = 1_700_000_000.0, label: str = "cat", **kw) -> Event:
-    return Event(time=t, source="cam0", kind="match", label=label, item_id=1, score=0.875,
-                 metadata={"owner": "Ada"}, **kw)
+    return Event(
+        time=t, source="cam0", kind="match", label=label, item_id=1, score=0.875, metadata={"owner": "Ada"}, **kw
+    )
 
 
 @pytest.fixture
@@ -53,10 +55,21 @@ def test_record_stores_the_event_and_one_outbox_row_per_sink(log):
     rows = log.db.execute("SELECT event_id, sink, attempts, delivered FROM outbox ORDER BY id").fetchall()
     assert rows == [(event_id, sink, 0, None) for sink in SINKS]
     body = log.event(event_id).payload()
-    assert body == {"event_id": event_id, "time": 1_700_000_000.0, "time_iso": "2023-11-14T22:13:20.000+00:00",
-                    "source": "cam0", "kind": "match", "label": "cat", "item_id": 1, "score": 0.875,
-                    "snapshot": None, "metadata": {"owner": "Ada"}, "details": {"margin": 0.12},
-                    "box": [10, 20, 110, 220], "polygon": None}
+    assert body == {
+        "event_id": event_id,
+        "time": 1_700_000_000.0,
+        "time_iso": "2023-11-14T22:13:20.000+00:00",
+        "source": "cam0",
+        "kind": "match",
+        "label": "cat",
+        "item_id": 1,
+        "score": 0.875,
+        "snapshot": None,
+        "metadata": {"owner": "Ada"},
+        "details": {"margin": 0.12},
+        "box": [10, 20, 110, 220],
+        "polygon": None,
+    }
 
 
 def test_record_is_one_transaction(tmp_path):
@@ -72,8 +85,10 @@ def _deliver_all(log: EventLog) -> None:
 
 
 def _park(log: EventLog, event_id: int, sink: str, error: str = "PermanentDeliveryError: HTTP 400") -> None:
-    log.db.execute("UPDATE outbox SET parked = ?, last_error = ? WHERE event_id = ? AND sink = ?",
-                   [time.time(), error, event_id, sink])
+    log.db.execute(
+        "UPDATE outbox SET parked = ?, last_error = ? WHERE event_id = ? AND sink = ?",
+        [time.time(), error, event_id, sink],
+    )
 
 
 def test_history_keeps_the_newest_events_but_never_one_a_sink_waits_for(tmp_path):
@@ -125,7 +140,9 @@ def test_a_parked_event_is_kept_whatever_the_count_but_goes_with_its_age(tmp_pat
         [(event, deliveries)] = log.deliveries(10, parked=True)
         assert event.id == parked
         assert [(d.sink, d.state, d.error) for d in deliveries] == [
-            ("webhook", "parked", "PermanentDeliveryError: HTTP 400"), ("mqtt", "delivered", None)]
+            ("webhook", "parked", "PermanentDeliveryError: HTTP 400"),
+            ("mqtt", "delivered", None),
+        ]
         assert log.prune(now=now + 9 * day) == 0  # 29 days old: still there to be looked at, retried
         assert log.prune(now=now + 11 * day) == 1  # 31 days: gone, like any settled event
         assert log.deliveries(10, parked=True) == []
@@ -152,9 +169,13 @@ def test_an_outbox_from_before_parking_is_migrated_with_its_rows(tmp_path):
     with EventLog(path, ["mqtt"]) as log:
         [(event, [delivery])] = log.deliveries()
         assert (event.id, delivery.sink, delivery.state) == (1, "mqtt", "pending")
-        plan = " ".join(str(r) for r in log.db.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE sink = 'mqtt' AND delivered IS NULL "
-            "AND parked IS NULL ORDER BY event_id"))
+        plan = " ".join(
+            str(r)
+            for r in log.db.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE sink = 'mqtt' AND delivered IS NULL "
+                "AND parked IS NULL ORDER BY event_id"
+            )
+        )
         assert "outbox_pending" in plan  # the dispatcher's look skips parked rows by the index
 
 
@@ -172,11 +193,14 @@ def test_history_that_cannot_be_pruned_is_logged_and_the_events_still_recorded(t
         assert [e.id for e in log.recent(10)] == ids[-1:]
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(kind="maybe"), "kind"),
-    (dict(score=float("nan")), "finite"),
-    (dict(metadata={"when": object()}), "not JSON"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(kind="maybe"), "kind"),
+        (dict(score=float("nan")), "finite"),
+        (dict(metadata={"when": object()}), "not JSON"),
+    ],
+)
 def test_record_rejects_malformed_events(log, bad, message):
     with pytest.raises(EventError, match=message):
         log.record(replace(match(), **bad))

@@ -49,7 +49,7 @@ def test_add_search_items_and_best_embedding_per_item(gallery):
 def test_k_larger_than_items_and_empty_gallery(gallery):
     m = gallery.search(np.ones((2, 8), np.float32), k=5)
     assert m.item_ids.shape == (2, 0)
-    gallery.add("only", np.full((1, 8), 8 ** -0.5), model_sha256=SHA)
+    gallery.add("only", np.full((1, 8), 8**-0.5), model_sha256=SHA)
     assert gallery.search(np.ones(8), k=5).item_ids.shape == (1, 1)
 
 
@@ -63,15 +63,20 @@ def test_adding_to_an_existing_label_appends_and_merges_metadata(gallery):
 
 
 def test_wrong_model_is_refused_naming_the_gallery_model(gallery):
-    gallery.add("a", np.full((1, 8), 8 ** -0.5), model_sha256=SHA, model_name="mobilenet_v2_int8")
+    gallery.add("a", np.full((1, 8), 8**-0.5), model_sha256=SHA, model_name="mobilenet_v2_int8")
     with pytest.raises(ModelMismatchError, match="belongs to model mobilenet_v2_int8"):
-        gallery.add("b", np.full((1, 8), 8 ** -0.5), model_sha256=OTHER_SHA, model_name="other")
+        gallery.add("b", np.full((1, 8), 8**-0.5), model_sha256=OTHER_SHA, model_name="other")
     assert gallery.count() == (1, 1)
 
 
-@pytest.mark.parametrize("vector, says", [(np.full((1, 8), 0.5), "vector 0 has length 1.414, not 1"),
-                                          (np.zeros((1, 8)), "vector 0 has length 0, not 1"),
-                                          (np.array([[0.6, 0.8], [0.6, 0.81]]), "vector 1 has length 1.008")])
+@pytest.mark.parametrize(
+    "vector, says",
+    [
+        (np.full((1, 8), 0.5), "vector 0 has length 1.414, not 1"),
+        (np.zeros((1, 8)), "vector 0 has length 0, not 1"),
+        (np.array([[0.6, 0.8], [0.6, 0.81]]), "vector 1 has length 1.008"),
+    ],
+)
 def test_add_refuses_vectors_that_are_not_unit_length_naming_the_item(gallery, vector, says):
     with pytest.raises(GalleryError, match=f"item 'cat': {says}"):
         gallery.add("cat", vector, model_sha256=SHA)

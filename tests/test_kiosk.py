@@ -2,6 +2,7 @@
 time, the real server on an ephemeral loopback port, and (marked `browser`) a real headless
 Chromium driven by Selenium. The browser test saves its screenshots in $EDGE_RETRIEVAL_ARTIFACTS
 (tests/artifacts.py)."""
+
 from __future__ import annotations
 
 import base64
@@ -49,8 +50,17 @@ CAT_DETAILS = {"artist": "Stefan van der Walt", "year": 2013}
 
 # -- helpers ------------------------------------------------------------------------------
 
-def request(base: str, method: str, path: str, body: bytes | dict | None = None, *, token: str | None = None,
-            headers: dict | None = None, content_type: str | None = None) -> tuple[int, dict, bytes]:
+
+def request(
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | dict | None = None,
+    *,
+    token: str | None = None,
+    headers: dict | None = None,
+    content_type: str | None = None,
+) -> tuple[int, dict, bytes]:
     """(status, headers, body) of one request; never raises for HTTP errors."""
     headers = dict(headers or {})
     if isinstance(body, dict):
@@ -87,20 +97,30 @@ def shows(base: str, label: str | None, status: str = "match"):
         _, state = api(base, "GET", "/api/state")
         ok = state["status"] == status and (label is None or (state["item"] or {}).get("label") == label)
         return state if ok else None
+
     return check
 
 
 def tiny_png(width: int, height: int) -> bytes:
     """A PNG whose header claims width×height (its pixel data is a single row: never decoded)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 4)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4))
+        + chunk(b"IEND", b"")
+    )
 
 
 def kiosk_config(source: Path, gallery: Path, **kiosk) -> Config:
-    return Config(source=SourceConfig(uri=str(source), name="test-camera"), gallery=GalleryConfig(path=str(gallery)),
-                  kiosk=KioskConfig(token=TOKEN, port=0, **kiosk))
+    return Config(
+        source=SourceConfig(uri=str(source), name="test-camera"),
+        gallery=GalleryConfig(path=str(gallery)),
+        kiosk=KioskConfig(token=TOKEN, port=0, **kiosk),
+    )
 
 
 CLIP = democlip.DemoClip(seed=0, sequence=("cat", "rocket"))  # 18 s: the cat held up at 2-7 s, the rocket 10-15 s
@@ -145,8 +165,13 @@ def camera_server(tmp_path, embedder):
     shutil.copy(photo("rocket"), folder / "frame.jpg")
     gallery = tmp_path / "gallery.db"
     with Gallery(gallery) as g:
-        g.add("cat", embedder.embed_files([photo("cat")]), model_sha256=embedder.sha256,
-              model_name=embedder.card.name, sources=[str(photo("cat"))])
+        g.add(
+            "cat",
+            embedder.embed_files([photo("cat")]),
+            model_sha256=embedder.sha256,
+            model_name=embedder.card.name,
+            sources=[str(photo("cat"))],
+        )
     config = replace(kiosk_config(folder, gallery), source=SourceConfig(uri=str(folder), fps=5.0, name="still"))
     kiosk = Kiosk(config).open()
     server = Server(kiosk, "127.0.0.1", 0).start()
@@ -156,6 +181,7 @@ def camera_server(tmp_path, embedder):
 
 # -- what the screen shows ------------------------------------------------------------------
 
+
 def test_the_screen_follows_the_demo_clip(embedder, tmp_path):
     """The whole built-in demo clip through the service's Pipeline and the kiosk's Screen: every
     enrolled item's record appears while it is held up, the held-out one shows as unknown."""
@@ -163,8 +189,13 @@ def test_the_screen_follows_the_demo_clip(embedder, tmp_path):
     config = load_config(None)
     shown = []
     with Gallery(db) as gallery:
-        pipeline = Pipeline(open_recognizer(embedder, gallery, config.decision.preset), gallery,
-                            Decider.from_config(config.decision), MotionGate.from_config(config.motion), source="demo")
+        pipeline = Pipeline(
+            open_recognizer(embedder, gallery, config.decision.preset),
+            gallery,
+            Decider.from_config(config.decision),
+            MotionGate.from_config(config.motion),
+            source="demo",
+        )
         screen = Screen(hold=config.kiosk.hold)
         source = FileSource(str(clip_file))
         truth = democlip.DemoClip(0)
@@ -196,9 +227,12 @@ def test_uploads_are_checked_before_decoding():
         ok, buf = cv2.imencode(suffix, np.zeros((37, 53, 3), np.uint8))
         assert image_header(buf.tobytes())[1:] == (53, 37), suffix
     assert image_header(tiny_png(50_000, 50_000)) == ("png", 50_000, 50_000)
-    for data, status, words in ((b"", 400, "empty"), (b"hello", 415, "not a JPEG, PNG"),
-                                (tiny_png(50_000, 50_000), 413, "megapixels"),
-                                (jpeg[:200], 400, "cannot be decoded")):
+    for data, status, words in (
+        (b"", 400, "empty"),
+        (b"hello", 415, "not a JPEG, PNG"),
+        (tiny_png(50_000, 50_000), 413, "megapixels"),
+        (jpeg[:200], 400, "cannot be decoded"),
+    ):
         with pytest.raises(KioskError, match=words) as e:
             decode_image(data)
         assert e.value.status == status
@@ -213,11 +247,15 @@ def test_pages_are_offline():
 
 # -- the API, on the real server ------------------------------------------------------------
 
+
 def test_the_page_and_the_state_show_the_record_of_the_clip(clip_server):
     base = clip_server.url.rstrip("/")
     status, headers, page = request(base, "GET", "/")
-    assert status == 200 and b'src="/api/video.mjpg"' in page and "default-src 'self'" in headers[
-        "content-security-policy"]
+    assert (
+        status == 200
+        and b'src="/api/video.mjpg"' in page
+        and "default-src 'self'" in headers["content-security-policy"]
+    )
     assert request(base, "GET", "/static/kiosk.js")[0] == 200
     state = wait_for(shows(base, "cat"), what="the cat's record")
     assert state["item"]["metadata"] == CAT_DETAILS and state["score"] >= state["threshold"]
@@ -272,7 +310,7 @@ def test_the_kiosk_and_search_give_the_same_answer_ranking_and_scores(clip_serve
         h, w = view.shape[:2]
         s = 300 / max(h, w)
         small = cv2.resize(view, (int(w * s), int(h * s)))
-        frame[60:60 + small.shape[0], 200:200 + small.shape[1]] = small
+        frame[60 : 60 + small.shape[0], 200 : 200 + small.shape[1]] = small
         path = tmp_path / f"{name}.jpg"
         cv2.imwrite(str(path), frame)
         status, kiosk = api(base, "POST", "/api/search?k=5", path.read_bytes(), content_type="image/jpeg")
@@ -281,8 +319,9 @@ def test_the_kiosk_and_search_give_the_same_answer_ranking_and_scores(clip_serve
         assert out.exit_code == 0, out.output
         cli_answer = json.loads(out.stdout)
         assert kiosk["match"] == cli_answer["match"] == kiosk["verdict"]["label"]
-        assert [(m["label"], m["score"]) for m in kiosk["matches"]] == \
-            [(m["label"], m["score"]) for m in cli_answer["matches"]]
+        assert [(m["label"], m["score"]) for m in kiosk["matches"]] == [
+            (m["label"], m["score"]) for m in cli_answer["matches"]
+        ]
         assert kiosk["score"] == cli_answer["score"] and kiosk["threshold"] == cli_answer["threshold"]
         if cli_answer["match"] is not None:
             assert cli_answer["matches"][0]["label"] == cli_answer["match"]
@@ -291,13 +330,17 @@ def test_the_kiosk_and_search_give_the_same_answer_ranking_and_scores(clip_serve
         assert (cli_answer["match"] is not None) == (name != "gravel"), (name, cli_answer)
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b"", 400, "empty"),
-    (b"not an image at all", 415, "not a JPEG, PNG, WebP or BMP"),
-    (photo("cat").read_bytes()[:300], 400, "cannot be decoded"),
-    (tiny_png(20_000, 20_000), 413, "megapixels"),
-    (b"\xff\xd8\xff" + b"\x00" * 1_100_000, 413, "limit of 1 MB"),
-], ids=["empty", "not-an-image", "truncated", "too-many-pixels", "too-large"])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"", 400, "empty"),
+        (b"not an image at all", 415, "not a JPEG, PNG, WebP or BMP"),
+        (photo("cat").read_bytes()[:300], 400, "cannot be decoded"),
+        (tiny_png(20_000, 20_000), 413, "megapixels"),
+        (b"\xff\xd8\xff" + b"\x00" * 1_100_000, 413, "limit of 1 MB"),
+    ],
+    ids=["empty", "not-an-image", "truncated", "too-many-pixels", "too-large"],
+)
 def test_bad_images_get_clear_4xx_errors(clip_server, body, status, words):
     code, result = api(clip_server.url.rstrip("/"), "POST", "/api/search", body, content_type="image/jpeg")
     assert code == status and words in result["error"]
@@ -334,8 +377,11 @@ def test_enrol_the_camera_frame_then_it_is_recognised(camera_server, tmp_path):
     wait_for(shows(base, None, "idle"), what="the still camera's first frames")
     status, headers, frame = request(base, "GET", "/api/frame.jpg?crop=roi")
     assert status == 200 and headers["content-type"] == "image/jpeg"
-    body = {"label": "Rocket launch", "metadata": {"maker": "SpaceX", "year": 2015},
-            "images": [base64.b64encode(frame).decode()]}
+    body = {
+        "label": "Rocket launch",
+        "metadata": {"maker": "SpaceX", "year": 2015},
+        "images": [base64.b64encode(frame).decode()],
+    }
     status, result = api(base, "POST", "/api/items", body, token=TOKEN)
     assert status == 201 and result["added"] == 1
     item = result["item"]
@@ -378,8 +424,9 @@ def test_a_camera_that_sends_nothing_is_reported(tmp_path, embedder, monkeypatch
     monkeypatch.setattr(kiosk_app, "STALE", 2.0)
     folder = tmp_path / "camera"
     folder.mkdir()
-    config = replace(kiosk_config(folder, tmp_path / "gallery.db"),
-                     source=SourceConfig(uri=str(folder), watch=True, name="dropbox"))
+    config = replace(
+        kiosk_config(folder, tmp_path / "gallery.db"), source=SourceConfig(uri=str(folder), watch=True, name="dropbox")
+    )
     server = Server(Kiosk(config).open(), "127.0.0.1", 0).start()
     try:
         base = server.url.rstrip("/")
@@ -391,14 +438,18 @@ def test_a_camera_that_sends_nothing_is_reported(tmp_path, embedder, monkeypatch
         server.stop()
 
 
-@pytest.mark.parametrize("body, words", [
-    ({"label": "", "images": ["AAAA"]}, "label"),
-    ({"label": "x", "images": []}, "at least one image"),
-    ({"label": "x", "images": ["%%%"]}, "images[0]: not valid base64"),
-    ({"label": "x", "images": [base64.b64encode(b"GIF89a....").decode()]}, "not a JPEG"),
-    ({"label": "x", "metadata": [1], "images": ["AAAA"]}, "metadata"),
-    ({"label": "x", "images": ["AAAA"], "colour": "red"}, "colour: unknown field"),
-], ids=["no-label", "no-images", "bad-base64", "gif", "metadata-not-object", "unknown-field"])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"label": "", "images": ["AAAA"]}, "label"),
+        ({"label": "x", "images": []}, "at least one image"),
+        ({"label": "x", "images": ["%%%"]}, "images[0]: not valid base64"),
+        ({"label": "x", "images": [base64.b64encode(b"GIF89a....").decode()]}, "not a JPEG"),
+        ({"label": "x", "metadata": [1], "images": ["AAAA"]}, "metadata"),
+        ({"label": "x", "images": ["AAAA"], "colour": "red"}, "colour: unknown field"),
+    ],
+    ids=["no-label", "no-images", "bad-base64", "gif", "metadata-not-object", "unknown-field"],
+)
 def test_bad_enrolments_are_refused(clip_server, body, words):
     status, result = api(clip_server.url.rstrip("/"), "POST", "/api/items", body, token=TOKEN)
     assert 400 <= status < 500 and words in result["error"]
@@ -407,8 +458,13 @@ def test_bad_enrolments_are_refused(clip_server, body, words):
 def test_kiosk_command_serves_the_demo_and_stops_on_sigterm(tmp_path):
     """The README's command, as a person runs it (on a free port)."""
     env = {**os.environ, "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_retrieval.cli", "kiosk", "--port", "0"], cwd=tmp_path,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_retrieval.cli", "kiosk", "--port", "0"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         lines, deadline = [], time.monotonic() + 60  # the first run renders the demo clip (~10 s)
         while not any("staff page:" in line for line in lines):
@@ -423,8 +479,9 @@ def test_kiosk_command_serves_the_demo_and_stops_on_sigterm(tmp_path):
         token = token_file.read_text().strip()
         assert "/admin?token=<token>" in admin and token not in "".join(lines)
         assert token_file.stat().st_mode & 0o777 == 0o600
-        state = wait_for(lambda: api(url.rstrip("/"), "GET", "/api/state")[1] if _answers(url) else None,
-                         what="the server")
+        state = wait_for(
+            lambda: api(url.rstrip("/"), "GET", "/api/state")[1] if _answers(url) else None, what="the server"
+        )
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
         with opener.open(f"{url}admin?token={token}", timeout=10) as r:  # the token kept in the file opens the page
             assert r.status == 200 and r.url == f"{url}admin"
@@ -449,24 +506,38 @@ def _answers(url: str) -> bool:
 
 # -- a real browser --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def browser(tmp_path):
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip(f"{CHROMIUM} and {CHROMEDRIVER} absent: apt-get install chromium chromium-driver "
-                    "(.ci/apt-packages.txt)")
+        pytest.skip(
+            f"{CHROMIUM} and {CHROMEDRIVER} absent: apt-get install chromium chromium-driver (.ci/apt-packages.txt)"
+        )
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium absent: pip install -e '.[test]'")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,800", f"--user-data-dir={tmp_path / 'chromium'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,800",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.set_page_load_timeout(20)
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # a 1280×800 kiosk screen, exactly
-                           {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",  # a 1280×800 kiosk screen, exactly
+        {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+    )
     yield driver
     driver.quit()
 
@@ -490,7 +561,8 @@ def test_in_a_real_browser(clip_server, browser):
     browser.get(base + "/")
     status = browser.execute_async_script(
         "const done = arguments[0]; fetch('/api/items', {method: 'POST', headers: {'Content-Type': "
-        "'application/json'}, body: JSON.stringify({label: 'x', images: []})}).then(r => done(r.status))")
+        "'application/json'}, body: JSON.stringify({label: 'x', images: []})}).then(r => done(r.status))"
+    )
     assert status == 401
     browser.get(base + "/admin")
     assert "needs the token" in browser.find_element(By.TAG_NAME, "body").text
@@ -499,9 +571,12 @@ def test_in_a_real_browser(clip_server, browser):
     browser.get(f"{base}/admin?token={TOKEN}")
     wait_for(lambda: "(4)" in _text(browser, "item-count"), what="the item list")
     browser.find_element(By.ID, "capture").click()  # the camera frame: captured, shown, then left out
-    wait_for(lambda: browser.execute_script(
-        "const i = document.querySelector('#pending img'); return i && i.complete && i.naturalWidth === 640"),
-        what="the captured frame")
+    wait_for(
+        lambda: browser.execute_script(
+            "const i = document.querySelector('#pending img'); return i && i.complete && i.naturalWidth === 640"
+        ),
+        what="the captured frame",
+    )
     browser.find_element(By.CSS_SELECTOR, "#pending button").click()
     assert not browser.find_elements(By.CSS_SELECTOR, "#pending img")
     browser.find_element(By.ID, "files").send_keys(str(photo("rocket")))
@@ -516,11 +591,17 @@ def test_in_a_real_browser(clip_server, browser):
 
     # the kiosk page shows the cat's record while the clip shows the cat (then the rocket, enrolled above)
     browser.get(base + "/")
-    wait_for(lambda: _status(browser) == "match" and _text(browser, "label") == "cat" and in_view(base, "cat"),
-             what="the cat in view and on the page")
-    wait_for(lambda: browser.execute_script(
-        "const p = document.getElementById('photo'), l = document.getElementById('live');"
-        "return p.complete && p.naturalWidth > 0 && l.naturalWidth > 0"), what="the photo and the live view")
+    wait_for(
+        lambda: _status(browser) == "match" and _text(browser, "label") == "cat" and in_view(base, "cat"),
+        what="the cat in view and on the page",
+    )
+    wait_for(
+        lambda: browser.execute_script(
+            "const p = document.getElementById('photo'), l = document.getElementById('live');"
+            "return p.complete && p.naturalWidth > 0 && l.naturalWidth > 0"
+        ),
+        what="the photo and the live view",
+    )
     fields = _text(browser, "fields")
     assert "Stefan van der Walt" in fields and "2013" in fields
     # the score of the frame on screen: above the decision threshold (which frame of the cat's
@@ -529,13 +610,17 @@ def test_in_a_real_browser(clip_server, browser):
     browser.save_screenshot(str(ARTIFACTS / "kiosk.png"))
 
     # the rocket, enrolled on the staff page, is recognised when the clip shows it
-    wait_for(lambda: _status(browser) == "match" and _text(browser, "label") == "rocket" and in_view(base, "rocket"),
-             timeout=40, what="the enrolled rocket in view and on the page")
+    wait_for(
+        lambda: _status(browser) == "match" and _text(browser, "label") == "rocket" and in_view(base, "rocket"),
+        timeout=40,
+        what="the enrolled rocket in view and on the page",
+    )
     assert "SpaceX" in _text(browser, "fields")
     browser.save_screenshot(str(ARTIFACTS / "kiosk-enrolled.png"))
 
 
 # -- the systemd unit ---------------------------------------------------------------------------
+
 
 def test_the_kiosk_unit_runs_the_kiosk_command():
     text = (REPO / "systemd" / "edge-retrieval-kiosk.service").read_text()
@@ -544,12 +629,15 @@ def test_the_kiosk_unit_runs_the_kiosk_command():
     assert "\nWantedBy=multi-user.target\n" in text
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze absent (apt-get install systemd; listed in .ci/apt-packages.txt)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze absent (apt-get install systemd; listed in .ci/apt-packages.txt)",
+)
 def test_the_kiosk_unit_passes_systemd_analyze_verify(tmp_path):
     exe = shutil.which("edge-retrieval") or sys.executable
     path = tmp_path / "edge-retrieval-kiosk.service"
-    path.write_text((REPO / "systemd" / "edge-retrieval-kiosk.service").read_text()
-                    .replace("/usr/local/bin/edge-retrieval", exe))
+    path.write_text(
+        (REPO / "systemd" / "edge-retrieval-kiosk.service").read_text().replace("/usr/local/bin/edge-retrieval", exe)
+    )
     result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "edge-retrieval-kiosk.service" not in result.stderr, result.stderr

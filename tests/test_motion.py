@@ -1,4 +1,5 @@
 """The motion gate and the ROI on real photos."""
+
 import cv2
 import numpy as np
 import pytest
@@ -49,8 +50,7 @@ def test_an_object_entering_is_motion_with_its_box(scene):
 def test_slow_drift_adds_up_against_the_last_embedded_frame(scene):
     gate = MotionGate(pixel_threshold=12, min_changed=0.5, refresh=0)
     gate.check(scene, 0.0)
-    reasons = [gate.check(np.clip(scene.astype(int) + 3 * i, 0, 255).astype(np.uint8), i).reason
-               for i in range(1, 8)]
+    reasons = [gate.check(np.clip(scene.astype(int) + 3 * i, 0, 255).astype(np.uint8), i).reason for i in range(1, 8)]
     assert reasons[:3] == ["still"] * 3 and "motion" in reasons  # 3 levels a frame: > 12 after 5 frames
 
 

@@ -1,4 +1,5 @@
 """Recall on the museum data set (../shared/data/museum), through the same code as `edge-retrieval eval`."""
+
 import pytest
 
 from edge_retrieval.evaluate import evaluate

@@ -1,4 +1,5 @@
 """The outbox on real parts: a real HTTP server that is down for a while, real commands, restarts."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,7 @@ def webhook(url: str, name: str = "webhook") -> WebhookSink:
 
 
 def attempts(log: EventLog, sink: str) -> int:
-    return log.db.execute("SELECT coalesce(sum(attempts), 0) FROM outbox WHERE sink = ?",
-                                   [sink]).fetchone()[0]
+    return log.db.execute("SELECT coalesce(sum(attempts), 0) FROM outbox WHERE sink = ?", [sink]).fetchone()[0]
 
 
 def test_backoff_grows_to_its_cap_with_jitter():
@@ -64,8 +64,11 @@ def test_every_alert_arrives_once_in_order_after_the_webhook_was_down(tmp_path):
 def test_a_failing_sink_does_not_hold_up_the_others(tmp_path):
     receiver = Receiver()
     db = tmp_path / "gallery.db"
-    sinks = [webhook(f"http://127.0.0.1:{free_port()}/hook", "down"), CommandSink(CommandSinkConfig(argv=["false"])),
-             webhook(receiver.url, "up")]
+    sinks = [
+        webhook(f"http://127.0.0.1:{free_port()}/hook", "down"),
+        CommandSink(CommandSinkConfig(argv=["false"])),
+        webhook(receiver.url, "up"),
+    ]
     with EventLog(db, [s.name for s in sinks]) as log, Dispatcher(db, sinks, **_FAST) as dispatcher:
         ids = [log.record(event(i)) for i in range(4)]
         dispatcher.wake()
@@ -73,8 +76,9 @@ def test_a_failing_sink_does_not_hold_up_the_others(tmp_path):
         assert receiver.ids() == ids
         assert dispatcher.pending("down") == dispatcher.pending("command") == 4
         assert wait_until(lambda: attempts(log, "command") >= 2)
-        first = log.db.execute("SELECT event_id, last_error FROM outbox WHERE sink = 'command' "
-                                        "AND attempts > 0").fetchall()
+        first = log.db.execute(
+            "SELECT event_id, last_error FROM outbox WHERE sink = 'command' AND attempts > 0"
+        ).fetchall()
         assert [r[0] for r in first] == [ids[0]]  # only the head is tried: order is kept
         assert "exit status 1" in first[0][1]
     receiver.close()
@@ -103,8 +107,7 @@ def test_restart_delivers_what_a_previous_run_left_once_in_order(tmp_path):
 
 def test_stop_returns_in_time_while_a_sink_hangs_and_recording_never_waits(tmp_path):
     started = tmp_path / "started"
-    hanging = CommandSink(CommandSinkConfig(argv=["sh", "-c", 'touch "$0"; exec sleep 3', str(started)],
-                                            timeout_s=10))
+    hanging = CommandSink(CommandSinkConfig(argv=["sh", "-c", 'touch "$0"; exec sleep 3', str(started)], timeout_s=10))
     db = tmp_path / "gallery.db"
     with EventLog(db, ["command"]) as log:
         dispatcher = Dispatcher(db, [hanging], **_FAST).start()
@@ -141,6 +144,7 @@ def test_mqtt_alerts_survive_a_broker_restart(tmp_path):
 
     from edge_retrieval.sinks import MqttSinkConfig
     from edge_retrieval.sinks.mqtt import MqttSink
+
     port = free_port()
     broker = mosquitto(port, tmp_path)  # our own: this one gets killed
     db = tmp_path / "gallery.db"
@@ -174,6 +178,7 @@ def cli(*args) -> str:
     from click.testing import CliRunner
 
     from edge_retrieval.cli import cli as main
+
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output + result.stderr
     return result.stdout
@@ -186,8 +191,7 @@ def parked_ids(db) -> list[int]:
 def test_a_webhook_400_parks_that_event_the_later_ones_arrive_and_retry_sends_it(tmp_path):
     receiver = Receiver(status=400)
     db = tmp_path / "gallery.db"
-    with EventLog(db, ["webhook"]) as log, Dispatcher(db, [webhook(receiver.url)], idle_s=0.05,
-                                                      **_FAST) as dispatcher:
+    with EventLog(db, ["webhook"]) as log, Dispatcher(db, [webhook(receiver.url)], idle_s=0.05, **_FAST) as dispatcher:
         refused = log.record(event(0))
         dispatcher.wake()
         assert wait_until(lambda: dispatcher.parked() == 1)
@@ -203,8 +207,9 @@ def test_a_webhook_400_parks_that_event_the_later_ones_arrive_and_retry_sends_it
         assert line.split()[0] == str(refused) and "webhook parked (PermanentDeliveryError" in line
         assert "HTTP 400" in line
         listed = [json.loads(x) for x in cli("events", "list", "--json", "-g", db).splitlines()]
-        assert [(e["event_id"], [d["state"] for d in e["deliveries"]]) for e in listed] == \
-               [(i, ["delivered"]) for i in reversed(ids)] + [(refused, ["parked"])]
+        assert [(e["event_id"], [d["state"] for d in e["deliveries"]]) for e in listed] == [
+            (i, ["delivered"]) for i in reversed(ids)
+        ] + [(refused, ["parked"])]
 
         assert cli("events", "retry", refused, "-g", db) == f"event {refused}: webhook will be tried again\n"
         assert wait_until(lambda: receiver.ids() == ids + [refused])  # the running dispatcher, no wake()

@@ -4,6 +4,7 @@ Recall@1 ≥ 0.99 on qsd1_w1 and ≥ 0.97 on qsd2_w1 (issue 4). Run with
 `python3 -m pytest -q -m slow tests/test_quality.py`; the figures of every configuration
 come from `python benchmarks/quality.py` (benchmarks/README.md).
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """The README's first two fenced shell blocks are the two commands; .ci/run runs the second."""
+
 import re
 from pathlib import Path
 

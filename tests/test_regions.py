@@ -1,4 +1,5 @@
 """Regional descriptors and whitening, on real photos and the real models."""
+
 from __future__ import annotations
 
 import cv2

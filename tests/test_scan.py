@@ -1,12 +1,13 @@
 """The scan against a float64 reference on the same codes, in every shape it meets."""
+
 import numpy as np
 import pytest
 
 from edge_retrieval import scan
 from edge_retrieval.quantize import quantize
 
-_RTOL = 1e-5           # float32 scan vs float64 reference, relative to the score scale
-_MIN_RECALL = 0.98     # two-stage recall@10 on clustered data
+_RTOL = 1e-5  # float32 scan vs float64 reference, relative to the score scale
+_MIN_RECALL = 0.98  # two-stage recall@10 on clustered data
 
 
 def _reference(codes, scales, queries, k):
@@ -141,7 +142,7 @@ def test_append_rejects_bad_shapes_and_values():
         m.append(np.zeros((2, 4), np.int8), np.ones(3), np.arange(2))
     with pytest.raises(ValueError):
         m.append(np.full((1, 4), 300, np.int16), np.ones(1), np.arange(1))
-    m.append(np.full((1, 4), 3, np.int16), np.ones(1), np.arange(1))   # fits: accepted
+    m.append(np.full((1, 4), 3, np.int16), np.ones(1), np.arange(1))  # fits: accepted
     with pytest.raises(ValueError):
         m.topk(np.zeros((1, 5), np.float32), 1)
     for bad in (np.nan, np.inf, -np.inf):
@@ -186,7 +187,7 @@ def test_two_stage_recall_on_clustered_data(dim):
     m = scan.CodeMatrix(dim, capacity=len(codes))
     m.append(codes, scales, np.arange(len(codes)))
     exact, _ = m.topk(queries, 10)
-    assert m.topk(queries, 10, shortlist="auto")[0].tolist() == exact.tolist()   # small: exact
+    assert m.topk(queries, 10, shortlist="auto")[0].tolist() == exact.tolist()  # small: exact
     idx, got = m.topk(queries, 10, shortlist=scan.default_shortlist(len(codes), 10))
     recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(idx, exact)])
     assert recall >= _MIN_RECALL
@@ -200,8 +201,8 @@ def test_two_stage_finds_rows_appended_after_it_was_built(small_blocks):
     codes, scales = quantize(x)
     m = scan.CodeMatrix(64, capacity=3000)
     m.append(codes[:3000], scales[:3000], np.arange(3000))
-    m.topk(queries, 5, shortlist=100)                     # builds the sign bits
+    m.topk(queries, 5, shortlist=100)  # builds the sign bits
     m.append(codes[3000:], scales[3000:], np.arange(3000, 4000))
-    idx, _ = m.topk(x[3000:3100], 1, shortlist=100)       # each appended row finds itself
+    idx, _ = m.topk(x[3000:3100], 1, shortlist=100)  # each appended row finds itself
     assert (idx[:, 0] == np.arange(3000, 3100)).all()
-    assert m.topk(queries, 5, shortlist=10_000)[0].shape == (5, 5)   # shortlist ≥ n: exact
+    assert m.topk(queries, 5, shortlist=10_000)[0].shape == (5, 5)  # shortlist ≥ n: exact

@@ -1,4 +1,5 @@
 """Sinks on real parts: stdout, a real HTTP server, a real script, a real Mosquitto broker."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,10 +58,20 @@ def free_port() -> int:
 
 
 def payload(event_id: int, label: str | None = "cat", score: float = 0.9) -> dict:
-    return {"event_id": event_id, "time": 1_700_000_000.0 + event_id, "source": "cam0",
-            "kind": "match" if label else "unknown", "label": label, "item_id": 1 if label else None,
-            "score": score, "snapshot": None, "metadata": {"owner": "me"}, "details": {}, "box": None,
-            "polygon": None}
+    return {
+        "event_id": event_id,
+        "time": 1_700_000_000.0 + event_id,
+        "source": "cam0",
+        "kind": "match" if label else "unknown",
+        "label": label,
+        "item_id": 1 if label else None,
+        "score": score,
+        "snapshot": None,
+        "metadata": {"owner": "me"},
+        "details": {},
+        "box": None,
+        "polygon": None,
+    }
 
 
 class Receiver:
@@ -95,8 +106,7 @@ class Receiver:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     def ids(self) -> list[int]:
@@ -123,8 +133,9 @@ def test_every_config_field_is_documented_and_frozen(cls):
 
 
 def test_build_sinks_in_fixed_order_and_config_errors_name_the_key(receiver):
-    sinks = build_sinks(SinksConfig(stdout=True, webhook=WebhookSinkConfig(url=receiver.url),
-                                    command=CommandSinkConfig(argv=["true"])))
+    sinks = build_sinks(
+        SinksConfig(stdout=True, webhook=WebhookSinkConfig(url=receiver.url), command=CommandSinkConfig(argv=["true"]))
+    )
     assert [s.name for s in sinks] == ["stdout", "webhook", "command"]
     assert all(isinstance(s, Sink) for s in sinks)
     assert build_sinks(SinksConfig()) == []
@@ -161,8 +172,20 @@ def test_webhook_posts_json_with_headers(receiver):
     assert headers["idempotency-key"] == "7"
 
 
-@pytest.mark.parametrize("status, permanent", [(503, False), (500, False), (302, False), (408, False),
-                                               (429, False), (404, True), (400, True), (401, True), (422, True)])
+@pytest.mark.parametrize(
+    "status, permanent",
+    [
+        (503, False),
+        (500, False),
+        (302, False),
+        (408, False),
+        (429, False),
+        (404, True),
+        (400, True),
+        (401, True),
+        (422, True),
+    ],
+)
 def test_webhook_non_2xx_is_not_an_ack_and_4xx_is_for_good(receiver, status, permanent):
     receiver.status = status
     with pytest.raises(DeliveryError, match=f"HTTP {status}") as refused:
@@ -236,11 +259,12 @@ def _answers(port: int) -> bool:
 
 def mosquitto(port: int, folder: Path) -> subprocess.Popen:
     """Start a mosquitto of our own on 127.0.0.1:port (skip the test if there is no binary)."""
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK)
-                                           else None)
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
     if binary is None:
-        pytest.skip(f"no MQTT broker on 127.0.0.1:{MQTT_PORT} and no mosquitto binary "
-                    "(apt-get install mosquitto, or run .ci/services.sh)")
+        pytest.skip(
+            f"no MQTT broker on 127.0.0.1:{MQTT_PORT} and no mosquitto binary "
+            "(apt-get install mosquitto, or run .ci/services.sh)"
+        )
     conf = folder / f"mosquitto-{port}.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     conf.chmod(0o644)
@@ -271,6 +295,7 @@ class Subscriber:
 
     def __init__(self, port: int, *topics: str):
         import paho.mqtt.client as mqtt
+
         self.messages: list[tuple[str, bytes, bool]] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}")
         subscribed = threading.Event()
@@ -291,6 +316,7 @@ class Subscriber:
 
 def _clear_retained(port: int, topics) -> None:
     import paho.mqtt.client as mqtt
+
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -302,6 +328,7 @@ def _clear_retained(port: int, topics) -> None:
 
 def test_mqtt_events_availability_and_discovery(broker):
     from edge_retrieval.sinks.mqtt import MqttSink
+
     device = f"test-{uuid.uuid4().hex[:8]}"
     live = Subscriber(broker, f"edge-retrieval/{device}/#")
     sink = MqttSink(MqttSinkConfig(port=broker, device_id=device, timeout_s=_DEADLINE_S))
@@ -319,9 +346,15 @@ def test_mqtt_events_availability_and_discovery(broker):
         assert late.on(sink.availability_topic) == [(b"online", True)]
         assert late.on(sink.event_topic) == []  # events are not retained
         configs = {t: json.loads(p) for t, p, r in late.messages if t.endswith("/config") and r}
-        assert set(configs) == {f"homeassistant/{c}/{device}/{o}/config" for c, o in
-                                [("sensor", "last_label"), ("sensor", "last_score"),
-                                 ("binary_sensor", "match"), ("event", "watchlist")]}
+        assert set(configs) == {
+            f"homeassistant/{c}/{device}/{o}/config"
+            for c, o in [
+                ("sensor", "last_label"),
+                ("sensor", "last_score"),
+                ("binary_sensor", "match"),
+                ("event", "watchlist"),
+            ]
+        }
         for config in configs.values():
             assert config["state_topic"] == sink.event_topic
             assert config["availability_topic"] == sink.availability_topic
@@ -342,6 +375,7 @@ _ENTITY_ID = re.compile(r"(?!_)[a-z0-9_]+(?<!_)\.(?!_)(?!.*__)[a-z0-9_]+(?<!_)")
 
 def test_mqtt_discovery_configs_name_entities_by_default_entity_id(broker):
     from edge_retrieval.sinks.mqtt import MqttSink
+
     device = f"Test-{uuid.uuid4().hex[:8]}"  # upper case and '-': not allowed in an entity id
     sub = Subscriber(broker, "homeassistant/#")
     sink = MqttSink(MqttSinkConfig(port=broker, device_id=device, timeout_s=_DEADLINE_S))
@@ -383,8 +417,9 @@ def test_mqtt_last_will_says_offline_when_the_process_dies(broker):
     device = f"test-{uuid.uuid4().hex[:8]}"
     availability = f"edge-retrieval/{device}/availability"
     sub = Subscriber(broker, availability)
-    child = subprocess.Popen([sys.executable, "-c", LAST_WILL_CHILD, str(broker), device], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", LAST_WILL_CHILD, str(broker), device], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "ready"
         assert wait_until(lambda: sub.on(availability))
@@ -400,6 +435,7 @@ def test_mqtt_last_will_says_offline_when_the_process_dies(broker):
 
 def test_mqtt_broker_down_is_not_an_ack():
     from edge_retrieval.sinks.mqtt import MqttSink
+
     sink = MqttSink(MqttSinkConfig(port=free_port(), device_id="nobody", timeout_s=0.2))
     try:
         start = time.monotonic()

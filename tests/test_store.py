@@ -1,4 +1,5 @@
 """Packed vector blocks: the loaded matrix always equals the embeddings table, row by row."""
+
 import sqlite3
 
 import numpy as np
@@ -26,7 +27,7 @@ def conn(monkeypatch):
     db = sqlite3.connect(":memory:")
     db.execute("PRAGMA foreign_keys = ON")
     db.executescript(SCHEMA)
-    with db:                                   # as a migration: statement by statement, one transaction
+    with db:  # as a migration: statement by statement, one transaction
         for statement in store.STATEMENTS:
             db.execute(statement)
     yield db
@@ -39,8 +40,10 @@ def _add(db, n, item=None, seed=0):
         for _ in range(n):
             it = item if item is not None else int(rng.integers(1, 20))
             db.execute("INSERT OR IGNORE INTO items(id, label) VALUES (?, ?)", (it, f"item{it}"))
-            db.execute("INSERT INTO embeddings(item_id, vector, scale) VALUES (?, ?, ?)",
-                       (it, rng.integers(-127, 128, DIM).astype(np.int8).tobytes(), float(rng.uniform(0.1, 1))))
+            db.execute(
+                "INSERT INTO embeddings(item_id, vector, scale) VALUES (?, ?, ?)",
+                (it, rng.integers(-127, 128, DIM).astype(np.int8).tobytes(), float(rng.uniform(0.1, 1))),
+            )
         store.pack(db)
 
 
@@ -70,9 +73,9 @@ def test_delete_update_and_cascade_drop_blocks_until_repacked(conn):
     _add(conn, 175)
     conn.execute("DELETE FROM embeddings WHERE id IN (3, 120)")
     conn.execute("UPDATE embeddings SET scale = 9 WHERE id = 60")
-    conn.execute("DELETE FROM items WHERE id = 7")                 # ON DELETE CASCADE fires triggers
+    conn.execute("DELETE FROM items WHERE id = 7")  # ON DELETE CASCADE fires triggers
     assert conn.execute("SELECT count(*) FROM vector_blocks").fetchone()[0] < 3
-    m, _ = store.load_matrix(conn)                                 # holes read row by row
+    m, _ = store.load_matrix(conn)  # holes read row by row
     _same(m, conn)
     with conn:
         store.pack(conn)
@@ -88,7 +91,7 @@ def test_refresh_appends_new_rows_and_reloads_after_other_changes(conn):
     m2, state2 = store.refresh(conn, m, state)
     assert m2 is m and state2.last_id == 63
     _same(m2, conn)
-    assert store.refresh(conn, m2, state2) == (m2, state2)       # nothing new
+    assert store.refresh(conn, m2, state2) == (m2, state2)  # nothing new
     conn.execute("DELETE FROM embeddings WHERE id = 61")
     m3, state3 = store.refresh(conn, m2, state2)
     assert m3 is not m2 and state3.generation > state2.generation

@@ -1,4 +1,5 @@
 """sd_notify over our own datagram socket, and the unit file."""
+
 import configparser
 import os
 import shutil
@@ -75,8 +76,10 @@ def test_unit_file_declares_notify_watchdog_restart_and_hardening():
     assert u["Install"]["WantedBy"] == "multi-user.target"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze absent (apt-get install systemd; listed in .ci/apt-packages.txt)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze absent (apt-get install systemd; listed in .ci/apt-packages.txt)",
+)
 def test_systemd_analyze_verify(tmp_path):
     exe = shutil.which("edge-retrieval") or sys.executable
     text = UNIT.read_text().replace("/usr/local/bin/edge-retrieval", exe)  # verify checks the binary exists

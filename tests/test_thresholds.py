@@ -1,4 +1,5 @@
 """The one place scores become match or unknown: threshold precedence, margin, vetoes."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """Geometric verification and the identification of a frame, on the repo's real photos."""
+
 from __future__ import annotations
 
 import cv2
@@ -65,7 +66,7 @@ def test_verify_finds_the_outline_and_rejects_another_photo(photos):
 
 def test_features_are_stored_per_item_and_removed_with_it(gallery, photos):
     f = verify.extract(read_image(photos / "cat.jpg"), 100, 256)
-    item_id = gallery.add("cat", np.full((1, 8), 8 ** -0.5), model_sha256="a" * 64)
+    item_id = gallery.add("cat", np.full((1, 8), 8**-0.5), model_sha256="a" * 64)
     gallery.add_features(item_id, verify.KIND, f.size, f.keypoints, f.descriptors, "cat.jpg")
     [(kind, size, kp, desc)] = gallery.features(item_id)
     assert kind == "orb" and size == f.size
@@ -155,12 +156,13 @@ def test_the_local_index_follows_enrolments_and_removals_incrementally(regional,
     with Gallery(tmp_path / "g.db") as g:
         enroll(g, regional, [("cat", photos / "cat.jpg"), ("coffee", photos / "coffee.jpg")])
         index = LocalIndex(g, vocab)
-        for change in (lambda: enroll(g, regional, [("cameraman", photos / "cameraman.jpg")]),
-                       lambda: g.remove("cat")):
+        for change in (lambda: enroll(g, regional, [("cameraman", photos / "cameraman.jpg")]), lambda: g.remove("cat")):
             change()
             index = LocalIndex(g, vocab, previous=index)  # reuses the leaves of the images it had
             fresh = LocalIndex(g, vocab)
             assert index.leaves.keys() == fresh.leaves.keys()
-            for got, want in zip(index.inverted.nearest2(query.descriptors), fresh.inverted.nearest2(query.descriptors)):
+            for got, want in zip(
+                index.inverted.nearest2(query.descriptors), fresh.inverted.nearest2(query.descriptors)
+            ):
                 assert np.array_equal(got, want)
             assert np.array_equal(index.item_of_image, fresh.item_of_image)

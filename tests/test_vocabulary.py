@@ -1,4 +1,5 @@
 """The ORB vocabulary and the inverted file, on ORB features of the repo's real photos."""
+
 from __future__ import annotations
 
 import cv2

@@ -4,6 +4,7 @@ from the package registry), run in an empty folder with no checkout on the path.
 This is CI's wheel check. The first run downloads the dependencies into pip's cache; reruns
 take about a minute on 2 cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # a checkout's build/ may hold modules deleted since: the wheel is built from a clean copy of the source
-NOT_SOURCE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "weights", "__pycache__", ".pytest_cache",
-                                    ".ruff_cache", "test-artifacts")
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "weights", "__pycache__", ".pytest_cache", ".ruff_cache", "test-artifacts"
+)
 
 
 def _run(args, cwd, env, timeout=600):

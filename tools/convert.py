@@ -23,6 +23,7 @@ What it does, in order:
 torch, litert_torch and ai_edge_quantizer (the `[convert]` extra) are imported only when a
 conversion runs; importing this module needs only NumPy and OpenCV.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -167,7 +168,9 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ModelError(f"{path}: weights file not found (python tools/fetch_weights.py fetches MobileNetV2)") from None
+        raise ModelError(
+            f"{path}: weights file not found (python tools/fetch_weights.py fetches MobileNetV2)"
+        ) from None
     except Exception as e:  # a corrupt or non-tensor pickle
         raise ModelError(f"{path}: not a loadable PyTorch state dict ({e})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -355,8 +358,15 @@ def validate(
     for name, batch in images.items():
         ref = torch_forward(torch_module, batch)
         q = run_quantized(q_interp, batch)
-        tfl.append(cosine(_describe(output_kind, pooling, gem_p, run_float(f_interp, batch)), _describe(output_kind, pooling, gem_p, ref)))
-        desc[name] = round(cosine(_describe(output_kind, pooling, gem_p, ref), _describe(output_kind, pooling, gem_p, q)), 5)
+        tfl.append(
+            cosine(
+                _describe(output_kind, pooling, gem_p, run_float(f_interp, batch)),
+                _describe(output_kind, pooling, gem_p, ref),
+            )
+        )
+        desc[name] = round(
+            cosine(_describe(output_kind, pooling, gem_p, ref), _describe(output_kind, pooling, gem_p, q)), 5
+        )
         raw[name] = round(cosine(ref, q), 5)
     result: dict[str, Any] = {
         "reference": "the PyTorch float model on the same input",
@@ -417,22 +427,35 @@ def reproduce_commands(opts: ConvertOptions, arch: str, weights_sha: str) -> str
     else:
         lines.append(f"# weights: {_display(opts.weights)} (sha256 {weights_sha}), supplied by hand")
     cmd = [
-        "python", "-m", "tools.convert",
-        "--weights", _display(opts.weights),
-        "--arch", arch,
-        "--calibration", _display(opts.calibration),
-        "--heldout", str(opts.heldout),
+        "python",
+        "-m",
+        "tools.convert",
+        "--weights",
+        _display(opts.weights),
+        "--arch",
+        arch,
+        "--calibration",
+        _display(opts.calibration),
+        "--heldout",
+        str(opts.heldout),
     ]
     if opts.validation is not None:
         cmd += ["--validation", _display(opts.validation)]
     cmd += [
-        "--height", str(opts.height),
-        "--width", str(opts.width),
-        "--output-kind", opts.output_kind,
-        "--pooling", opts.resolved_pooling(),
-        "--gem-p", f"{opts.gem_p:g}",
-        "--min-cosine", f"{opts.min_cosine:g}",
-        "--out", _display(opts.out),
+        "--height",
+        str(opts.height),
+        "--width",
+        str(opts.width),
+        "--output-kind",
+        opts.output_kind,
+        "--pooling",
+        opts.resolved_pooling(),
+        "--gem-p",
+        f"{opts.gem_p:g}",
+        "--min-cosine",
+        f"{opts.min_cosine:g}",
+        "--out",
+        _display(opts.out),
     ]
     lines.append(" ".join(shlex.quote(c) for c in cmd))
     return "\n".join(lines)
@@ -487,7 +510,9 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
         calib_files, held_files = split_heldout(photos, opts.heldout)
         val_root_of = {f: opts.calibration for f in held_files}
     samples = calibration_samples([read_rgb(f) for f in calib_files], opts.height, opts.width)
-    log(f"{arch}: {len(calib_files)} calibration photos → {len(samples)} samples; {len(held_files)} held out for validation")
+    log(
+        f"{arch}: {len(calib_files)} calibration photos → {len(samples)} samples; {len(held_files)} held out for validation"
+    )
 
     module = build_module(arch, state_dict, opts.output_kind)
     with tempfile.TemporaryDirectory(prefix="convert_") as tmp:
@@ -498,7 +523,9 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
         quantize_full_integer(float_path, samples, signature_key, input_name, input_tensor, int8_path)
         in_q, out_q, float_tensors = check_full_integer(int8_path)
         val_inputs = {
-            val_root_of[f].name + "/" + f.relative_to(val_root_of[f]).as_posix(): to_input(read_rgb(f), opts.height, opts.width)
+            val_root_of[f].name + "/" + f.relative_to(val_root_of[f]).as_posix(): to_input(
+                read_rgb(f), opts.height, opts.width
+            )
             for f in held_files
         }
         validation = validate(module, float_path, int8_path, val_inputs, opts.output_kind, pooling, opts.gem_p)
@@ -559,7 +586,9 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
         source_weights={
             "file": opts.weights.name,
             "sha256": weights_sha,
-            "origin": fetch_weights.ORIGIN if weights_sha == fetch_weights.SHA256 else "a torchvision state dict supplied by hand",
+            "origin": fetch_weights.ORIGIN
+            if weights_sha == fetch_weights.SHA256
+            else "a torchvision state dict supplied by hand",
         },
         calibration={
             "source": _display(opts.calibration),

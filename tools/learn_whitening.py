@@ -9,6 +9,7 @@ ok or junk image of any query; the same split benchmarks/captures.py uses for it
 scenes), so the test captures' scenes and every Oxford query and positive stay unseen.
 Only the learned mean and projection are shipped, never the photos.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ The photos are public-domain / CC0 pictures that ship inside the `scikit-image` 
 
     python tools/make_demo_photos.py
 """
+
 from __future__ import annotations
 
 import subprocess

@@ -8,6 +8,7 @@ so that the keys match one for one.
 
 This module imports torch at the top: import it only from the converter.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -46,7 +47,9 @@ class ConvNormActivation(nn.Sequential):
         bn_momentum: float = 0.1,
     ):
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
+            nn.Conv2d(
+                in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False
+            ),
             nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
         ]
         if activation is not None:
@@ -84,7 +87,15 @@ class MobileNetV2(nn.Module):
     """torchvision.models.mobilenet_v2 (width 1.0): `features` ends in 1280 channels after ReLU6."""
 
     # t (expansion), c (channels), n (repeats), s (stride of the first)
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    SETTINGS = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()

@@ -23,6 +23,7 @@ One idea a file: `base` (the `FrameSource` base, its errors, `open_capture`, `Pa
 (`Frame`, `inspect_image`, Motion-JPEG packets), `files`, `folder` and `live` (the sources).
 This file opens the source a config names and re-exports what the rest of the code imports.
 """
+
 from __future__ import annotations
 
 import threading
@@ -35,9 +36,25 @@ from .folder import FolderSource
 from .frame import DROPPED, NOTED, Frame, inspect_image
 from .live import MAX_STUCK, Backoff, LiveSource, Reconnecting
 
-__all__ = ["DROPPED", "MAX_STUCK", "NOTED", "Backoff", "FileSource", "FolderSource", "Frame", "FrameSource",
-           "LiveSource", "Pacer", "Reconnecting", "SourceEnded", "SourceError", "inspect_image", "kind_of",
-           "open_source", "source_name"]
+__all__ = [
+    "DROPPED",
+    "MAX_STUCK",
+    "NOTED",
+    "Backoff",
+    "FileSource",
+    "FolderSource",
+    "Frame",
+    "FrameSource",
+    "LiveSource",
+    "Pacer",
+    "Reconnecting",
+    "SourceEnded",
+    "SourceError",
+    "inspect_image",
+    "kind_of",
+    "open_source",
+    "source_name",
+]
 
 
 def source_name(config) -> str:
@@ -47,9 +64,13 @@ def source_name(config) -> str:
     return config.name or (redact_url(uri) if kind_of(uri) == "url" else uri)
 
 
-def open_source(config, stop: threading.Event | None = None,
-                open_fn: Callable[[str], Capture] | None = None,
-                decode_size: tuple[int, int] | None = None, yield_to: threading.Event | None = None) -> FrameSource:
+def open_source(
+    config,
+    stop: threading.Event | None = None,
+    open_fn: Callable[[str], Capture] | None = None,
+    decode_size: tuple[int, int] | None = None,
+    yield_to: threading.Event | None = None,
+) -> FrameSource:
     """The source a `SourceConfig` describes. Live ones come wrapped in `Reconnecting`
     (and so open lazily, on the first read); files and folders open now (SourceError).
     `decode_size`: see `FileSource`; for stream URLs, `LiveSource`. `yield_to`: see `FileSource`."""
@@ -59,15 +80,28 @@ def open_source(config, stop: threading.Event | None = None,
     kind = kind_of(uri)
     name = source_name(config)
     if kind == "folder":
-        return FolderSource(uri, fps=config.fps, loop=config.loop, watch=config.watch,
-                            realtime=config.realtime, name=name)
+        return FolderSource(
+            uri, fps=config.fps, loop=config.loop, watch=config.watch, realtime=config.realtime, name=name
+        )
     if kind == "file":
-        return FileSource(uri, fps=config.fps, loop=config.loop, realtime=config.realtime, name=name,
-                          open_fn=open_fn, decode_size=decode_size, yield_to=yield_to)
+        return FileSource(
+            uri,
+            fps=config.fps,
+            loop=config.loop,
+            realtime=config.realtime,
+            name=name,
+            open_fn=open_fn,
+            decode_size=decode_size,
+            yield_to=yield_to,
+        )
     opener = open_fn or (lambda u: open_capture(u, config.width, config.height))
     # a device keeps OpenCV's own decoding: its V4L2 packet mode is untested here
     packets = decode_size if kind == "url" else None
     return Reconnecting(
-        lambda: LiveSource(uri, fps=config.fps, read_timeout=config.read_timeout, name=name, open_fn=opener,
-                           decode_size=packets),
-        name, backoff=Backoff(config.reconnect_initial, config.reconnect_max), stop=stop)
+        lambda: LiveSource(
+            uri, fps=config.fps, read_timeout=config.read_timeout, name=name, open_fn=opener, decode_size=packets
+        ),
+        name,
+        backoff=Backoff(config.reconnect_initial, config.reconnect_max),
+        stop=stop,
+    )

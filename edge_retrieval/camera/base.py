@@ -1,5 +1,6 @@
 """What every frame source shares: the `FrameSource` base, its errors, the capture it opens
 (`open_capture`), what a URI names (`kind_of`) and the rate a source hands frames over at (`Pacer`)."""
+
 from __future__ import annotations
 
 import math
@@ -66,7 +67,7 @@ class Capture(Protocol):
 
 
 def kind_of(uri: str) -> str:
-    """"device", "url", "folder" or "file"."""
+    """ "device", "url", "folder" or "file"."""
     uri = uri.strip()
     if uri.isdigit() or uri.startswith("/dev/video"):
         return "device"
@@ -85,8 +86,11 @@ def open_capture(uri: str, width: int = 0, height: int = 0) -> Capture:
         backend = cv2.CAP_V4L2 if os.name == "posix" else cv2.CAP_ANY
         cap = cv2.VideoCapture(target, backend)
     elif kind == "url":
-        cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS,
-                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS])
+        cap = cv2.VideoCapture(
+            uri,
+            cv2.CAP_FFMPEG,
+            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS],
+        )
     else:
         if not Path(uri).is_file():
             raise SourceError(f"{uri}: no such file, folder or device")
@@ -102,7 +106,9 @@ def open_capture(uri: str, width: int = 0, height: int = 0) -> Capture:
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
     return cap
 
+
 # -- rate -------------------------------------------------------------------
+
 
 class Pacer:
     """Hands out due times one 1/fps apart (fps 0: everything is due at once)."""
@@ -127,4 +133,3 @@ class Pacer:
             self.next_due += self.interval
         else:
             self.next_due = t + self.interval
-

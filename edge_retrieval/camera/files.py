@@ -1,5 +1,6 @@
 """A video file as a frame source (`FileSource`): every frame, or one per 1/fps of media time,
 decoded ahead in a thread that yields to the model, Motion-JPEG at a reduced size."""
+
 from __future__ import annotations
 
 import logging
@@ -44,9 +45,19 @@ class FileSource(FrameSource):
 
     live = False
 
-    def __init__(self, path: str, *, fps: float = 0.0, loop: bool = False, realtime: bool = False,
-                 name: str = "", open_fn: Callable[[str], Capture] | None = None, prefetch: bool = True,
-                 decode_size: tuple[int, int] | None = None, yield_to: threading.Event | None = None):
+    def __init__(
+        self,
+        path: str,
+        *,
+        fps: float = 0.0,
+        loop: bool = False,
+        realtime: bool = False,
+        name: str = "",
+        open_fn: Callable[[str], Capture] | None = None,
+        prefetch: bool = True,
+        decode_size: tuple[int, int] | None = None,
+        yield_to: threading.Event | None = None,
+    ):
         self.path = str(path)
         self._yield_to = yield_to
         self.name = name or self.path
@@ -103,8 +114,11 @@ class FileSource(FrameSource):
             if self._cap.grab():
                 if failures:
                     if not self.frames_damaged:
-                        log.warning("%s: damaged frame(s) at frame %d skipped (counted; the file plays on)",
-                                    self.path, self._index)
+                        log.warning(
+                            "%s: damaged frame(s) at frame %d skipped (counted; the file plays on)",
+                            self.path,
+                            self._index,
+                        )
                     self.frames_damaged += failures
                     self._pass_damaged += failures
                     self._index += failures  # each failed grab consumed one frame's packet

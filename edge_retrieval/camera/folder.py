@@ -1,5 +1,6 @@
 """A folder of images as a frame source (`FolderSource`): played in name order, or watched
 for new files as a time-lapse camera writes them."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,9 @@ FOLDER_INTERVAL = 1.0  # media seconds between the images of a folder played wit
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -46,8 +48,17 @@ class FolderSource(FrameSource):
 
     alive = True
 
-    def __init__(self, path: str, *, fps: float = 0.0, loop: bool = False, watch: bool = False,
-                 realtime: bool = False, name: str = "", poll: float = 0.2):
+    def __init__(
+        self,
+        path: str,
+        *,
+        fps: float = 0.0,
+        loop: bool = False,
+        watch: bool = False,
+        realtime: bool = False,
+        name: str = "",
+        poll: float = 0.2,
+    ):
         self.path = Path(path)
         if not self.path.is_dir():
             raise SourceError(f"{path}: no such folder")

@@ -1,5 +1,6 @@
 """A captured `Frame`, the check of what a camera handed over (`inspect_image`, `DROPPED`,
 `NOTED`) and the reduced decoding of Motion-JPEG packets that files and streams share."""
+
 from __future__ import annotations
 
 import time
@@ -112,8 +113,10 @@ def _detail(image: np.ndarray) -> str:
 
 # As FFmpeg decodes a video's JPEGs: an EXIF orientation in a packet is not applied (so the
 # header's size is the image's)
-_REDUCED_FLAGS = {f: flag | cv2.IMREAD_IGNORE_ORIENTATION for f, flag in
-                  ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))}
+_REDUCED_FLAGS = {
+    f: flag | cv2.IMREAD_IGNORE_ORIENTATION
+    for f, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))
+}
 
 
 def _decode_reduced(jpeg: np.ndarray, factor: int, before: Callable[[], None] | None = None) -> np.ndarray | None:

@@ -1,6 +1,7 @@
 """Live sources: a V4L2 device or a stream URL (`LiveSource`, its `Grabber` thread keeping the
 newest frame, the packets of an HTTP Motion-JPEG camera decoded only when handed over), and
 `Reconnecting`, which reopens a live source after failures with a capped `Backoff`."""
+
 from __future__ import annotations
 
 import logging
@@ -99,9 +100,18 @@ class LiveSource(FrameSource):
 
     live = True
 
-    def __init__(self, uri: str, *, fps: float = 0.0, width: int = 0, height: int = 0,
-                 read_timeout: float = 5.0, name: str = "",
-                 open_fn: Callable[[str], Capture] | None = None, decode_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        uri: str,
+        *,
+        fps: float = 0.0,
+        width: int = 0,
+        height: int = 0,
+        read_timeout: float = 5.0,
+        name: str = "",
+        open_fn: Callable[[str], Capture] | None = None,
+        decode_size: tuple[int, int] | None = None,
+    ):
         self.uri = uri
         self.name = name or uri
         self.read_timeout = read_timeout
@@ -155,6 +165,7 @@ class LiveSource(FrameSource):
 
 # -- reconnecting -----------------------------------------------------------
 
+
 class Backoff:
     """Capped exponential backoff: initial, 2×initial, … up to maximum; reset() after success."""
 
@@ -163,7 +174,7 @@ class Backoff:
         self.failures = 0
 
     def next(self) -> float:
-        delay = min(self.maximum, self.initial * self.factor ** self.failures)
+        delay = min(self.maximum, self.initial * self.factor**self.failures)
         self.failures += 1
         return delay
 
@@ -189,8 +200,15 @@ class Reconnecting(FrameSource):
 
     live = True
 
-    def __init__(self, open_fn: Callable[[], FrameSource], name: str, *, backoff: Backoff | None = None,
-                 stop: threading.Event | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        open_fn: Callable[[], FrameSource],
+        name: str,
+        *,
+        backoff: Backoff | None = None,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._open = open_fn
         self.name = name
         self.backoff = backoff or Backoff()
@@ -241,8 +259,12 @@ class Reconnecting(FrameSource):
             if len(self._abandoned) >= MAX_STUCK:
                 if not self._stuck_logged:
                     self._stuck_logged = True
-                    log.error("%s: %d captures hang inside the driver (reads that never return); not opening "
-                              "another: the systemd watchdog restarts the service", self.name, len(self._abandoned))
+                    log.error(
+                        "%s: %d captures hang inside the driver (reads that never return); not opening "
+                        "another: the systemd watchdog restarts the service",
+                        self.name,
+                        len(self._abandoned),
+                    )
                 self.stop.wait(timeout)
                 return None
             self._stuck_logged = False
@@ -267,8 +289,11 @@ class Reconnecting(FrameSource):
             self.backoff.reset()
             if self._fresh:
                 self._fresh = False
-                log.info("%s: receiving frames%s", self.name,
-                         f" again (after {self.attempts} attempts)" if self.failures else "")
+                log.info(
+                    "%s: receiving frames%s",
+                    self.name,
+                    f" again (after {self.attempts} attempts)" if self.failures else "",
+                )
         return frame
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ is kept in `<gallery>.kiosk-token` (mode 600) and shown only on a terminal (`Ser
 A server on a loopback address answers only requests addressed to a loopback name (`Host:`), so a
 web page cannot reach it through DNS rebinding.
 """
+
 from .app import Kiosk
 from .errors import KioskError
 from .screen import Screen, Shown
@@ -30,5 +31,18 @@ from .server import Server, bind
 from .uploads import decode_image, encode_jpeg, image_header
 from .web import STATIC, create_app
 
-__all__ = ["LOOPBACK_NAMES", "STATIC", "Kiosk", "KioskError", "Screen", "Server", "Shown", "bind",
-           "create_app", "decode_image", "encode_jpeg", "image_header", "is_loopback"]
+__all__ = [
+    "LOOPBACK_NAMES",
+    "STATIC",
+    "Kiosk",
+    "KioskError",
+    "Screen",
+    "Server",
+    "Shown",
+    "bind",
+    "create_app",
+    "decode_image",
+    "encode_jpeg",
+    "image_header",
+    "is_loopback",
+]

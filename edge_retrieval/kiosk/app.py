@@ -1,4 +1,5 @@
 """`Kiosk`: the kiosk's state and actions (the camera loop, search, enrolment, edits, settings)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,14 @@ def kiosk_config(config: Config) -> Config:
 
 
 def item_json(item: Item) -> dict[str, Any]:
-    return {"id": item.id, "label": item.label, "metadata": item.metadata, "embeddings": item.embeddings,
-            "created": item.created, "photo": f"/api/items/{item.id}/photo?v={item.embeddings}"}
+    return {
+        "id": item.id,
+        "label": item.label,
+        "metadata": item.metadata,
+        "embeddings": item.embeddings,
+        "created": item.created,
+        "photo": f"/api/items/{item.id}/photo?v={item.embeddings}",
+    }
 
 
 class Kiosk:
@@ -65,8 +72,16 @@ class Kiosk:
     ...     kiosk.state()["status"]
     """
 
-    def __init__(self, config: Config, *, demo: bool = False, demo_seed: int = 0, token: str = "",
-                 stop: threading.Event | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        demo: bool = False,
+        demo_seed: int = 0,
+        token: str = "",
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.config = config
         self.demo, self.demo_seed = demo, demo_seed
         self.token = token or config.kiosk.token
@@ -108,15 +123,23 @@ class Kiosk:
             folder = tempfile.TemporaryDirectory(prefix="edge-retrieval-kiosk-demo-")
             self._owned.append(folder)
             clip, db = democlip.prepare(self.embedder, folder.name, self.demo_seed)
-            config = replace(config, source=replace(config.source, uri=str(clip), name=config.source.name or
-                                                    "demo-clip"), gallery=replace(config.gallery, path=str(db)))
-            log.info("built-in demo: clip %s (items %s; %s shown but not enrolled)", clip,
-                     ", ".join(democlip.SEQUENCE), ", ".join(democlip.HELD_OUT))
+            config = replace(
+                config,
+                source=replace(config.source, uri=str(clip), name=config.source.name or "demo-clip"),
+                gallery=replace(config.gallery, path=str(db)),
+            )
+            log.info(
+                "built-in demo: clip %s (items %s; %s shown but not enrolled)",
+                clip,
+                ", ".join(democlip.SEQUENCE),
+                ", ".join(democlip.HELD_OUT),
+            )
         else:
             for key, value in (("source.uri", config.source.uri), ("gallery.path", config.gallery.path)):
                 if not value:
-                    raise ConfigError(f"{key}: not set (set source.uri and gallery.path, or neither for the "
-                                      "built-in demo)")
+                    raise ConfigError(
+                        f"{key}: not set (set source.uri and gallery.path, or neither for the built-in demo)"
+                    )
         self.config = config = kiosk_config(config)
         self.gallery = Gallery(config.gallery.path)
         self._owned.append(self.gallery)
@@ -126,8 +149,9 @@ class Kiosk:
                 if not item.metadata and item.label in demo_data.DETAILS:
                     self.gallery.update(item.id, metadata=demo_data.DETAILS[item.label])
         gallery_file = Path(config.gallery.path)
-        self.photos = Path(config.kiosk.photos) if config.kiosk.photos else \
-            gallery_file.with_name(gallery_file.stem + "-photos")
+        self.photos = (
+            Path(config.kiosk.photos) if config.kiosk.photos else gallery_file.with_name(gallery_file.stem + "-photos")
+        )
         saved = self._settings().get("threshold")
         if isinstance(saved, (int, float)) and MIN_THRESHOLD <= saved <= MAX_THRESHOLD:
             self.threshold = float(saved)
@@ -138,8 +162,9 @@ class Kiosk:
                 self.token, self.token_file = kept
         self.source_name = source_name(config.source)  # shown on the page: a stream URL without its password
         config = replace(config, decision=replace(config.decision, threshold=self.threshold))
-        self.recognizer = open_recognizer(self.embedder, self.gallery, config.decision.preset,
-                                          threshold=self.threshold, margin=config.decision.margin)
+        self.recognizer = open_recognizer(
+            self.embedder, self.gallery, config.decision.preset, threshold=self.threshold, margin=config.decision.margin
+        )
         self._owned.append(self.recognizer)
         self.daemon = Daemon(config, stop=self.stop, on_frame=self._watch, full_frames=True)
         return self
@@ -228,13 +253,23 @@ class Kiosk:
         if status not in (ERROR, ENDED) and self._thread is not None and quiet > STALE:
             status, item, message = ERROR, None, f"no picture from {self.source_name} for {quiet:.0f} s; retrying"
         d = self.config.decision
-        return {"status": status, "version": version, "item": item,
-                "score": round(shown.score, 4) if item is not None and shown.score is not None else None,
-                "since": shown.since, "message": message, "source": self.source_name,
-                "frame": screen.frame_index, "frames": screen.frames, "fps": round(self._fps, 1),
-                "threshold": self.recognizer.thresholds.default(), "margin": self.recognizer.thresholds.margin,
-                "preset": d.preset, "votes": {"m": d.votes.m, "n": d.votes.n},
-                "hold": self.config.kiosk.hold}
+        return {
+            "status": status,
+            "version": version,
+            "item": item,
+            "score": round(shown.score, 4) if item is not None and shown.score is not None else None,
+            "since": shown.since,
+            "message": message,
+            "source": self.source_name,
+            "frame": screen.frame_index,
+            "frames": screen.frames,
+            "fps": round(self._fps, 1),
+            "threshold": self.recognizer.thresholds.default(),
+            "margin": self.recognizer.thresholds.margin,
+            "preset": d.preset,
+            "votes": {"m": d.votes.m, "n": d.votes.n},
+            "hold": self.config.kiosk.hold,
+        }
 
     def items(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -246,7 +281,7 @@ class Kiosk:
 
     def _item(self, item_id: int) -> Item:
         try:
-            if not 0 <= int(item_id) < 2 ** 63:  # beyond SQLite's integers: no such item (not an OverflowError)
+            if not 0 <= int(item_id) < 2**63:  # beyond SQLite's integers: no such item (not an OverflowError)
                 raise GalleryError(f"no item {item_id}")
             return self.gallery.item(int(item_id))
         except GalleryError:
@@ -297,10 +332,18 @@ class Kiosk:
         elif best.score <= ranking.threshold:
             reason = f"score {best.score:.3f} not above the threshold {ranking.threshold:.3f}"
         else:
-            reason = f"too close to the next item (margin {ranking.margin:.3f} < {self.recognizer.thresholds.margin:.3f})"
-        out["verdict"] = {"status": RECOGNISED if ranking.match else UNKNOWN, "label": out["match"],
-                          "item_id": ranking.match.item_id if ranking.match else None, "score": out["score"],
-                          "margin": out["margin"], "threshold": out["threshold"], "reason": reason}
+            reason = (
+                f"too close to the next item (margin {ranking.margin:.3f} < {self.recognizer.thresholds.margin:.3f})"
+            )
+        out["verdict"] = {
+            "status": RECOGNISED if ranking.match else UNKNOWN,
+            "label": out["match"],
+            "item_id": ranking.match.item_id if ranking.match else None,
+            "score": out["score"],
+            "margin": out["margin"],
+            "threshold": out["threshold"],
+            "reason": reason,
+        }
         return out
 
     # -- staff: writes ----------------------------------------------------------------
@@ -315,8 +358,9 @@ class Kiosk:
             raise KioskError("metadata: must be an object of fields, e.g. {\"artist\": \"...\"}")
         if not images:
             raise KioskError("images: at least one image is required (a captured frame or an uploaded photo)")
-        decoded = [decode_image(data, f"image {i + 1}" if len(images) > 1 else "the image")
-                   for i, data in enumerate(images)]
+        decoded = [
+            decode_image(data, f"image {i + 1}" if len(images) > 1 else "the image") for i, data in enumerate(images)
+        ]
         self.photos.mkdir(parents=True, exist_ok=True)
         paths = []
         try:
@@ -365,8 +409,11 @@ class Kiosk:
         if value is None:
             value = self.config.decision.threshold
             self._save_settings({})
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not MIN_THRESHOLD <= value <= MAX_THRESHOLD:
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not MIN_THRESHOLD <= value <= MAX_THRESHOLD
+        ):
             raise KioskError(f"threshold: a number from {MIN_THRESHOLD} to {MAX_THRESHOLD} is required")
         else:
             self._save_settings({"threshold": float(value)})
@@ -427,4 +474,3 @@ class Kiosk:
 def _slug(text: str) -> str:
     out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
     return "-".join(filter(None, out.split("-")))[:40] or "item"
-

@@ -1,4 +1,5 @@
 """The kiosk's refusal of a request, with its HTTP status."""
+
 from __future__ import annotations
 
 from ..errors import EdgeRetrievalError

@@ -1,4 +1,5 @@
 """What the kiosk page shows: `Screen` turns the frames the camera loop processes into a `Shown`."""
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,9 @@ class Screen:
                     if shown.status != UNKNOWN:
                         self._show(Shown(UNKNOWN, since=self.clock()))
                     self._last_seen = t
-            elif shown.status == STARTING or (shown.status in (RECOGNISED, UNKNOWN)
-                                               and t - self._last_seen > self.hold):
+            elif shown.status == STARTING or (
+                shown.status in (RECOGNISED, UNKNOWN) and t - self._last_seen > self.hold
+            ):
                 self._show(Shown(IDLE, since=self.clock()))
             return self._shown
 

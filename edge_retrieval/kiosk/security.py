@@ -1,5 +1,6 @@
 """The kiosk's defences: the staff token (kept beside the gallery, compared in constant time), same-origin
 writes, host-name checks against DNS rebinding and the security headers on every response."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -17,8 +18,10 @@ TOKEN_ENV = "EDGE_RETRIEVAL_KIOSK_TOKEN"
 TOKEN_SUFFIX = ".kiosk-token"  # the generated staff token is kept beside the gallery, in <gallery>.kiosk-token
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
-CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 def host_name(host_header: str) -> str:
@@ -60,15 +63,24 @@ class _Headers:
         if not query.isascii() or any(b < 0x21 or b == 0x7F for b in query):
             # percent-encode what a lenient HTTP parser let through: Starlette reads the query string
             # as UTF-8 in places (redirects, error pages) and would fail with a 500 otherwise
-            scope = {**scope, "query_string": b"".join(bytes([b]) if 0x21 <= b < 0x7F else b"%%%02X" % b
-                                                       for b in query)}
+            scope = {
+                **scope,
+                "query_string": b"".join(bytes([b]) if 0x21 <= b < 0x7F else b"%%%02X" % b for b in query),
+            }
         if self.hosts:
             host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), "")
             if host_name(host) not in self.hosts:
                 body = b"this kiosk answers only requests addressed to 127.0.0.1 or localhost"
-                await send({"type": "http.response.start", "status": 421,
-                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                        (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 421,
+                        "headers": [
+                            (b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
 
@@ -76,8 +88,12 @@ class _Headers:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}
-                for name, value in ((b"content-security-policy", CSP), (b"x-content-type-options", "nosniff"),
-                                    (b"x-frame-options", "DENY"), (b"referrer-policy", "no-referrer")):
+                for name, value in (
+                    (b"content-security-policy", CSP),
+                    (b"x-content-type-options", "nosniff"),
+                    (b"x-frame-options", "DENY"),
+                    (b"referrer-policy", "no-referrer"),
+                ):
                     if name not in names:
                         headers.append((name, value.encode()))
                 message = {**message, "headers": headers}
@@ -111,8 +127,9 @@ def keep_token(gallery_path: str, token: str) -> tuple[str, Path] | None:
         os.replace(tmp, path)
         return token, path
     except (OSError, UnicodeDecodeError) as e:
-        log.warning("%s: cannot keep the staff token there (%s); set kiosk.token", path,
-                    getattr(e, "strerror", None) or e)
+        log.warning(
+            "%s: cannot keep the staff token there (%s); set kiosk.token", path, getattr(e, "strerror", None) or e
+        )
         return None
 
 
@@ -125,8 +142,11 @@ def check_write(request, token: str) -> None:
         raise KioskError("cross-site request refused", 403)
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
-        raise KioskError("this needs the staff token: send the header 'Authorization: Bearer <token>' "
-                         "(kiosk.token, or the <gallery>.kiosk-token file)", 401)
+        raise KioskError(
+            "this needs the staff token: send the header 'Authorization: Bearer <token>' "
+            "(kiosk.token, or the <gallery>.kiosk-token file)",
+            401,
+        )
     if not token_matches(given.strip(), token):
         raise KioskError("wrong staff token", 403)
 

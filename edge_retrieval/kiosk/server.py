@@ -1,4 +1,5 @@
 """Serving the kiosk: `bind` a socket, `Server` runs the app on it with uvicorn."""
+
 from __future__ import annotations
 
 import signal
@@ -43,8 +44,15 @@ class Server:
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/"
         hosts = LOOPBACK_NAMES if is_loopback(host) else ()  # elsewhere the names it is reached by are unknown
-        self._server = _Uvicorn(uvicorn.Config(create_app(kiosk, hosts), log_level=log_level, access_log=False,
-                                               timeout_graceful_shutdown=2, lifespan="on"))
+        self._server = _Uvicorn(
+            uvicorn.Config(
+                create_app(kiosk, hosts),
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=2,
+                lifespan="on",
+            )
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -69,8 +77,10 @@ class Server:
         # (they only set the stop flag) that ends here and the camera loop and the files close cleanly.
         previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous = {signum: signal.signal(signum, lambda *_: self.kiosk.stop.set())
-                        for signum in (signal.SIGINT, signal.SIGTERM)}
+            previous = {
+                signum: signal.signal(signum, lambda *_: self.kiosk.stop.set())
+                for signum in (signal.SIGINT, signal.SIGTERM)
+            }
         try:
             self._server.run(sockets=[self.socket])
         finally:

@@ -1,5 +1,6 @@
 """Uploaded bytes: request bodies read within the size limit, JSON bodies, and images checked by
 their header (format, pixel count) before they are decoded."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
     except ValueError as e:
         raise KioskError(f"{what} looks like a {kind.upper()} image but cannot be decoded ({e})") from None
     if width * height > MAX_PIXELS:
-        raise KioskError(f"{what} has {width}×{height} pixels, more than the limit of {MAX_PIXELS / 1e6:g} megapixels",
-                         413)
+        raise KioskError(
+            f"{what} has {width}×{height} pixels, more than the limit of {MAX_PIXELS / 1e6:g} megapixels", 413
+        )
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise KioskError(f"{what} looks like a {kind.upper()} image but cannot be decoded (truncated or corrupt?)")
@@ -51,8 +53,9 @@ def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
 def encode_jpeg(image: np.ndarray, quality: int, max_side: int = 0) -> bytes:
     if max_side and max(image.shape[:2]) > max_side:
         s = max_side / max(image.shape[:2])
-        image = cv2.resize(image, (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s))),
-                           interpolation=cv2.INTER_AREA)
+        image = cv2.resize(
+            image, (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s))), interpolation=cv2.INTER_AREA
+        )
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise KioskError("cannot encode the image as JPEG", 500)
@@ -65,8 +68,9 @@ async def read_body(request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     declared = int(length) if length and length.isascii() and length.isdigit() else 0  # (not "²")
     size_text = f" {declared / 1e6:.1f} MB," if declared > limit else ""
-    too_big = KioskError(f"the request is{size_text} more than the limit of {limit / 1e6:g} MB "
-                         "(kiosk.max_upload_mb)", 413)
+    too_big = KioskError(
+        f"the request is{size_text} more than the limit of {limit / 1e6:g} MB (kiosk.max_upload_mb)", 413
+    )
     if declared > max(limit, DRAIN):
         raise too_big
     chunks, size = [], 0
@@ -98,4 +102,3 @@ async def read_json(request, limit: int) -> dict:
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
-

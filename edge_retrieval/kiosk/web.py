@@ -1,4 +1,5 @@
 """`create_app`: the Starlette app (pages, static files, the JSON API) over a `Kiosk`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -103,8 +104,9 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
                     yield f"data: {json.dumps(finite(state))}\n\n"
                 await asyncio.sleep(POLL)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
 
     async def api_video(request: Request):
         async def stream():
@@ -113,12 +115,18 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
                 new, jpeg = kiosk.live_jpeg()
                 if new != seq and jpeg:
                     seq = new
-                    yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode()
-                           + b"\r\n\r\n" + jpeg + b"\r\n")
+                    yield (
+                        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                        + str(len(jpeg)).encode()
+                        + b"\r\n\r\n"
+                        + jpeg
+                        + b"\r\n"
+                    )
                 await asyncio.sleep(POLL)
 
-        return StreamingResponse(stream(), media_type="multipart/x-mixed-replace; boundary=frame",
-                                 headers={"Cache-Control": "no-store"})
+        return StreamingResponse(
+            stream(), media_type="multipart/x-mixed-replace; boundary=frame", headers={"Cache-Control": "no-store"}
+        )
 
     async def api_frame(request: Request):
         crop = request.query_params.get("crop") in ("1", "true", "roi")
@@ -171,8 +179,9 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
         unknown = sorted(set(data) - {"label", "metadata"})
         if unknown:
             raise KioskError(f"{unknown[0]}: unknown field (known: label, metadata)")
-        return JSONResponse(await run_in_threadpool(kiosk.update_item, item_id, data.get("label"),
-                                                    data.get("metadata")))
+        return JSONResponse(
+            await run_in_threadpool(kiosk.update_item, item_id, data.get("label"), data.get("metadata"))
+        )
 
     async def api_photo(request: Request):
         jpeg = await run_in_threadpool(kiosk.photo, request.path_params["item_id"])
@@ -185,9 +194,10 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
         data = await read_json(request, kiosk.max_upload)
         unknown = sorted(set(data) - {"threshold"})
         if unknown or "threshold" not in data:
-            raise KioskError(f"{unknown[0] if unknown else 'threshold'}: "
-                             + ("unknown field (known: threshold)" if unknown else "required (a number, or null "
-                                                                                   "for the config's)"))
+            raise KioskError(
+                f"{unknown[0] if unknown else 'threshold'}: "
+                + ("unknown field (known: threshold)" if unknown else "required (a number, or null for the config's)")
+            )
         return JSONResponse(await run_in_threadpool(kiosk.set_threshold, data["threshold"]))
 
     @contextlib.asynccontextmanager
@@ -212,8 +222,12 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
             Route("/api/settings", api_settings, methods=["GET", "PUT"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        exception_handlers={KioskError: on_kiosk_error, EdgeRetrievalError: on_library_error,
-                            BadImageError: on_library_error, HTTPException: on_http_error},
+        exception_handlers={
+            KioskError: on_kiosk_error,
+            EdgeRetrievalError: on_library_error,
+            BadImageError: on_library_error,
+            HTTPException: on_http_error,
+        },
         lifespan=lifespan,
     )
     app.add_middleware(_Headers, hosts=tuple(allowed_hosts))
@@ -221,9 +235,10 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
 
 
 def _refusal(reason: str) -> str:
-    return ("<!doctype html><html lang=en><meta charset=utf-8><title>Staff page</title>"
-            "<link rel=stylesheet href=/static/kiosk.css><body class=refusal><main><h1>Staff page</h1>"
-            f"<p>{html.escape(reason)}</p><p>Open <code>/admin?token=…</code> with the staff token: the one set "
-            "in the configuration, or the one kept in the <code>.kiosk-token</code> file beside the gallery "
-            "(also shown when the kiosk is started on a terminal).</p></main></body></html>")
-
+    return (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>Staff page</title>"
+        "<link rel=stylesheet href=/static/kiosk.css><body class=refusal><main><h1>Staff page</h1>"
+        f"<p>{html.escape(reason)}</p><p>Open <code>/admin?token=…</code> with the staff token: the one set "
+        "in the configuration, or the one kept in the <code>.kiosk-token</code> file beside the gallery "
+        "(also shown when the kiosk is started on a terminal).</p></main></body></html>"
+    )

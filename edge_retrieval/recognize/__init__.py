@@ -11,6 +11,7 @@ that fill the frame) and `regional.RegionalRecognizer` (R-MAC regions, ORB votes
 gallery's local features, geometric verification: items anywhere in a cluttered scene).
 A `Preset` names one of them with its settings and its score scale.
 """
+
 from __future__ import annotations
 
 import math
@@ -114,8 +115,15 @@ def no_stage(name: str) -> ContextManager:
     return nullcontext()
 
 
-def open_recognizer(embedder, gallery, preset: str | Preset = DEFAULT_PRESET, *, threshold: float | None = None,
-                    margin: float | None = None, stage: Stage = no_stage) -> Recognizer:
+def open_recognizer(
+    embedder,
+    gallery,
+    preset: str | Preset = DEFAULT_PRESET,
+    *,
+    threshold: float | None = None,
+    margin: float | None = None,
+    stage: Stage = no_stage,
+) -> Recognizer:
     """The recognizer a preset names. `threshold`, `margin`: the user's overrides (config, kiosk)."""
     from .regional import RegionalRecognizer
     from .thresholds import Thresholds
@@ -131,6 +139,7 @@ def open_recognizer(embedder, gallery, preset: str | Preset = DEFAULT_PRESET, *,
 def ranking_json(ranking: Ranking, metadata: dict[int, dict], k: int | None = None) -> dict:
     """The ranking as `search --json` and the kiosk's `POST /api/search` give it: `matches` is
     the final ranking (its first entry is `match` when there is one)."""
+
     def num(x: float | None) -> float | None:
         return round(float(x), 4) if x is not None and math.isfinite(x) else None
 
@@ -142,8 +151,17 @@ def ranking_json(ranking: Ranking, metadata: dict[int, dict], k: int | None = No
         "margin": num(ranking.margin),
         "inliers": best.inliers if best else 0,
         "preset": ranking.preset,
-        "matches": [{"label": c.label, "item_id": c.item_id, "score": num(c.score), "cosine": num(c.cosine),
-                     "inliers": c.inliers, "votes": c.votes, "vetoed": c.vetoed,
-                     "metadata": metadata.get(c.item_id, {})}
-                    for c in ranking.candidates[:k]],
+        "matches": [
+            {
+                "label": c.label,
+                "item_id": c.item_id,
+                "score": num(c.score),
+                "cosine": num(c.cosine),
+                "inliers": c.inliers,
+                "votes": c.votes,
+                "vetoed": c.vetoed,
+                "metadata": metadata.get(c.item_id, {}),
+            }
+            for c in ranking.candidates[:k]
+        ],
     }

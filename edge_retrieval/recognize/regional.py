@@ -13,6 +13,7 @@ other light (issue 4: recall@1 on the capture simulation 0.59 with the CNN short
 Presets (recognize.PRESETS): `default`; `quick` with half the frame's ORB features (≈ 25 %
 faster); `fast` without ORB at all (the CNN regions alone, ≈ 3× faster).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,15 +65,21 @@ class LocalIndex:
         known = previous.leaves if previous is not None and previous.inverted.vocabulary is vocabulary else {}
         self.leaves: dict[int, np.ndarray] = {  # per feature row: its descriptors' leaves
             row: known[row] if row in known else vocabulary.assign(f.descriptors)[:, 0]
-            for (row, _item, _f), f in zip(rows, self.images)}
-        descriptors = np.concatenate([f.descriptors for f in self.images]) if self.images else \
-            np.empty((0, 32), np.uint8)
+            for (row, _item, _f), f in zip(rows, self.images)
+        }
+        descriptors = (
+            np.concatenate([f.descriptors for f in self.images]) if self.images else np.empty((0, 32), np.uint8)
+        )
         leaves = np.concatenate([self.leaves[row] for row, _item, _f in rows]) if rows else np.empty(0, np.int64)
         self.inverted = InvertedFile(vocabulary, descriptors, leaves)
 
-    def matches(self, query: verify_mod.LocalFeatures, ratio: float = verify_mod.RATIO,
-                max_distance: int = verify_mod.MAX_DISTANCE,
-                helper: Executor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def matches(
+        self,
+        query: verify_mod.LocalFeatures,
+        ratio: float = verify_mod.RATIO,
+        max_distance: int = verify_mod.MAX_DISTANCE,
+        helper: Executor | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The frame's matches: (frame point index, gallery descriptor position) of the frame
         descriptors whose nearest gallery descriptor is near and passes the ratio test. With a
         `helper`, it searches half of the descriptors while this thread searches the other half
@@ -86,16 +93,25 @@ class LocalIndex:
             d2, p2 = self.inverted.nearest2(descriptors[half:])
             d1, p1 = first.result()
             distance, position = np.concatenate([d1, d2]), np.concatenate([p1, p2])
-        good = np.flatnonzero((position[:, 0] >= 0) & (distance[:, 0] <= max_distance)
-                              & (distance[:, 0] < ratio * distance[:, 1]))
+        good = np.flatnonzero(
+            (position[:, 0] >= 0) & (distance[:, 0] <= max_distance) & (distance[:, 0] < ratio * distance[:, 1])
+        )
         return good, position[good, 0]
 
 
 class RegionalRecognizer:
     """Embedder + gallery (+ the gallery's local features) → a `Ranking` per frame."""
 
-    def __init__(self, embedder, gallery, preset: Preset, thresholds: Thresholds, *, stage: Stage = no_stage,
-                 vocabulary: Vocabulary | None = None):
+    def __init__(
+        self,
+        embedder,
+        gallery,
+        preset: Preset,
+        thresholds: Thresholds,
+        *,
+        stage: Stage = no_stage,
+        vocabulary: Vocabulary | None = None,
+    ):
         self.embedder, self.gallery, self.preset, self.thresholds = embedder, gallery, preset, thresholds
         self.stage = stage
         self.vocabulary = vocabulary
@@ -141,8 +157,13 @@ class RegionalRecognizer:
             out.append(Candidate(int(item_id), str(label), cosine, cosine, regions.boxes[r]))
         return out
 
-    def verified(self, frame: np.ndarray, regions: Regions, candidates: list[Candidate],
-                 query: verify_mod.LocalFeatures | None = None) -> list[Candidate]:
+    def verified(
+        self,
+        frame: np.ndarray,
+        regions: Regions,
+        candidates: list[Candidate],
+        query: verify_mod.LocalFeatures | None = None,
+    ) -> list[Candidate]:
         """The shortlist plus the most voted items, each with its votes and its best image's
         verification (the outline and inliers scaled to the frame). `query`: the frame's ORB
         features, if already extracted."""
@@ -156,7 +177,7 @@ class RegionalRecognizer:
         ids, counts = np.unique(item, return_counts=True)
         votes = dict(zip(ids.tolist(), counts.tolist()))
         listed = {c.item_id for c in candidates}
-        voted = [i for i in ids[np.argsort(-counts, kind="stable")][:preset.voted].tolist() if i not in listed]
+        voted = [i for i in ids[np.argsort(-counts, kind="stable")][: preset.voted].tolist() if i not in listed]
         sx, sy = frame.shape[1] / query.size[0], frame.shape[0] / query.size[1]
         out = []
         for c in candidates + self.candidates(regions, voted):
@@ -167,8 +188,16 @@ class RegionalRecognizer:
                 if v.inliers > best.inliers:
                     best = v
             outline = best.quad * [sx, sy] if best.quad is not None else None
-            out.append(replace(c, score=final_score(c.cosine, best.inliers), inliers=best.inliers, outline=outline,
-                               points=best.points * [sx, sy], votes=votes.get(c.item_id, 0)))
+            out.append(
+                replace(
+                    c,
+                    score=final_score(c.cosine, best.inliers),
+                    inliers=best.inliers,
+                    outline=outline,
+                    points=best.points * [sx, sy],
+                    votes=votes.get(c.item_id, 0),
+                )
+            )
         return out
 
     # -- the frame -----------------------------------------------------------------

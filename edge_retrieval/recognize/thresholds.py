@@ -11,6 +11,7 @@ A match needs score > threshold (calibrate sets thresholds so), a lead of at lea
 (the user's, else the preset's; none by default for the regional presets) over the next
 different label, and no veto by the item's negatives.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ from . import TUNED_FOR, Candidate, Preset
 
 
 class Thresholds:
-    def __init__(self, gallery, preset: Preset, model_name: str, *, threshold: float | None = None,
-                 margin: float | None = None):
+    def __init__(
+        self, gallery, preset: Preset, model_name: str, *, threshold: float | None = None, margin: float | None = None
+    ):
         self.gallery, self.preset, self.model_name = gallery, preset, model_name
         self.threshold = threshold  # the user's global threshold (None: calibrated or the preset's)
         self.margin = margin if margin is not None else preset.margin
@@ -65,8 +67,12 @@ class Thresholds:
         runner = max((c.score for c in candidates[1:] if c.label != top.label), default=None)
         margin = top.score - runner if runner is not None else math.inf
         threshold = self.for_item(top.item_id)
-        passed = (not top.vetoed and threshold is not None and top.score > threshold
-                  and (self.margin is None or margin >= self.margin))
+        passed = (
+            not top.vetoed
+            and threshold is not None
+            and top.score > threshold
+            and (self.margin is None or margin >= self.margin)
+        )
         return (top if passed else None), threshold, margin
 
 
@@ -92,5 +98,8 @@ class Negatives:
         if not len(items):
             return set()
         best = (vectors @ self._vectors.T).max(0)
-        return {c.item_id for c in candidates
-                if (items == c.item_id).any() and best[items == c.item_id].max() >= c.cosine - QUANTIZATION_SLACK}
+        return {
+            c.item_id
+            for c in candidates
+            if (items == c.item_id).any() and best[items == c.item_id].max() >= c.cosine - QUANTIZATION_SLACK
+        }

@@ -4,6 +4,7 @@ The fastest preset (≈ 1.2× a bare model invoke per frame); it finds items tha
 the frame (a kiosk, a card held close), not a small item in a busy scene: the `default`
 preset does that.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -32,8 +33,10 @@ class WholeRecognizer:
         with stage("scan"):
             matches = self.gallery.search(descriptor, k=self.preset.shortlist)
             scores = matches.scores[0].tolist()
-            candidates = [Candidate(int(i), str(label), s, s)
-                          for i, label, s in zip(matches.item_ids[0].tolist(), matches.labels[0].tolist(), scores)]
+            candidates = [
+                Candidate(int(i), str(label), s, s)
+                for i, label, s in zip(matches.item_ids[0].tolist(), matches.labels[0].tolist(), scores)
+            ]
             vetoed = self.negatives.vetoed(np.asarray(descriptor).reshape(1, -1), candidates)
             if vetoed:
                 candidates = [replace(c, vetoed=True) if c.item_id in vetoed else c for c in candidates]

@@ -7,6 +7,7 @@ is set or a file ends, drops garbage frames (`camera.inspect_image`), records de
 events for the sinks, and speaks sd_notify (READY once loaded, WATCHDOG after every frame
 handled and while a source waits as designed, never while the loop is stuck; STATUS, STOPPING).
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,8 +55,17 @@ class FrameResult:
 class Pipeline:
     """One frame's journey: ROI → motion gate → recognizer → decision."""
 
-    def __init__(self, recognizer: Recognizer, gallery: Gallery, decider: Decider, gate: MotionGate, *, roi=None,
-                 metrics: Metrics | None = None, source: str = "camera"):
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        gallery: Gallery,
+        decider: Decider,
+        gate: MotionGate,
+        *,
+        roi=None,
+        metrics: Metrics | None = None,
+        source: str = "camera",
+    ):
         self.recognizer, self.gallery, self.decider, self.gate = recognizer, gallery, decider, gate
         self.roi, self.source = roi, source
         self.metrics = metrics or Metrics()
@@ -79,8 +89,7 @@ class Pipeline:
         if self.roi is None:
             return None
         w, h = frame.size
-        return (self.roi.x * w, self.roi.y * h, (self.roi.x + self.roi.width) * w,
-                (self.roi.y + self.roi.height) * h)
+        return (self.roi.x * w, self.roi.y * h, (self.roi.x + self.roi.width) * w, (self.roi.y + self.roi.height) * h)
 
     def process(self, frame: Frame) -> FrameResult:
         stage = self.metrics.stage
@@ -114,8 +123,10 @@ class RunSummary:
 def describe_decision(d: Decision) -> str:
     margin = f"{d.margin:.3f}" if math.isfinite(d.margin) else "-"
     what = d.label if d.kind == "match" else "unknown object"
-    return (f"alert: {what} (score {d.score:.3f}, margin {margin}, votes {d.votes}/{d.window}) "
-            f"at {d.time:.1f} s from {d.source}")
+    return (
+        f"alert: {what} (score {d.score:.3f}, margin {margin}, votes {d.votes}/{d.window}) "
+        f"at {d.time:.1f} s from {d.source}"
+    )
 
 
 class Daemon:
@@ -125,14 +136,27 @@ class Daemon:
     `on_decision(decision, result)` after every alert; `full_frames` keeps frames at full size
     (the kiosk's live view) even where the recognizer would take them smaller."""
 
-    def __init__(self, config: Config, *, stop: threading.Event | None = None, notifier: Notifier | None = None,
-                 embedder=None, gallery: Gallery | None = None, source: FrameSource | None = None,
-                 sinks: list | None = None, recognizer: Recognizer | None = None, demo: bool = False,
-                 demo_seed: int = 0, full_frames: bool = False,
-                 on_frame: Callable[[FrameResult], None] | None = None,
-                 on_decision: Callable[[Decision, FrameResult], None] | None = None,
-                 on_stats: Callable[[Metrics], None] | None = None, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stop: threading.Event | None = None,
+        notifier: Notifier | None = None,
+        embedder=None,
+        gallery: Gallery | None = None,
+        source: FrameSource | None = None,
+        sinks: list | None = None,
+        recognizer: Recognizer | None = None,
+        demo: bool = False,
+        demo_seed: int = 0,
+        full_frames: bool = False,
+        on_frame: Callable[[FrameResult], None] | None = None,
+        on_decision: Callable[[Decision, FrameResult], None] | None = None,
+        on_stats: Callable[[Metrics], None] | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.config = config
         self.stop = stop or threading.Event()
         self.notifier = notifier or Notifier.from_env()
@@ -180,21 +204,35 @@ class Daemon:
             gallery.check_model(self._embedder.sha256, card.name)
         items, embeddings = gallery.count()
         if not items:
-            log.warning("%s: the gallery is empty; enrol items with `edge-retrieval enroll` (no restart needed)",
-                        gallery.path)
+            log.warning(
+                "%s: the gallery is empty; enrol items with `edge-retrieval enroll` (no restart needed)", gallery.path
+            )
         self._open_events()
         if self.recognizer is None:
             self.recognizer = self._own(parts.recognizer(config, self._embedder, gallery, self.metrics.stage))
         if self._source is None:
-            self._source = self._own(parts.source(config, self.stop, self._embedder, self.recognizer,
-                                                  full_frames=self.full_frames))
+            self._source = self._own(
+                parts.source(config, self.stop, self._embedder, self.recognizer, full_frames=self.full_frames)
+            )
         source_name = getattr(self._source, "name", None) or config.source.name or config.source.uri or "camera"
-        self.pipeline = Pipeline(self.recognizer, gallery, Decider.from_config(config.decision),
-                                 MotionGate.from_config(config.motion), roi=config.roi, source=source_name,
-                                 metrics=self.metrics)
-        log.info("model %s, gallery %s (%d item(s), %d embedding(s)), source %s, preset %s",
-                 card.name if card else type(self._embedder).__name__, gallery.path, items, embeddings, source_name,
-                 self.recognizer.preset.name)
+        self.pipeline = Pipeline(
+            self.recognizer,
+            gallery,
+            Decider.from_config(config.decision),
+            MotionGate.from_config(config.motion),
+            roi=config.roi,
+            source=source_name,
+            metrics=self.metrics,
+        )
+        log.info(
+            "model %s, gallery %s (%d item(s), %d embedding(s)), source %s, preset %s",
+            card.name if card else type(self._embedder).__name__,
+            gallery.path,
+            items,
+            embeddings,
+            source_name,
+            self.recognizer.preset.name,
+        )
 
     def _open_events(self) -> None:
         from ..storage.events import EventLog
@@ -205,8 +243,14 @@ class Daemon:
             return
         sinks = self._sinks if self._sinks is not None else parts.sinks(self.config)
         history = self.config.events
-        self.event_log = self._own(EventLog(self._gallery.db, [s.name for s in sinks],
-                                            max_count=history.max_count, max_age_days=history.max_age_days))
+        self.event_log = self._own(
+            EventLog(
+                self._gallery.db,
+                [s.name for s in sinks],
+                max_count=history.max_count,
+                max_age_days=history.max_age_days,
+            )
+        )
         if sinks:
             self.dispatcher = Dispatcher(self._gallery.db, sinks).start()
 
@@ -259,8 +303,9 @@ class Daemon:
                     last_ping, fields["WATCHDOG"] = now, 1
                 if getattr(source, "attempts", 0) != attempts:  # a reconnect attempt (STATUS is no ping)
                     attempts = source.attempts
-                    fields["STATUS"] = (f"reconnecting to {source.name} (attempt {attempts}): "
-                                        f"{getattr(source, 'last_error', '')}")
+                    fields["STATUS"] = (
+                        f"reconnecting to {source.name} (attempt {attempts}): {getattr(source, 'last_error', '')}"
+                    )
                 if fields:
                     self.notifier.notify(**fields)
                 continue
@@ -306,8 +351,9 @@ class Daemon:
             return
         self._frame_kinds_logged.add(kind)
         if dropped:
-            log.warning("%s: dropping frames that are %s (first: %s); counted, not logged again",
-                        source, DROPPED[kind], detail)
+            log.warning(
+                "%s: dropping frames that are %s (first: %s); counted, not logged again", source, DROPPED[kind], detail
+            )
         else:
             log.warning("%s: %s (first: %s); counted, not logged again", source, NOTED[kind], detail)
 
@@ -336,12 +382,26 @@ class Daemon:
         from ..storage.events import Event
 
         metadata = self.pipeline.items().get(decision.item_id, {}) if decision.item_id is not None else {}
-        details = {"margin": decision.margin if math.isfinite(decision.margin) else None,
-                   "votes": decision.votes, "window": decision.window, "threshold": decision.threshold,
-                   "frame": result.frame.index, "source_time": round(result.frame.time, 3)}
-        event = Event(time=self.wall_clock(), source=decision.source, kind=decision.kind, score=decision.score,
-                      label=decision.label, item_id=decision.item_id, metadata=metadata,
-                      box=self.pipeline.box(result.frame), polygon=self._outline(result), details=details)
+        details = {
+            "margin": decision.margin if math.isfinite(decision.margin) else None,
+            "votes": decision.votes,
+            "window": decision.window,
+            "threshold": decision.threshold,
+            "frame": result.frame.index,
+            "source_time": round(result.frame.time, 3),
+        }
+        event = Event(
+            time=self.wall_clock(),
+            source=decision.source,
+            kind=decision.kind,
+            score=decision.score,
+            label=decision.label,
+            item_id=decision.item_id,
+            metadata=metadata,
+            box=self.pipeline.box(result.frame),
+            polygon=self._outline(result),
+            details=details,
+        )
         if self.config.snapshot.enabled:
             event = self._snapshot(result.frame.full(), event)
         try:
@@ -377,8 +437,12 @@ class Daemon:
             self.metrics.counts[SNAPSHOT_LOST] += 1
             if self._snapshots_failing_since is None:
                 self._snapshots_failing_since = self.metrics.counts[SNAPSHOT_LOST] - 1
-                log.warning("snapshot not saved: %s; alerts go on without pictures (counted as '%s', not "
-                            "logged again until it works)", e, SNAPSHOT_LOST)
+                log.warning(
+                    "snapshot not saved: %s; alerts go on without pictures (counted as '%s', not "
+                    "logged again until it works)",
+                    e,
+                    SNAPSHOT_LOST,
+                )
             else:
                 log.debug("snapshot not saved: %s", e)
             return event

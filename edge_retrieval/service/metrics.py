@@ -1,11 +1,12 @@
 """Per-stage timings and the processed-frame rate, over a sliding window of frames.
 
-    metrics = Metrics()
-    with metrics.stage("invoke"):
-        ...
-    metrics.frame_done(embedded=True)
-    metrics.line()  # "9.8 fps, 12.1 ms/frame: capture 1.3, motion 0.2, preprocess 0.6, invoke 9.4, ..."
+metrics = Metrics()
+with metrics.stage("invoke"):
+    ...
+metrics.frame_done(embedded=True)
+metrics.line()  # "9.8 fps, 12.1 ms/frame: capture 1.3, motion 0.2, preprocess 0.6, invoke 9.4, ..."
 """
+
 from __future__ import annotations
 
 import time
@@ -84,28 +85,39 @@ class Metrics:
         """Per-stage statistics over the frames in the window in which the stage ran."""
         out = {}
         for name in STAGES:
-            values = np.array([f[name] for f in self._frames if name in f
-                               and (not embedded_only or _embedded(f))]) * 1000
+            values = (
+                np.array([f[name] for f in self._frames if name in f and (not embedded_only or _embedded(f))]) * 1000
+            )
             if values.size:
-                out[name] = StageStats(int(values.size), float(values.mean()),
-                                       float(np.percentile(values, 50)), float(np.percentile(values, 95)))
+                out[name] = StageStats(
+                    int(values.size),
+                    float(values.mean()),
+                    float(np.percentile(values, 50)),
+                    float(np.percentile(values, 95)),
+                )
         return out
 
     def frame_ms(self, embedded_only: bool = False) -> StageStats | None:
         """The work of one frame (every stage but waiting), over the window."""
-        totals = np.array([sum(v for k, v in f.items() if k != "wait") for f in self._frames
-                           if not embedded_only or _embedded(f)]) * 1000
+        totals = (
+            np.array(
+                [sum(v for k, v in f.items() if k != "wait") for f in self._frames if not embedded_only or _embedded(f)]
+            )
+            * 1000
+        )
         if not totals.size:
             return None
-        return StageStats(int(totals.size), float(totals.mean()), float(np.percentile(totals, 50)),
-                          float(np.percentile(totals, 95)))
+        return StageStats(
+            int(totals.size), float(totals.mean()), float(np.percentile(totals, 50)), float(np.percentile(totals, 95))
+        )
 
     def latency_ms(self) -> StageStats | None:
         if not self._latency:
             return None
         values = np.array(self._latency) * 1000
-        return StageStats(len(values), float(values.mean()), float(np.percentile(values, 50)),
-                          float(np.percentile(values, 95)))
+        return StageStats(
+            len(values), float(values.mean()), float(np.percentile(values, 50)), float(np.percentile(values, 95))
+        )
 
     def summary(self) -> dict:
         """Plain data for STATUS, logs and --stats."""
@@ -128,8 +140,11 @@ class Metrics:
         kind, noted frames, other counts."""
         parts = []
         if self.dropped:
-            parts.append(f"{sum(self.dropped.values())} frame(s) dropped ("
-                         + ", ".join(f"{k} {n}" for k, n in self.dropped.most_common()) + ")")
+            parts.append(
+                f"{sum(self.dropped.values())} frame(s) dropped ("
+                + ", ".join(f"{k} {n}" for k, n in self.dropped.most_common())
+                + ")"
+            )
         parts += [f"{n} {k} frame(s)" for k, n in self.noted.most_common()]
         parts += [f"{n} {k}" for k, n in self.counts.most_common()]
         return "; ".join(parts)
@@ -152,12 +167,17 @@ class Metrics:
         rows = [f"{'stage':<11}{'frames':>7}{'mean ms':>10}{'p50 ms':>9}{'p95 ms':>9}"]
         for name, s in self.stages().items():
             rows.append(f"{name:<11}{s.count:>7}{s.mean_ms:>10.2f}{s.p50_ms:>9.2f}{s.p95_ms:>9.2f}")
-        for name, s in (("frame", self.frame_ms()), ("embedded", self.frame_ms(embedded_only=True)),
-                        ("latency", self.latency_ms())):
+        for name, s in (
+            ("frame", self.frame_ms()),
+            ("embedded", self.frame_ms(embedded_only=True)),
+            ("latency", self.latency_ms()),
+        ):
             if s is not None:
                 rows.append(f"{name:<11}{s.count:>7}{s.mean_ms:>10.2f}{s.p50_ms:>9.2f}{s.p95_ms:>9.2f}")
-        rows.append(f"{self.fps():.2f} fps over the last {len(self._frames)} frames; "
-                    f"{self.embedded}/{self.frames} frames embedded")
+        rows.append(
+            f"{self.fps():.2f} fps over the last {len(self._frames)} frames; "
+            f"{self.embedded}/{self.frames} frames embedded"
+        )
         trouble = self.trouble()
         if trouble:
             rows.append(trouble)

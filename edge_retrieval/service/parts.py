@@ -1,5 +1,6 @@
 """The one assembler: the parts a config describes (embedder, gallery, recognizer, source, sinks),
 opened the same way for `run` and `kiosk`."""
+
 from __future__ import annotations
 
 import logging
@@ -48,14 +49,23 @@ def sinks(config: Config) -> list:
 def check_configured(config: Config) -> None:
     missing = [k for k, v in (("source.uri", config.source.uri), ("gallery.path", config.gallery.path)) if not v]
     if missing:
-        raise ConfigError(f"{missing[0]}: not set (set both source.uri and gallery.path, or neither for the "
-                          "built-in demo)")
+        raise ConfigError(
+            f"{missing[0]}: not set (set both source.uri and gallery.path, or neither for the built-in demo)"
+        )
 
 
 def demo(config: Config, embedder, folder: str, seed: int, stop: threading.Event) -> Config:
     """The config with the built-in demo's clip and gallery (made in `folder`, or taken from the cache)."""
     clip, db = democlip.prepare(embedder, folder, seed, stop)
-    log.info("built-in demo: clip %s (items %s; %s shown but not enrolled), gallery %s", clip,
-             ", ".join(democlip.SEQUENCE), ", ".join(democlip.HELD_OUT), db)
-    return replace(config, source=replace(config.source, uri=str(clip), name=config.source.name or "demo-clip"),
-                   gallery=replace(config.gallery, path=str(db)))
+    log.info(
+        "built-in demo: clip %s (items %s; %s shown but not enrolled), gallery %s",
+        clip,
+        ", ".join(democlip.SEQUENCE),
+        ", ".join(democlip.HELD_OUT),
+        db,
+    )
+    return replace(
+        config,
+        source=replace(config.source, uri=str(clip), name=config.source.name or "demo-clip"),
+        gallery=replace(config.gallery, path=str(db)),
+    )

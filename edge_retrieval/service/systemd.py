@@ -9,6 +9,7 @@ An address starting with "@" is a Linux abstract socket name.
     notifier.status("4.9 fps")  # shown by `systemctl status`
     notifier.stopping()         # when the stop event was seen
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ outbox (`outbox.py`) retries a refused event until it is acknowledged, except on
 with `PermanentDeliveryError` (the receiver will never take it): that one is parked. Each sink's config is
 a frozen dataclass documented per field; `build_sinks` turns `SinksConfig` into sinks.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,14 +33,22 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class WebhookSinkConfig:
-    url: str = field(metadata={"doc": "http(s) URL that receives each event as a JSON POST; any 2xx is an ack; a "
-                                      "4xx other than 408 and 429 parks the event (not retried until `edge-"
-                                      "retrieval events retry`)"})
+    url: str = field(
+        metadata={
+            "doc": "http(s) URL that receives each event as a JSON POST; any 2xx is an ack; a "
+            "4xx other than 408 and 429 parks the event (not retried until `edge-"
+            "retrieval events retry`)"
+        }
+    )
     timeout_s: float = field(default=5.0, metadata={"doc": "seconds to wait for the whole request before retrying"})
-    headers: dict[str, str] = field(default_factory=dict,
-                                    metadata={"doc": "extra request headers, e.g. Authorization (never logged); "
-                                                     "user:password@ in the url becomes a Basic Authorization "
-                                                     "header"})
+    headers: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "extra request headers, e.g. Authorization (never logged); "
+            "user:password@ in the url becomes a Basic Authorization "
+            "header"
+        },
+    )
 
     def validate(self, path: str = "sinks.webhook") -> None:
         """ConfigError naming the key for a URL, timeout or header the sink could not use."""
@@ -56,8 +65,9 @@ class WebhookSinkConfig:
             if not _HEADER_NAME.fullmatch(name):
                 raise ConfigError(f"{path}.headers: {name!r} is not an HTTP header name")
             if _CONTROL.search(value.replace("\t", " ")) or not value.isascii() and not _latin1(value):
-                raise ConfigError(f"{path}.headers.{name}: a header value holds Latin-1 characters and no control "
-                                  "characters")
+                raise ConfigError(
+                    f"{path}.headers.{name}: a header value holds Latin-1 characters and no control characters"
+                )
 
 
 @dataclass(frozen=True)
@@ -67,14 +77,21 @@ class MqttSinkConfig:
     username: str = field(default="", metadata={"doc": "broker user name; empty = anonymous"})
     password: str = field(default="", metadata={"doc": "broker password (used only with a user name)"})
     tls: bool = field(default=False, metadata={"doc": "connect with TLS, checking the broker against the system CAs"})
-    topic_prefix: str = field(default="edge-retrieval",
-                              metadata={"doc": "topics are <topic_prefix>/<device_id>/event and .../availability"})
+    topic_prefix: str = field(
+        default="edge-retrieval", metadata={"doc": "topics are <topic_prefix>/<device_id>/event and .../availability"}
+    )
     device_id: str = field(default="", metadata={"doc": "this device's id in topics; empty = the host name"})
-    discovery_prefix: str = field(default="homeassistant",
-                                  metadata={"doc": "Home Assistant discovery prefix; empty = no discovery messages"})
+    discovery_prefix: str = field(
+        default="homeassistant", metadata={"doc": "Home Assistant discovery prefix; empty = no discovery messages"}
+    )
     qos: int = field(default=1, metadata={"doc": "QoS of event messages: 1 = acknowledged by the broker (PUBACK)"})
-    keepalive_s: int = field(default=30, metadata={"doc": "seconds between keep-alive pings; the broker publishes "
-                                                          "the Last Will (offline) after 1.5x this of silence"})
+    keepalive_s: int = field(
+        default=30,
+        metadata={
+            "doc": "seconds between keep-alive pings; the broker publishes "
+            "the Last Will (offline) after 1.5x this of silence"
+        },
+    )
     timeout_s: float = field(default=5.0, metadata={"doc": "seconds to wait for the connection and the PUBACK"})
 
     def validate(self, path: str = "sinks.mqtt") -> None:
@@ -100,15 +117,24 @@ def check_topic_part(value: str, key: str) -> None:
 
 @dataclass(frozen=True)
 class CommandSinkConfig:
-    argv: list[str] = field(metadata={"doc": "program and arguments, run without a shell (use [\"sh\", \"-c\", "
-                                             "\"...\"] for one); the event JSON is on stdin and in EDGE_EVENT_* "
-                                             "variables; exit 0 is an ack"})
-    timeout_s: float = field(default=10.0, metadata={"doc": "seconds before the command (and its children) is "
-                                                             "killed and the event retried"})
-    permanent_exit_codes: list[int] = field(default_factory=list,
-                                            metadata={"doc": "exit statuses that mean \"never take this event\": "
-                                                             "it is parked, not retried, until `edge-retrieval "
-                                                             "events retry`; any other non-zero status is retried"})
+    argv: list[str] = field(
+        metadata={
+            "doc": "program and arguments, run without a shell (use [\"sh\", \"-c\", "
+            "\"...\"] for one); the event JSON is on stdin and in EDGE_EVENT_* "
+            "variables; exit 0 is an ack"
+        }
+    )
+    timeout_s: float = field(
+        default=10.0, metadata={"doc": "seconds before the command (and its children) is killed and the event retried"}
+    )
+    permanent_exit_codes: list[int] = field(
+        default_factory=list,
+        metadata={
+            "doc": "exit statuses that mean \"never take this event\": "
+            "it is parked, not retried, until `edge-retrieval "
+            "events retry`; any other non-zero status is retried"
+        },
+    )
 
     def validate(self, path: str = "sinks.command") -> None:
         if not self.argv or not all(isinstance(a, str) and a and "\0" not in a for a in self.argv):
@@ -124,8 +150,9 @@ class CommandSinkConfig:
 class SinksConfig:
     stdout: bool = field(default=False, metadata={"doc": "print each event as one JSON line on standard output"})
     webhook: WebhookSinkConfig | None = field(default=None, metadata={"doc": "POST each event to a URL"})
-    mqtt: MqttSinkConfig | None = field(default=None,
-                                        metadata={"doc": "publish each event to an MQTT broker (Home Assistant)"})
+    mqtt: MqttSinkConfig | None = field(
+        default=None, metadata={"doc": "publish each event to an MQTT broker (Home Assistant)"}
+    )
     command: CommandSinkConfig | None = field(default=None, metadata={"doc": "run a program for each event"})
 
 
@@ -133,10 +160,12 @@ class SinksConfig:
 class SnapshotConfig:
     enabled: bool = field(default=False, metadata={"doc": "save a JPEG of the frame, match drawn on it, per event"})
     folder: str = field(default="snapshots", metadata={"doc": "folder of the snapshots (created if missing)"})
-    max_count: int = field(default=1000, metadata={"doc": "keep at most this many snapshots (oldest go); 0 = no limit",
-                                                   "min": 0})
-    max_age_days: float = field(default=30.0, metadata={"doc": "delete snapshots older than this; 0 = no limit",
-                                                        "min": 0})
+    max_count: int = field(
+        default=1000, metadata={"doc": "keep at most this many snapshots (oldest go); 0 = no limit", "min": 0}
+    )
+    max_age_days: float = field(
+        default=30.0, metadata={"doc": "delete snapshots older than this; 0 = no limit", "min": 0}
+    )
     jpeg_quality: int = field(default=85, metadata={"doc": "JPEG quality, 1-100", "min": 1, "max": 100})
 
 
@@ -169,15 +198,19 @@ def build_sinks(config: SinksConfig) -> list[Sink]:
     try:
         if config.stdout:
             from .stdout import StdoutSink
+
             sinks.append(StdoutSink())
         if config.webhook is not None:
             from .webhook import WebhookSink
+
             sinks.append(WebhookSink(config.webhook))
         if config.command is not None:
             from .command import CommandSink
+
             sinks.append(CommandSink(config.command))
         if config.mqtt is not None:  # last: it starts connecting at once
             from .mqtt import MqttSink
+
             sinks.append(MqttSink(config.mqtt))
     except BaseException:
         for sink in sinks:
@@ -186,5 +219,15 @@ def build_sinks(config: SinksConfig) -> list[Sink]:
     return sinks
 
 
-__all__ = ["CommandSinkConfig", "DeliveryError", "MqttSinkConfig", "PermanentDeliveryError", "Sink", "SinksConfig", "SnapshotConfig",
-           "WebhookSinkConfig", "build_sinks", "redact_url"]
+__all__ = [
+    "CommandSinkConfig",
+    "DeliveryError",
+    "MqttSinkConfig",
+    "PermanentDeliveryError",
+    "Sink",
+    "SinksConfig",
+    "SnapshotConfig",
+    "WebhookSinkConfig",
+    "build_sinks",
+    "redact_url",
+]

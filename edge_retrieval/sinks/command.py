@@ -8,6 +8,7 @@ status is retried. On timeout the program's whole process
 group is killed, so a script's children cannot keep the pipe (and the outbox) waiting. The
 program does not inherit the kiosk's staff token (EDGE_RETRIEVAL_KIOSK_TOKEN).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,15 @@ class CommandSink:
         argv = list(self.config.argv)
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         try:
-            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       env={**env, **event_env(payload)}, start_new_session=True, shell=False)
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**env, **event_env(payload)},
+                start_new_session=True,
+                shell=False,
+            )
         except OSError as e:
             raise DeliveryError(f"{argv[0]}: cannot run ({e.strerror or e})") from None
         try:

@@ -16,6 +16,7 @@ The client connects in the background and reconnects by itself; `deliver` waits 
 acknowledged in time stays in paho's queue (it is resent on reconnect), so a retry of the
 same event waits for that message instead of publishing a second copy.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,29 +92,60 @@ class MqttSink:
         common = {
             "state_topic": self.event_topic,
             "availability_topic": self.availability_topic,
-            "device": {"identifiers": [f"edge_retrieval_{self.node_id}"], "name": f"Watchlist {self.device_id}",
-                       "manufacturer": "edge-retrieval", "model": "watchlist camera"},
+            "device": {
+                "identifiers": [f"edge_retrieval_{self.node_id}"],
+                "name": f"Watchlist {self.device_id}",
+                "manufacturer": "edge-retrieval",
+                "model": "watchlist camera",
+            },
         }
 
         def entity(domain: str, object_id: str, name: str, **extra: Any) -> tuple[str, dict[str, Any]]:
             # default_entity_id (<domain>.<object id>) replaces object_id, deprecated by HA 2025.10
-            config = {"name": name, "unique_id": f"edge_retrieval_{self.node_id}_{object_id}",
-                      "default_entity_id": f"{domain}.{entity_slug(self.node_id + '_' + object_id)}",
-                      **common, **extra}
+            config = {
+                "name": name,
+                "unique_id": f"edge_retrieval_{self.node_id}_{object_id}",
+                "default_entity_id": f"{domain}.{entity_slug(self.node_id + '_' + object_id)}",
+                **common,
+                **extra,
+            }
             return f"{prefix}/{domain}/{self.node_id}/{object_id}/config", config
 
-        return dict([
-            entity("sensor", "last_label", "Last label", icon="mdi:account-search",
-                   json_attributes_topic=self.event_topic,
-                   value_template="{{ value_json.label if value_json.label else value_json.kind }}"),
-            entity("sensor", "last_score", "Last score", icon="mdi:percent", state_class="measurement",
-                   value_template="{{ value_json.score | round(3) }}"),
-            entity("binary_sensor", "match", "Match", off_delay=_OFF_DELAY_S,
-                   value_template="{{ 'ON' if value_json.kind == 'match' else 'OFF' }}"),
-            entity("event", "watchlist", "Watchlist", event_types=["match", "unknown"],
-                   value_template="{{ {'event_type': value_json.kind, 'label': value_json.label, "
-                                  "'score': value_json.score, 'event_id': value_json.event_id} | to_json }}"),
-        ])
+        return dict(
+            [
+                entity(
+                    "sensor",
+                    "last_label",
+                    "Last label",
+                    icon="mdi:account-search",
+                    json_attributes_topic=self.event_topic,
+                    value_template="{{ value_json.label if value_json.label else value_json.kind }}",
+                ),
+                entity(
+                    "sensor",
+                    "last_score",
+                    "Last score",
+                    icon="mdi:percent",
+                    state_class="measurement",
+                    value_template="{{ value_json.score | round(3) }}",
+                ),
+                entity(
+                    "binary_sensor",
+                    "match",
+                    "Match",
+                    off_delay=_OFF_DELAY_S,
+                    value_template="{{ 'ON' if value_json.kind == 'match' else 'OFF' }}",
+                ),
+                entity(
+                    "event",
+                    "watchlist",
+                    "Watchlist",
+                    event_types=["match", "unknown"],
+                    value_template="{{ {'event_type': value_json.kind, 'label': value_json.label, "
+                    "'score': value_json.score, 'event_id': value_json.event_id} | to_json }}",
+                ),
+            ]
+        )
 
     # -- delivery --------------------------------------------------------------
     def deliver(self, payload: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
 """The stdout sink: one JSON line per event (the journal keeps them under systemd)."""
+
 from __future__ import annotations
 
 import json

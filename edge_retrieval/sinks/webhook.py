@@ -11,6 +11,7 @@ Credentials never reach the log or the outbox: `user:password@` in the URL is se
 `Authorization` header (urllib would take it for part of the host name), the configured headers
 are never quoted, and errors name the URL without its password, query values or fragment.
 """
+
 from __future__ import annotations
 
 import base64
@@ -60,9 +61,10 @@ class WebhookSink:
         except urllib.error.HTTPError as e:
             permanent = 400 <= e.code < 500 and e.code not in _TRANSIENT_4XX  # the receiver will never take it
             raise (PermanentDeliveryError if permanent else DeliveryError)(
-                f"{self.where}: HTTP {e.code} {e.reason}") from None
+                f"{self.where}: HTTP {e.code} {e.reason}"
+            ) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # refused, timed out,
-            reason = getattr(e, "reason", e)                                                   # garbled
+            reason = getattr(e, "reason", e)  # garbled
             raise DeliveryError(f"{self.where}: {reason}") from None
         if not 200 <= status < 300:
             raise DeliveryError(f"{self.where}: HTTP {status}")

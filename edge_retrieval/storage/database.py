@@ -6,6 +6,7 @@ llm's) and applies it when it is handed the database; the file records each ladd
 in `schema_versions`. Files written before the ladders were split (`PRAGMA user_version` 1..4,
 one ladder for everything) are adopted at open: `LEGACY` says which steps they had run.
 """
+
 from __future__ import annotations
 
 import functools
@@ -121,16 +122,19 @@ class Migrations:
                         for statement in step.split(";") if isinstance(step, str) else step:
                             if statement.strip():
                                 conn.execute(statement)
-                    conn.execute(f"INSERT INTO {VERSIONS_TABLE}(name, version) VALUES (?, ?) "
-                                 "ON CONFLICT(name) DO UPDATE SET version = excluded.version", [self.name, number + 1])
+                    conn.execute(
+                        f"INSERT INTO {VERSIONS_TABLE}(name, version) VALUES (?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET version = excluded.version",
+                        [self.name, number + 1],
+                    )
         except sqlite3.Error as e:
             if is_damage(e):
                 raise damaged(db.path, e) from None
-            raise GalleryError(f"{db.path}: cannot bring the {self.name} schema up to date "
-                               f"({sqlite_failure(e, db.path)})") from None
+            raise GalleryError(
+                f"{db.path}: cannot bring the {self.name} schema up to date ({sqlite_failure(e, db.path)})"
+            ) from None
         if version > last:
-            raise GalleryError(f"{db.path}: {self.name} schema version {version} is newer than this program's "
-                               f"({last})")
+            raise GalleryError(f"{db.path}: {self.name} schema version {version} is newer than this program's ({last})")
 
 
 def _adopt(conn: sqlite3.Connection) -> None:
@@ -142,8 +146,9 @@ def _adopt(conn: sqlite3.Connection) -> None:
         if version >= SCHEMA_VERSION:  # another process adopted it meanwhile
             return
         conn.execute(f"CREATE TABLE {VERSIONS_TABLE} (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-        conn.executemany(f"INSERT INTO {VERSIONS_TABLE}(name, version) VALUES (?, ?)",
-                         list(LEGACY.get(version, {}).items()))
+        conn.executemany(
+            f"INSERT INTO {VERSIONS_TABLE}(name, version) VALUES (?, ?)", list(LEGACY.get(version, {}).items())
+        )
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -177,18 +182,23 @@ def is_damage(e: BaseException) -> bool:
     """Whether SQLite says the file is damaged ("database disk image is malformed", "file is not a
     database"), as opposed to locked, full or unreachable."""
     code = getattr(e, "sqlite_errorcode", None)
-    return isinstance(e, sqlite3.DatabaseError) and code is not None and \
-        code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return (
+        isinstance(e, sqlite3.DatabaseError)
+        and code is not None
+        and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    )
 
 
 def damaged(path: str, e: BaseException) -> DamagedGalleryError:
-    return DamagedGalleryError(f"{path}: damaged gallery database ({one_line(e)}); "
-                               f"check it with: sqlite3 {path} 'PRAGMA integrity_check'")
+    return DamagedGalleryError(
+        f"{path}: damaged gallery database ({one_line(e)}); check it with: sqlite3 {path} 'PRAGMA integrity_check'"
+    )
 
 
 def guarded(method):
     """A method of an object with `.path` whose SQLite damage errors become DamagedGalleryError
     (the daemon and the kiosk then get a typed error, not a raw sqlite3 one)."""
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
@@ -197,6 +207,7 @@ def guarded(method):
             if is_damage(e):
                 raise damaged(self.path, e) from None
             raise
+
     return wrapper
 
 
@@ -288,14 +299,17 @@ def check_gallery_file(conn: sqlite3.Connection, path: str) -> None:
         if pages * page_size <= size:
             break
         if attempt == 3:
-            raise GalleryError(f"{path}: truncated gallery database ({size} bytes, its header says "
-                               f"{pages} pages of {page_size} bytes)")
+            raise GalleryError(
+                f"{path}: truncated gallery database ({size} bytes, its header says {pages} pages of {page_size} bytes)"
+            )
         time.sleep(0.05)
     if version > SCHEMA_VERSION:
         raise GalleryError(f"{path}: schema version {version} is newer than this program's ({SCHEMA_VERSION})")
     if version == 0 and names:
-        raise GalleryError(f"{path}: not a gallery (an SQLite database of another program, with "
-                           f"{', '.join(sorted(names)[:3])}{', …' if len(names) > 3 else ''}); left unchanged")
+        raise GalleryError(
+            f"{path}: not a gallery (an SQLite database of another program, with "
+            f"{', '.join(sorted(names)[:3])}{', …' if len(names) > 3 else ''}); left unchanged"
+        )
     required = (VERSIONS_TABLE,) if version == SCHEMA_VERSION else GALLERY_TABLES
     missing = [t for t in required if t not in names]
     if version > 0 and missing:

@@ -9,6 +9,7 @@ acknowledged yet. An event a sink refused for good (its outbox row parked, see `
 is kept whatever the count, so it can be looked at and retried (`deliveries`, `retry`), but
 goes once older than max_age_days: a sink that refuses everything cannot fill the disk.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,11 @@ SNAPSHOT_GLOB = "event-*.jpg"  # retention only ever touches files named like th
 EVENT_COLUMNS = "id, time, source, kind, label, item_id, score, snapshot, data"
 PRUNE_INTERVAL = 3600.0  # seconds between event-retention passes while recording (one at open)
 
-MIGRATIONS = Migrations("events", [
-    # 1: every decision (the outbox ladder, outbox.py, adds a row per event and sink)
-    """
+MIGRATIONS = Migrations(
+    "events",
+    [
+        # 1: every decision (the outbox ladder, outbox.py, adds a row per event and sink)
+        """
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         time REAL NOT NULL,
@@ -53,7 +56,8 @@ MIGRATIONS = Migrations("events", [
     );
     CREATE INDEX events_time ON events(time);
     """,
-])
+    ],
+)
 
 
 def open_events(db: Database | str | Path) -> tuple[Database, bool]:
@@ -93,9 +97,12 @@ class Event:
 
     def data(self) -> dict[str, Any]:
         """What goes into the `data` JSON column."""
-        return {"metadata": self.metadata, "details": self.details,
-                "box": list(self.box) if self.box is not None else None,
-                "polygon": [list(p) for p in self.polygon] if self.polygon is not None else None}
+        return {
+            "metadata": self.metadata,
+            "details": self.details,
+            "box": list(self.box) if self.box is not None else None,
+            "polygon": [list(p) for p in self.polygon] if self.polygon is not None else None,
+        }
 
     def payload(self) -> dict[str, Any]:
         """The JSON every sink receives."""
@@ -119,10 +126,20 @@ class Event:
         data = json.loads(data or "{}")
         box = data.get("box")
         polygon = data.get("polygon")
-        return cls(id=event_id, time=t, source=source, kind=kind, label=label, item_id=item_id, score=score,
-                   snapshot=snapshot, metadata=data.get("metadata") or {}, details=data.get("details") or {},
-                   box=tuple(box) if box is not None else None,
-                   polygon=tuple(tuple(p) for p in polygon) if polygon is not None else None)
+        return cls(
+            id=event_id,
+            time=t,
+            source=source,
+            kind=kind,
+            label=label,
+            item_id=item_id,
+            score=score,
+            snapshot=snapshot,
+            metadata=data.get("metadata") or {},
+            details=data.get("details") or {},
+            box=tuple(box) if box is not None else None,
+            polygon=tuple(tuple(p) for p in polygon) if polygon is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -144,8 +161,9 @@ class EventLog:
     >>> dispatcher.wake()
     """
 
-    def __init__(self, db: Database | str | Path, sink_names: Sequence[str], *, max_count: int = 0,
-                 max_age_days: float = 0):
+    def __init__(
+        self, db: Database | str | Path, sink_names: Sequence[str], *, max_count: int = 0, max_age_days: float = 0
+    ):
         """`max_count`, `max_age_days`: the events beyond the newest max_count and those older
         than max_age_days (0 = no limit) are deleted with their outbox rows, except events that
         still wait for a sink (no alert is lost to retention; a parked one waits only until
@@ -181,10 +199,21 @@ class EventLog:
                 event_id = db.execute(
                     "INSERT INTO events(time, source, kind, label, item_id, score, snapshot, data) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [event.time, event.source, event.kind, event.label, event.item_id, float(event.score),
-                     event.snapshot, data]).lastrowid
-                db.conn.executemany("INSERT INTO outbox(event_id, sink, attempts, next_try) VALUES (?, ?, 0, 0)",
-                                    [(event_id, sink) for sink in self.sink_names])
+                    [
+                        event.time,
+                        event.source,
+                        event.kind,
+                        event.label,
+                        event.item_id,
+                        float(event.score),
+                        event.snapshot,
+                        data,
+                    ],
+                ).lastrowid
+                db.conn.executemany(
+                    "INSERT INTO outbox(event_id, sink, attempts, next_try) VALUES (?, ?, 0, 0)",
+                    [(event_id, sink) for sink in self.sink_names],
+                )
         except sqlite3.Error as e:
             raise EventError(f"{self.path}: cannot record the event ({e})") from None
         if time.monotonic() - self._pruned_at >= self.prune_interval:
@@ -219,12 +248,16 @@ class EventLog:
         if self.max_count:
             row = conn.execute("SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?", [self.max_count]).fetchone()
             if row is not None:
-                deleted += conn.execute(f"DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE id <= ? "
-                                        f"AND {settled.format('')})", [row[0]]).rowcount
+                deleted += conn.execute(
+                    f"DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE id <= ? AND {settled.format('')})",
+                    [row[0]],
+                ).rowcount
         if self.max_age_days:
-            deleted += conn.execute(f"DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE time < ? "
-                                    f"AND {settled.format(' AND o.parked IS NULL')})",  # parked: kept till here
-                                    [now - self.max_age_days * 86400]).rowcount
+            deleted += conn.execute(
+                f"DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE time < ? "
+                f"AND {settled.format(' AND o.parked IS NULL')})",  # parked: kept till here
+                [now - self.max_age_days * 86400],
+            ).rowcount
         return deleted
 
     def recent(self, n: int = 20) -> list[Event]:
@@ -236,13 +269,19 @@ class EventLog:
         """The last n events (only those with a parked row if `parked`), newest first, each with
         its delivery to every sink."""
         where = "WHERE id IN (SELECT event_id FROM outbox WHERE parked IS NOT NULL)" if parked else ""
-        events = [Event.from_row(r) for r in self.db.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY id DESC LIMIT ?", [n]).fetchall()]
+        events = [
+            Event.from_row(r)
+            for r in self.db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY id DESC LIMIT ?", [n]
+            ).fetchall()
+        ]
         rows: dict[int, list[Delivery]] = {e.id: [] for e in events}
         marks = ", ".join("?" * len(rows))
         for event_id, sink, attempts, delivered, parked_at, error in self.db.execute(
-                "SELECT event_id, sink, attempts, delivered, parked, last_error FROM outbox "
-                f"WHERE event_id IN ({marks}) ORDER BY id", list(rows)).fetchall():
+            "SELECT event_id, sink, attempts, delivered, parked, last_error FROM outbox "
+            f"WHERE event_id IN ({marks}) ORDER BY id",
+            list(rows),
+        ).fetchall():
             state = "delivered" if delivered is not None else "parked" if parked_at is not None else "pending"
             rows[event_id].append(Delivery(sink, state, attempts, error, delivered or parked_at))
         return [(e, rows[e.id]) for e in events]
@@ -257,8 +296,9 @@ class EventLog:
             args = [int(i) for i in event_ids]
         try:
             with self.db.atomic():  # not a gallery change: the generation stays
-                rows = self.db.execute(f"UPDATE outbox SET parked = NULL, next_try = 0 WHERE {where} "
-                                                "RETURNING id, event_id, sink", args).fetchall()
+                rows = self.db.execute(
+                    f"UPDATE outbox SET parked = NULL, next_try = 0 WHERE {where} RETURNING id, event_id, sink", args
+                ).fetchall()
         except sqlite3.Error as e:
             raise EventError(f"{self.path}: cannot un-park events ({e})") from None
         return [(int(event_id), sink) for _, event_id, sink in sorted(rows)]
@@ -269,20 +309,27 @@ class EventLog:
             raise EventError(f"{self.path}: no event {event_id}")
         return Event.from_row(row)
 
-    def save_snapshot(self, frame_bgr: np.ndarray, event: Event, config: SnapshotConfig,
-                      draw: Callable[[np.ndarray, Event], None] | None = None) -> str:
+    def save_snapshot(
+        self,
+        frame_bgr: np.ndarray,
+        event: Event,
+        config: SnapshotConfig,
+        draw: Callable[[np.ndarray, Event], None] | None = None,
+    ) -> str:
         """Write the frame as a JPEG (`draw`s on a copy first; None = `draw_event`), then enforce retention.
 
         Returns the snapshot's absolute path, for `replace(event, snapshot=path)` before
         `record`. Files removed by retention have their events' `snapshot` set to NULL.
         """
-        path = write_snapshot(frame_bgr, event, config.folder, draw=draw or draw_event,
-                              jpeg_quality=config.jpeg_quality)
+        path = write_snapshot(
+            frame_bgr, event, config.folder, draw=draw or draw_event, jpeg_quality=config.jpeg_quality
+        )
         removed = prune_snapshots(config.folder, max_count=config.max_count, max_age_days=config.max_age_days)
         if removed:
             with self.db.atomic():  # not a gallery change: the generation stays
-                self.db.conn.executemany("UPDATE events SET snapshot = NULL WHERE snapshot = ?",
-                                                  [(str(p),) for p in removed])
+                self.db.conn.executemany(
+                    "UPDATE events SET snapshot = NULL WHERE snapshot = ?", [(str(p),) for p in removed]
+                )
         return str(path)
 
     def close(self) -> None:
@@ -312,8 +359,7 @@ def draw_event(image: np.ndarray, event: Event) -> None:
     scale = max(0.5, width / 900)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     cv2.rectangle(image, (0, 0), (tw + 2 * thick, th + base + 2 * thick), color, -1)
-    cv2.putText(image, text, (thick, th + thick), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
-                cv2.LINE_AA)
+    cv2.putText(image, text, (thick, th + thick), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
 
 def snapshot_name(event: Event) -> str:
@@ -322,8 +368,14 @@ def snapshot_name(event: Event) -> str:
     return f"event-{stamp}-{label}.jpg"
 
 
-def write_snapshot(frame_bgr: np.ndarray, event: Event, folder: str | Path, *,
-                   draw: Callable[[np.ndarray, Event], None] | None = draw_event, jpeg_quality: int = 85) -> Path:
+def write_snapshot(
+    frame_bgr: np.ndarray,
+    event: Event,
+    folder: str | Path,
+    *,
+    draw: Callable[[np.ndarray, Event], None] | None = draw_event,
+    jpeg_quality: int = 85,
+) -> Path:
     """Write the frame (drawn on a copy) as `folder/event-<utc time>-<label>.jpg`, atomically."""
     frame = np.asarray(frame_bgr)
     if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or frame.size == 0:
@@ -360,8 +412,9 @@ def write_snapshot(frame_bgr: np.ndarray, event: Event, folder: str | Path, *,
     return path
 
 
-def prune_snapshots(folder: str | Path, *, max_count: int = 0, max_age_days: float = 0,
-                    now: float | None = None) -> list[Path]:
+def prune_snapshots(
+    folder: str | Path, *, max_count: int = 0, max_age_days: float = 0, now: float | None = None
+) -> list[Path]:
     """Delete snapshots older than max_age_days, then the oldest beyond max_count (0 = no limit).
 
     Only files named `event-*.jpg` are considered; returns the absolute paths removed.
@@ -381,7 +434,7 @@ def prune_snapshots(folder: str | Path, *, max_count: int = 0, max_age_days: flo
         while files and files[0][0] < cutoff:
             doomed.append(files.pop(0)[2])
     if max_count > 0 and len(files) > max_count:
-        doomed += [f[2] for f in files[:len(files) - max_count]]
+        doomed += [f[2] for f in files[: len(files) - max_count]]
     removed = []
     for path in doomed:
         try:

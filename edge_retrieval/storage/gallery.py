@@ -5,6 +5,7 @@ Its schema is the ladder "gallery" (schema.py); the packed vector blocks have th
 as it was. The search matrix is cached in memory and reloaded when the generation counter in
 `meta` (bumped in the same transaction as every gallery change, by any process) moves.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,8 @@ class _Cache:
     matrix: CodeMatrix | None = None
     state: vectors.StoreState | None = None
     dim: int | None = None
-    labels: dict[int, str] = field(default_factory=dict)   # of this generation, filled as searched
-    checked: float = -math.inf                             # time.monotonic() of the last generation check
+    labels: dict[int, str] = field(default_factory=dict)  # of this generation, filled as searched
+    checked: float = -math.inf  # time.monotonic() of the last generation check
 
 
 class Gallery:
@@ -148,8 +149,10 @@ class Gallery:
     def _bind(self, sha256: str, name: str, dim: int) -> None:
         self.check_model(sha256, name)
         if self.model_sha256 is None:
-            self.db.execute("INSERT INTO meta(key, value) VALUES ('model_sha256', ?), ('model_name', ?), ('dim', ?)",
-                            [sha256, name, str(dim)])
+            self.db.execute(
+                "INSERT INTO meta(key, value) VALUES ('model_sha256', ?), ('model_name', ?), ('dim', ?)",
+                [sha256, name, str(dim)],
+            )
         elif self.dim != dim:
             raise GalleryError(f"{self.path}: vectors have {dim} dimensions, the gallery {self.dim}")
 
@@ -179,8 +182,10 @@ class Gallery:
 
     def _changed(self) -> None:
         vectors.pack(self.db.conn)  # a count query until a block's worth of rows is waiting
-        self.db.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
-                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+        self.db.execute(
+            "INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+            "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
 
     def add(
         self,
@@ -202,8 +207,10 @@ class Gallery:
         norms = np.linalg.norm(vectors, axis=1)
         bad = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
         if len(bad):  # scores are cosines only between unit vectors
-            raise GalleryError(f"item {label!r}: vector {bad[0]} has length {norms[bad[0]]:.4g}, not 1 "
-                               f"(embeddings are stored unit length)")
+            raise GalleryError(
+                f"item {label!r}: vector {bad[0]} has length {norms[bad[0]]:.4g}, not 1 "
+                f"(embeddings are stored unit length)"
+            )
         sources = list(sources) if sources is not None else [""] * len(vectors)
         if len(sources) != len(vectors):
             raise GalleryError(f"item {label!r}: {len(sources)} sources for {len(vectors)} vectors")
@@ -264,8 +271,10 @@ class Gallery:
     def _item_from_row(self, row) -> Item:
         return Item(id=row[0], label=row[1], metadata=json.loads(row[2]), embeddings=row[3], created=row[4])
 
-    _ITEM_SQL = ("SELECT i.id, i.label, i.metadata, (SELECT count(*) FROM embeddings e WHERE e.item_id = i.id), "
-                 "i.created FROM items i")
+    _ITEM_SQL = (
+        "SELECT i.id, i.label, i.metadata, (SELECT count(*) FROM embeddings e WHERE e.item_id = i.id), "
+        "i.created FROM items i"
+    )
 
     @guarded
     def items(self) -> list[Item]:
@@ -285,8 +294,10 @@ class Gallery:
     @guarded
     def count(self) -> tuple[int, int]:
         """(items, embeddings)."""
-        return (self.db.execute("SELECT count(*) FROM items").fetchone()[0],
-                self.db.execute("SELECT count(*) FROM embeddings").fetchone()[0])
+        return (
+            self.db.execute("SELECT count(*) FROM items").fetchone()[0],
+            self.db.execute("SELECT count(*) FROM embeddings").fetchone()[0],
+        )
 
     def info(self) -> dict[str, Any]:
         items, embeddings = self.count()
@@ -346,8 +357,11 @@ class Gallery:
         found: dict[int, str] = {}
         for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
             part = unique[start : start + 900]
-            found.update(self.db.execute(
-                f"SELECT id, label FROM items WHERE id IN ({', '.join('?' * len(part))})", part).fetchall())
+            found.update(
+                self.db.execute(
+                    f"SELECT id, label FROM items WHERE id IN ({', '.join('?' * len(part))})", part
+                ).fetchall()
+            )
         out = np.empty(ids.shape, object)
         out.flat[:] = [found.get(int(i), "") for i in ids.flat]
         return out
@@ -397,8 +411,15 @@ class Gallery:
         return Matches(ids, labels, best)
 
     # -- verification features, negatives, calibrated thresholds --------------
-    def add_features(self, item_id: int, kind: str, size: tuple[int, int], keypoints: np.ndarray,
-                     descriptors: np.ndarray, source: str = "") -> None:
+    def add_features(
+        self,
+        item_id: int,
+        kind: str,
+        size: tuple[int, int],
+        keypoints: np.ndarray,
+        descriptors: np.ndarray,
+        source: str = "",
+    ) -> None:
         """Store one enrolled image's local features: (n, 2) float32 points in an image of
         `size` (width, height) and (n, bytes) uint8 descriptors."""
         keypoints = np.ascontiguousarray(keypoints, "<f4").reshape(-1, 2)
@@ -409,8 +430,17 @@ class Gallery:
             self.db.execute(
                 "INSERT INTO features(item_id, kind, width, height, keypoints, descriptors, source, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [int(item_id), kind, int(size[0]), int(size[1]), keypoints.tobytes(), descriptors.tobytes(),
-                 str(source), time.time()])
+                [
+                    int(item_id),
+                    kind,
+                    int(size[0]),
+                    int(size[1]),
+                    keypoints.tobytes(),
+                    descriptors.tobytes(),
+                    str(source),
+                    time.time(),
+                ],
+            )
 
     def features(self, item_id: int) -> list[tuple[str, tuple[int, int], np.ndarray, np.ndarray]]:
         """An item's stored local features: [(kind, (width, height), keypoints, descriptors)]."""
@@ -425,8 +455,8 @@ class Gallery:
     def _features(self, where: str, params: list) -> list:
         out = []
         for row, item_id, kind, w, h, kp, desc in self.db.execute(
-                f"SELECT id, item_id, kind, width, height, keypoints, descriptors FROM features {where} ORDER BY id",
-                params):
+            f"SELECT id, item_id, kind, width, height, keypoints, descriptors FROM features {where} ORDER BY id", params
+        ):
             points = np.frombuffer(kp, "<f4").reshape(-1, 2)
             descriptors = np.frombuffer(desc, np.uint8)
             descriptors = descriptors.reshape(len(points), -1) if len(points) else descriptors.reshape(0, 32)
@@ -445,7 +475,11 @@ class Gallery:
         with self.transaction():
             self.db.conn.executemany(
                 "INSERT INTO negatives(item_id, vector, scale, source, created) VALUES (?, ?, ?, ?, ?)",
-                [(found.id, quantize.to_blob(c), float(sc), str(src), now) for c, sc, src in zip(codes, scales, sources)])
+                [
+                    (found.id, quantize.to_blob(c), float(sc), str(src), now)
+                    for c, sc, src in zip(codes, scales, sources)
+                ],
+            )
         return found.id
 
     @guarded
@@ -459,16 +493,21 @@ class Gallery:
         scales = np.array([r[1] for r in rows], np.float32)
         return np.array([r[0] for r in rows], np.int64), codes.astype(np.float32) * scales[:, None]
 
-    def set_thresholds(self, threshold: float, per_item: dict[int, float] | None = None,
-                       report: dict[str, Any] | None = None) -> None:
+    def set_thresholds(
+        self, threshold: float, per_item: dict[int, float] | None = None, report: dict[str, Any] | None = None
+    ) -> None:
         """Replace the calibrated global threshold, the per-item ones and the calibration report."""
         now = time.time()
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('threshold', ?), ('calibration', ?)",
-                            [repr(float(threshold)), json.dumps(report or {})])
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('threshold', ?), ('calibration', ?)",
+                [repr(float(threshold)), json.dumps(report or {})],
+            )
             self.db.execute("DELETE FROM thresholds")
-            self.db.conn.executemany("INSERT INTO thresholds(item_id, threshold, created) VALUES (?, ?, ?)",
-                                     [(int(i), float(t), now) for i, t in (per_item or {}).items()])
+            self.db.conn.executemany(
+                "INSERT INTO thresholds(item_id, threshold, created) VALUES (?, ?, ?)",
+                [(int(i), float(t), now) for i, t in (per_item or {}).items()],
+            )
 
     @property
     def threshold(self) -> float | None:

@@ -10,6 +10,7 @@ events retry`), and the sink goes on with the next event.
 A sink that is down or hangs holds up only its own thread, never another sink nor the frame
 loop. Rows left by a previous run are delivered on start (at once: a restart resets backoff).
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,11 @@ from .events import EVENT_COLUMNS, Event, open_events
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Migrations("outbox", [
-    # 1: one row per event and sink until the sink acknowledged it
-    """
+MIGRATIONS = Migrations(
+    "outbox",
+    [
+        # 1: one row per event and sink until the sink acknowledged it
+        """
     CREATE TABLE outbox (
         id INTEGER PRIMARY KEY,
         event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
@@ -42,15 +45,16 @@ MIGRATIONS = Migrations("outbox", [
     CREATE INDEX outbox_pending ON outbox(sink, event_id) WHERE delivered IS NULL;
     CREATE INDEX outbox_event ON outbox(event_id);
     """,
-    # 2: parked rows. A row a sink refused for good (PermanentDeliveryError) is parked: kept with
-    #    its error, skipped by delivery (and by the pending index) until `events retry`.
-    """
+        # 2: parked rows. A row a sink refused for good (PermanentDeliveryError) is parked: kept with
+        #    its error, skipped by delivery (and by the pending index) until `events retry`.
+        """
     ALTER TABLE outbox ADD COLUMN parked REAL;
     DROP INDEX outbox_pending;
     CREATE INDEX outbox_pending ON outbox(sink, event_id) WHERE delivered IS NULL AND parked IS NULL;
     CREATE INDEX outbox_parked ON outbox(event_id) WHERE parked IS NOT NULL;
     """,
-])
+    ],
+)
 
 _NEXT_ROW = (
     "SELECT o.id, o.attempts, o.next_try, "
@@ -106,24 +110,42 @@ class _Worker(threading.Thread):
         try:
             self.sink.deliver(event.payload())
         except PermanentDeliveryError as e:  # retrying cannot help: park it, go on with the next event
-            conn.execute("UPDATE outbox SET attempts = attempts + 1, parked = ?, last_error = ? WHERE id = ?",
-                         [time.time(), f"{type(e).__name__}: {e}", outbox_id])
-            log.warning("outbox %s: event %s refused for good, parked (`edge-retrieval events retry %s` sends "
-                        "it again): %s", self.sink.name, event.id, event.id, e)
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, parked = ?, last_error = ? WHERE id = ?",
+                [time.time(), f"{type(e).__name__}: {e}", outbox_id],
+            )
+            log.warning(
+                "outbox %s: event %s refused for good, parked (`edge-retrieval events retry %s` sends it again): %s",
+                self.sink.name,
+                event.id,
+                event.id,
+                e,
+            )
             return
         except Exception as e:  # noqa: BLE001 - any failure means "not acknowledged"
             attempts += 1
             delay = backoff(attempts, self.d.retry_base_s, self.d.retry_max_s)
             error = f"{type(e).__name__}: {e}"
-            conn.execute("UPDATE outbox SET attempts = ?, next_try = ?, last_error = ? WHERE id = ?",
-                         [attempts, time.time() + delay, error, outbox_id])
+            conn.execute(
+                "UPDATE outbox SET attempts = ?, next_try = ?, last_error = ? WHERE id = ?",
+                [attempts, time.time() + delay, error, outbox_id],
+            )
             level = logging.DEBUG if self.failing else logging.WARNING
-            log.log(level, "outbox %s: event %s not delivered (attempt %d, next in %.1f s): %s",
-                    self.sink.name, event.id, attempts, delay, error)
+            log.log(
+                level,
+                "outbox %s: event %s not delivered (attempt %d, next in %.1f s): %s",
+                self.sink.name,
+                event.id,
+                attempts,
+                delay,
+                error,
+            )
             self.failing = True
             return
-        conn.execute("UPDATE outbox SET attempts = attempts + 1, delivered = ?, last_error = NULL WHERE id = ?",
-                     [time.time(), outbox_id])
+        conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, delivered = ?, last_error = NULL WHERE id = ?",
+            [time.time(), outbox_id],
+        )
         if self.failing:
             log.info("outbox %s: delivering again (event %s)", self.sink.name, event.id)
             self.failing = False
@@ -136,8 +158,15 @@ class Dispatcher:
     ...     log.record(event); dispatcher.wake()
     """
 
-    def __init__(self, db: Database | str | Path, sinks: Sequence[Sink], *, retry_base_s: float = 1.0,
-                 retry_max_s: float = 300.0, idle_s: float = 30.0):
+    def __init__(
+        self,
+        db: Database | str | Path,
+        sinks: Sequence[Sink],
+        *,
+        retry_base_s: float = 1.0,
+        retry_max_s: float = 300.0,
+        idle_s: float = 30.0,
+    ):
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
             raise GalleryError(f"sink names must be unique: {names}")
@@ -158,9 +187,10 @@ class Dispatcher:
             raise RuntimeError("dispatcher already started")
         conn = connect(self.path)
         try:  # rows from a previous run: no backoff left over
-            conn.executemany("UPDATE outbox SET next_try = 0 WHERE sink = ? AND delivered IS NULL "
-                             "AND parked IS NULL",
-                             [(s.name,) for s in self.sinks])
+            conn.executemany(
+                "UPDATE outbox SET next_try = 0 WHERE sink = ? AND delivered IS NULL AND parked IS NULL",
+                [(s.name,) for s in self.sinks],
+            )
         finally:
             conn.close()
         self._workers = [_Worker(self, sink) for sink in self.sinks]
@@ -209,8 +239,7 @@ class Dispatcher:
         conn = connect(self.path)
         try:
             marks = ", ".join("?" * len(names))
-            return conn.execute(f"SELECT count(*) FROM outbox WHERE {where} AND sink IN ({marks})",
-                                names).fetchone()[0]
+            return conn.execute(f"SELECT count(*) FROM outbox WHERE {where} AND sink IN ({marks})", names).fetchone()[0]
         finally:
             conn.close()
 

@@ -3,6 +3,7 @@
 The other subsystems' ladders live beside their code: vectors.py (the packed blocks), events.py,
 outbox.py. A step is never edited once released: a change is a new step at the end.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,11 @@ def thresholds_from_metadata(conn: sqlite3.Connection) -> None:
     existed) become the calibrated per-item thresholds, and leave the metadata. Only in a gallery
     never calibrated: no meta `threshold`, `calibration` absent or {}, no per-item thresholds."""
     meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('threshold', 'calibration')").fetchall())
-    if "threshold" in meta or meta.get("calibration", "{}") != "{}" or \
-            conn.execute("SELECT 1 FROM thresholds LIMIT 1").fetchone():
+    if (
+        "threshold" in meta
+        or meta.get("calibration", "{}") != "{}"
+        or conn.execute("SELECT 1 FROM thresholds LIMIT 1").fetchone()
+    ):
         return
     moved = []
     for item_id, text in conn.execute("SELECT id, metadata FROM items ORDER BY id").fetchall():
@@ -36,18 +40,24 @@ def thresholds_from_metadata(conn: sqlite3.Connection) -> None:
     if not moved:
         return
     now = time.time()
-    conn.executemany("INSERT INTO thresholds(item_id, threshold, created) VALUES (?, ?, ?)",
-                     [(i, t, now) for i, t, _ in moved])
+    conn.executemany(
+        "INSERT INTO thresholds(item_id, threshold, created) VALUES (?, ?, ?)", [(i, t, now) for i, t, _ in moved]
+    )
     conn.executemany("UPDATE items SET metadata = ? WHERE id = ?", [(m, i) for i, _, m in moved])
-    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('calibration', ?)",
-                 [json.dumps(CALIBRATION_FROM_METADATA)])
-    conn.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
-                 "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('calibration', ?)", [json.dumps(CALIBRATION_FROM_METADATA)]
+    )
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+        "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
 
 
-MIGRATIONS = Migrations("gallery", [
-    # 1: items, embeddings, meta
-    """
+MIGRATIONS = Migrations(
+    "gallery",
+    [
+        # 1: items, embeddings, meta
+        """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE items (
         id INTEGER PRIMARY KEY,
@@ -65,9 +75,9 @@ MIGRATIONS = Migrations("gallery", [
     );
     CREATE INDEX embeddings_item ON embeddings(item_id);
     """,
-    # 2: local features per enrolled image (geometric verification), negatives ("this is NOT
-    #    item X"), calibrated per-item thresholds (the global one and its report live in meta)
-    """
+        # 2: local features per enrolled image (geometric verification), negatives ("this is NOT
+        #    item X"), calibrated per-item thresholds (the global one and its report live in meta)
+        """
     CREATE TABLE features (
         id INTEGER PRIMARY KEY,
         item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
@@ -95,6 +105,7 @@ MIGRATIONS = Migrations("gallery", [
         created REAL NOT NULL
     );
     """,
-    # 3: item `threshold` metadata → calibrated per-item thresholds
-    thresholds_from_metadata,
-])
+        # 3: item `threshold` metadata → calibrated per-item thresholds
+        thresholds_from_metadata,
+    ],
+)

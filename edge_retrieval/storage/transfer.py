@@ -21,6 +21,7 @@ columns are refused), no value longer than `MAX_VALUE_BYTES` is ever read, row c
 against `MAX_ROWS` and the manifest before anything is loaded, and every value is checked for type
 and range (`check_item`, `check_vectors`, `check_features`) before it is inserted, with parameters.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,11 @@ ITEM_TABLES = {
 LOCAL_TABLES = ("events", "outbox")  # the device's own history: the schema is exported, the rows are not
 # What an export's manifest covers (columns in the order they are hashed, rows in rowid order). The
 # packed vector blocks are not exported (older exports that hold them import as well: unread).
-EXPORT_TABLES = {"items": ("id", "label", "metadata", "created"), **ITEM_TABLES,
-                 "thresholds": ("item_id", "threshold", "created")}
+EXPORT_TABLES = {
+    "items": ("id", "label", "metadata", "created"),
+    **ITEM_TABLES,
+    "thresholds": ("item_id", "threshold", "created"),
+}
 
 
 # -- the digest ------------------------------------------------------------------------------
@@ -127,10 +131,16 @@ def compute(conn: sqlite3.Connection, tables: Mapping[str, Sequence[str]]) -> di
             digests[table] = Digest()
             for rows in chunks(conn, select(table, columns)):
                 digests[table].update(rows)
-    meta = dict(conn.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(MODEL_KEYS))})",
-                             MODEL_KEYS).fetchall())
-    return {"format": FORMAT, "model": {k: meta[k] for k in MODEL_KEYS if isinstance(meta.get(k), str)},
-            "tables": {table: d.entry() for table, d in digests.items()}}
+    meta = dict(
+        conn.execute(
+            f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(MODEL_KEYS))})", MODEL_KEYS
+        ).fetchall()
+    )
+    return {
+        "format": FORMAT,
+        "model": {k: meta[k] for k in MODEL_KEYS if isinstance(meta.get(k), str)},
+        "tables": {table: d.entry() for table, d in digests.items()},
+    }
 
 
 def write(conn: sqlite3.Connection, manifest: dict[str, Any]) -> None:
@@ -156,12 +166,15 @@ def open_import(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def check_schema(conn: sqlite3.Connection, path: Path, tables: Mapping[str, Sequence[str]],
-                 required: Iterable[str]) -> set[str]:
+def check_schema(
+    conn: sqlite3.Connection, path: Path, tables: Mapping[str, Sequence[str]], required: Iterable[str]
+) -> set[str]:
     """The tables of `tables` the file holds, each an ordinary table with those columns, none of
     them computed; GalleryError naming what is wrong otherwise."""
-    kinds = {name: (kind, sql or "") for kind, name, sql in
-             conn.execute("SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'view')")}
+    kinds = {
+        name: (kind, sql or "")
+        for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'view')")
+    }
     missing = [t for t in required if t not in kinds]
     if missing:
         raise GalleryError(f"{path}: not an exported gallery (no table {missing[0]!r})")
@@ -171,16 +184,19 @@ def check_schema(conn: sqlite3.Connection, path: Path, tables: Mapping[str, Sequ
             continue
         kind, sql = kinds[table]
         if kind != "table" or not sql.lstrip().upper().startswith("CREATE TABLE"):
-            raise GalleryError(f"{path}: {table!r} is a {'view' if kind == 'view' else 'virtual table'}, "
-                               f"not a table: not an exported gallery")
+            raise GalleryError(
+                f"{path}: {table!r} is a {'view' if kind == 'view' else 'virtual table'}, "
+                f"not a table: not an exported gallery"
+            )
         info = {row[1]: row for row in conn.execute(f"PRAGMA table_xinfo([{table}])")}
         absent = [c for c in columns if c not in info]
         if absent:
             raise GalleryError(f"{path}: table {table!r} has no column {absent[0]!r}")
         computed = [name for name, row in info.items() if row[6] != 0]  # hidden: 2, 3 = generated columns
         if computed:
-            raise GalleryError(f"{path}: table {table!r} has a computed column {computed[0]!r}: "
-                               f"not an exported gallery")
+            raise GalleryError(
+                f"{path}: table {table!r} has a computed column {computed[0]!r}: not an exported gallery"
+            )
         present.add(table)
     return present & set(tables)
 
@@ -195,17 +211,24 @@ def read_manifest(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None
             raise ValueError("not one 'manifest' row")
         manifest = json.loads(rows[0][1], parse_constant=_no_constant)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise ValueError(f"format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-                             f"this program reads {FORMAT}")
+            raise ValueError(
+                f"format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+                f"this program reads {FORMAT}"
+            )
         model, tables = manifest.get("model"), manifest.get("tables")
         if not isinstance(model, dict) or not all(isinstance(model.get(k, ""), str) for k in MODEL_KEYS):
             raise ValueError("'model' is malformed")
         if not isinstance(tables, dict):
             raise ValueError("'tables' is malformed")
         for table, entry in tables.items():
-            if not (isinstance(entry, dict) and set(entry) == {"rows", "sha256"}
-                    and isinstance(entry["rows"], int) and not isinstance(entry["rows"], bool)
-                    and entry["rows"] >= 0 and isinstance(entry["sha256"], str)):
+            if not (
+                isinstance(entry, dict)
+                and set(entry) == {"rows", "sha256"}
+                and isinstance(entry["rows"], int)
+                and not isinstance(entry["rows"], bool)
+                and entry["rows"] >= 0
+                and isinstance(entry["sha256"], str)
+            ):
                 raise ValueError(f"entry of table {table!r} is malformed")
     except (ValueError, RecursionError) as e:
         raise GalleryError(f"{path}: export manifest is unreadable ({e})") from None
@@ -319,8 +342,7 @@ def check_vectors(rows: Sequence[Sequence[Any]], dim: int, table: str) -> None:
     too_long = np.flatnonzero(norms > 1 + 0.5 * math.sqrt(dim) * scales + 1e-3)
     if len(too_long):
         row = rows[int(too_long[0])]
-        raise ValueError(f"{table} vector of item {row[0]} has length {norms[too_long[0]]:.3g}, "
-                         f"not a unit vector's")
+        raise ValueError(f"{table} vector of item {row[0]} has length {norms[too_long[0]]:.3g}, not a unit vector's")
 
 
 def check_features(rows: Sequence[Sequence[Any]]) -> None:
@@ -334,8 +356,11 @@ def check_features(rows: Sequence[Sequence[Any]]) -> None:
         if not isinstance(keypoints, bytes) or len(keypoints) % 8:
             raise ValueError(f"keypoints of item {item_id} are {_kind(keypoints)}, not (x, y) float32 pairs")
         n = len(keypoints) // 8
-        if not isinstance(descriptors, bytes) or (len(descriptors) != 0 if n == 0 else (
-                len(descriptors) % n or not 0 < len(descriptors) // n <= MAX_DESCRIPTOR_BYTES)):
+        if not isinstance(descriptors, bytes) or (
+            len(descriptors) != 0
+            if n == 0
+            else (len(descriptors) % n or not 0 < len(descriptors) // n <= MAX_DESCRIPTOR_BYTES)
+        ):
             raise ValueError(f"descriptors of item {item_id} are {_kind(descriptors)} for {n} keypoints")
         if not np.isfinite(np.frombuffer(keypoints, "<f4")).all():
             raise ValueError(f"keypoints of item {item_id} hold NaN or infinity")
@@ -415,6 +440,7 @@ def export(gallery: "Gallery", path: str | Path) -> dict[str, int]:
     counts = contents["tables"]
     return {"items": counts["items"]["rows"], "embeddings": counts["embeddings"]["rows"]}
 
+
 def import_into(gallery: "Gallery", path: str | Path, *, verify: bool = True) -> dict[str, int]:
     """Merge an exported gallery into this one, in one transaction (labels present get its vectors).
 
@@ -461,6 +487,7 @@ def import_into(gallery: "Gallery", path: str | Path, *, verify: bool = True) ->
     finally:
         src.close()
 
+
 def _import(gallery: "Gallery", src: sqlite3.Connection, path: Path, verify: bool) -> dict[str, int]:
     try:  # what the file says about itself, read before anything is written (its errors name it)
         version = src.execute("PRAGMA user_version").fetchone()[0]
@@ -470,16 +497,23 @@ def _import(gallery: "Gallery", src: sqlite3.Connection, path: Path, verify: boo
         present = check_schema(src, path, EXPORT_TABLES, GALLERY_TABLES)
         contents = read_manifest(src, path)
         if contents is None and verify:
-            raise GalleryError(f"{path}: has no export manifest (exported by an older version, or stripped); "
-                               f"nothing imported (--unverified imports it with its rows checked, not verified)")
+            raise GalleryError(
+                f"{path}: has no export manifest (exported by an older version, or stripped); "
+                f"nothing imported (--unverified imports it with its rows checked, not verified)"
+            )
         counts = {table: src.execute(f"SELECT count(*) FROM [{table}]").fetchone()[0] for table in present}
         keys = MODEL_KEYS
-        model = dict(src.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})",
-                                 keys).fetchall())
+        model = dict(
+            src.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})", keys).fetchall()
+        )
         dim = parse_dim(model.get("dim")) or 0
-        wrong = {table: src.execute(f"SELECT count(*) FROM [{table}] WHERE typeof(vector) != 'blob' "
-                                    f"OR length(vector) != ?", [dim]).fetchone()[0]
-                 for table in ("embeddings", "negatives") if table in present}
+        wrong = {
+            table: src.execute(
+                f"SELECT count(*) FROM [{table}] WHERE typeof(vector) != 'blob' OR length(vector) != ?", [dim]
+            ).fetchone()[0]
+            for table in ("embeddings", "negatives")
+            if table in present
+        }
     except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # damage; text that is not UTF-8
         raise GalleryError(f"{path}: not an exported gallery ({one_line(e)})") from None
     for table, n in counts.items():
@@ -495,8 +529,9 @@ def _import(gallery: "Gallery", src: sqlite3.Connection, path: Path, verify: boo
             if table not in listed:
                 raise GalleryError(f"{path}: table {table!r} is not in the export manifest")
             if listed[table]["rows"] != counts[table]:
-                raise GalleryError(f"{path}: the manifest says {listed[table]['rows']} rows in {table}, "
-                                   f"the file holds {counts[table]}")
+                raise GalleryError(
+                    f"{path}: the manifest says {listed[table]['rows']} rows in {table}, the file holds {counts[table]}"
+                )
         if contents["model"] != model:
             raise GalleryError(f"{path}: the manifest's model {contents['model']} differs from the file's {model}")
     if not any(counts[t] for t in ("items", *ITEM_TABLES) if t in counts):
@@ -523,9 +558,13 @@ def _import(gallery: "Gallery", src: sqlite3.Connection, path: Path, verify: boo
                     if old_id in new_ids:
                         raise ValueError(f"item id {old_id} appears twice")
                     found = gallery.db.execute("SELECT id FROM items WHERE label = ?", [label]).fetchone()
-                    new_ids[old_id] = found[0] if found else gallery.db.execute(
-                        "INSERT INTO items(label, metadata, created) VALUES (?, ?, ?)",
-                        [label, metadata, created]).lastrowid
+                    new_ids[old_id] = (
+                        found[0]
+                        if found
+                        else gallery.db.execute(
+                            "INSERT INTO items(label, metadata, created) VALUES (?, ?, ?)", [label, metadata, created]
+                        ).lastrowid
+                    )
             for table, cols in ITEM_TABLES.items():
                 if table not in present:
                     continue
@@ -544,7 +583,7 @@ def _import(gallery: "Gallery", src: sqlite3.Connection, path: Path, verify: boo
                         source = row[at]
                         if source and not source.startswith("imported:"):
                             source = "imported:" + source
-                        out.append((new_ids[row[0]], *row[1:at], source, *row[at + 1:]))
+                        out.append((new_ids[row[0]], *row[1:at], source, *row[at + 1 :]))
                     gallery.db.conn.executemany(insert, out)
             for table in present - {"items", *ITEM_TABLES}:  # verified, not imported (thresholds)
                 for rows in read_chunks(src, path, select(table, EXPORT_TABLES[table])):
@@ -552,8 +591,10 @@ def _import(gallery: "Gallery", src: sqlite3.Connection, path: Path, verify: boo
             if contents is not None:
                 for table, digest in digests.items():
                     if digest.entry() != contents["tables"][table]:
-                        raise ValueError(f"the rows of {table} do not match the export manifest's sha256 "
-                                         f"(damaged or edited since the export)")
+                        raise ValueError(
+                            f"the rows of {table} do not match the export manifest's sha256 "
+                            f"(damaged or edited since the export)"
+                        )
     except ValueError as e:
         raise GalleryError(f"{path}: {e}; nothing imported") from None
     return {"items": counts["items"], "embeddings": counts.get("embeddings", 0)}

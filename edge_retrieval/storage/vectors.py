@@ -16,6 +16,7 @@ million); the same rows packed `BLOCK_ROWS` at a time load at the speed of a fil
 the ladder `MIGRATIONS` ("vectors"); the gallery owns the `embeddings` table. An export drops
 the blocks (`drop`): the ladder builds them again from the embeddings when the file is opened.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -65,8 +66,7 @@ STATEMENTS: list[str] = [
         UPDATE vector_state SET generation = generation + 1, holes = 1;
     END""",
 ]
-MIGRATION = ";\n".join(STATEMENTS) + ";"   # the same as one script (sqlite3 executescript)
-
+MIGRATION = ";\n".join(STATEMENTS) + ";"  # the same as one script (sqlite3 executescript)
 
 
 def _create(conn: sqlite3.Connection) -> None:
@@ -107,8 +107,9 @@ def load_matrix(conn: sqlite3.Connection, dim: int | None = None) -> tuple[CodeM
     with _reading(conn):
         generation, holes = conn.execute("SELECT generation, holes FROM vector_state").fetchone()
         blocks = conn.execute(
-            "SELECT first_id, last_id, count, keys, scales, vectors FROM vector_blocks ORDER BY last_id").fetchall()
-        pieces: list = []                    # (keys, scales, codes, last id) in id order
+            "SELECT first_id, last_id, count, keys, scales, vectors FROM vector_blocks ORDER BY last_id"
+        ).fetchall()
+        pieces: list = []  # (keys, scales, codes, last id) in id order
         prev = 0
         for first, last, count, keys, scales, vectors in blocks:
             if holes:
@@ -120,7 +121,7 @@ def load_matrix(conn: sqlite3.Connection, dim: int | None = None) -> tuple[CodeM
         dim = next((len(p[2]) // p[4] for p in pieces if p[4]), 0)
     n = sum(p[4] for p in pieces)
     matrix = CodeMatrix(max(dim, 1), capacity=max(n, 1))
-    matrix.reserve(n + n // 4 + 1024)        # enrolments then copy nothing for a while
+    matrix.reserve(n + n // 4 + 1024)  # enrolments then copy nothing for a while
     if n:
         codes = matrix._segments[0]
         at = 0
@@ -151,8 +152,11 @@ def refresh(conn: sqlite3.Connection, matrix: CodeMatrix, state: StoreState) -> 
     keys, scales, vectors, last, count = new[0]
     if len(vectors) != count * matrix.dim:
         raise ValueError(f"embeddings of {len(vectors) // count} bytes in a {matrix.dim}-d gallery")
-    matrix.append(np.frombuffer(vectors, np.int8).reshape(count, matrix.dim),
-                  np.frombuffer(scales, "<f4"), np.frombuffer(keys, "<i8"))
+    matrix.append(
+        np.frombuffer(vectors, np.int8).reshape(count, matrix.dim),
+        np.frombuffer(scales, "<f4"),
+        np.frombuffer(keys, "<i8"),
+    )
     return matrix, StoreState(last_id=last, generation=generation, dim=matrix.dim)
 
 
@@ -177,8 +181,9 @@ def pack(conn: sqlite3.Connection) -> int:
 def _pack_range(conn, lo: int, hi: int, whole: bool) -> int:
     """Pack rows lo < id < hi into blocks; without `whole`, only full blocks."""
     if not whole:
-        tail = conn.execute("SELECT count(*) FROM (SELECT 1 FROM embeddings WHERE id > ? AND id < ? LIMIT ?)",
-                            (lo, hi, BLOCK_ROWS)).fetchone()[0]
+        tail = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM embeddings WHERE id > ? AND id < ? LIMIT ?)", (lo, hi, BLOCK_ROWS)
+        ).fetchone()[0]
         if tail < BLOCK_ROWS:
             return 0
     packed = 0
@@ -190,10 +195,16 @@ def _pack_range(conn, lo: int, hi: int, whole: bool) -> int:
         conn.execute(
             "INSERT INTO vector_blocks(last_id, first_id, count, ids, keys, scales, vectors) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (int(ids[-1]), int(ids[0]), len(rows), ids.astype("<i8").tobytes(),
-             np.fromiter((r[1] for r in rows), "<i8", len(rows)).tobytes(),
-             np.fromiter((r[2] for r in rows), "<f4", len(rows)).tobytes(),
-             b"".join(r[3] for r in rows)))
+            (
+                int(ids[-1]),
+                int(ids[0]),
+                len(rows),
+                ids.astype("<i8").tobytes(),
+                np.fromiter((r[1] for r in rows), "<i8", len(rows)).tobytes(),
+                np.fromiter((r[2] for r in rows), "<f4", len(rows)).tobytes(),
+                b"".join(r[3] for r in rows),
+            ),
+        )
         packed += len(rows)
         lo = int(ids[-1])
 
@@ -204,9 +215,15 @@ def _rows(conn, lo: int, hi: int) -> list:
     if not rows:
         return []
     n = len(rows)
-    return [(np.fromiter((r[1] for r in rows), "<i8", n).tobytes(),
-             np.fromiter((r[2] for r in rows), "<f4", n).tobytes(),
-             b"".join(r[3] for r in rows), rows[-1][0], n)]
+    return [
+        (
+            np.fromiter((r[1] for r in rows), "<i8", n).tobytes(),
+            np.fromiter((r[2] for r in rows), "<f4", n).tobytes(),
+            b"".join(r[3] for r in rows),
+            rows[-1][0],
+            n,
+        )
+    ]
 
 
 class _reading:

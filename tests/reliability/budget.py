@@ -1,5 +1,6 @@
 """How hard the reliability tests push: bounded in CI and plain runs, the full counts with
 EDGE_RETRIEVAL_RELIABILITY=full."""
+
 import os
 
 FULL = os.environ.get("EDGE_RETRIEVAL_RELIABILITY", "") == "full"

@@ -5,6 +5,7 @@ counts (≥ 50 kills per scenario, longer fuzzing, a longer soak):
 
     EDGE_RETRIEVAL_RELIABILITY=full python -m pytest tests/reliability -ra
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:

@@ -1,5 +1,6 @@
 """Helpers for the intrusion and fuzzing tests: call the kiosk's ASGI app directly (no socket, no
 extra HTTP client library), and read what a process listens on from /proc."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,22 +19,44 @@ class Answer:
     error: str = ""  # the traceback of an exception that escaped the app (a 500 on a real server)
 
 
-def call(app, method: str, path: str, *, query: bytes | str = b"", headers=(), body: bytes = b"",
-         host: str | None = "127.0.0.1:8080", timeout: float = 20.0) -> Answer:
+def call(
+    app,
+    method: str,
+    path: str,
+    *,
+    query: bytes | str = b"",
+    headers=(),
+    body: bytes = b"",
+    host: str | None = "127.0.0.1:8080",
+    timeout: float = 20.0,
+) -> Answer:
     """One HTTP request straight into the ASGI `app`. `headers`: (name, value) pairs of str or bytes.
     A streaming answer is cut after its first chunk (the client "disconnects")."""
-    raw = [(k.encode("latin-1") if isinstance(k, str) else k, v.encode("latin-1") if isinstance(v, str) else v)
-           for k, v in headers]
+    raw = [
+        (k.encode("latin-1") if isinstance(k, str) else k, v.encode("latin-1") if isinstance(v, str) else v)
+        for k, v in headers
+    ]
     raw = [(k.lower(), v) for k, v in raw]
     if host is not None and not any(k == b"host" for k, _ in raw):
         raw.insert(0, (b"host", host.encode("latin-1")))
     if body and not any(k == b"content-length" for k, _ in raw):
         raw.append((b"content-length", str(len(body)).encode()))
     query = query.encode("latin-1", "replace") if isinstance(query, str) else query
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-             "method": method, "scheme": "http", "path": path,
-             "raw_path": path.encode("utf-8", "surrogateescape"), "query_string": query, "root_path": "",
-             "headers": raw, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080), "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "query_string": query,
+        "root_path": "",
+        "headers": raw,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": {},
+    }
     answer = Answer(0)
     chunks: list[bytes] = []
 
@@ -52,8 +75,9 @@ def call(app, method: str, path: str, *, query: bytes | str = b"", headers=(), b
         async def send(message):
             if message["type"] == "http.response.start":
                 answer.status = message["status"]
-                answer.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                                  for k, v in message.get("headers", [])}
+                answer.headers = {
+                    k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])
+                }
                 started.set()
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
@@ -72,11 +96,12 @@ def call(app, method: str, path: str, *, query: bytes | str = b"", headers=(), b
 
 # -- what a process listens on -------------------------------------------------------------
 
+
 def _address(hex_address: str) -> tuple[ipaddress._BaseAddress, int]:
     ip_hex, port_hex = hex_address.split(":")
     raw = bytes.fromhex(ip_hex)
     # /proc/net/tcp{,6} prints each 32-bit word of the address in host (little-endian) byte order
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return ipaddress.ip_address(raw), int(port_hex, 16)
 
 
@@ -125,10 +150,19 @@ def open_kiosk(folder: Path, embedder, token: str, **kiosk_settings):
     shutil.copy(photo("cat"), camera / "frame.jpg")
     with Gallery(folder / "gallery.db") as g:
         for name in ("cat", "coffee"):
-            g.add(name, embedder.embed_files([photo(name)]), model_sha256=embedder.sha256,
-                  model_name=embedder.card.name, sources=[str(photo(name))], metadata={"name": name})
-    config = Config(source=SourceConfig(uri=str(camera)), gallery=GalleryConfig(path=str(folder / "gallery.db")),
-                    kiosk=KioskConfig(token=token, port=0, **kiosk_settings))
+            g.add(
+                name,
+                embedder.embed_files([photo(name)]),
+                model_sha256=embedder.sha256,
+                model_name=embedder.card.name,
+                sources=[str(photo(name))],
+                metadata={"name": name},
+            )
+    config = Config(
+        source=SourceConfig(uri=str(camera)),
+        gallery=GalleryConfig(path=str(folder / "gallery.db")),
+        kiosk=KioskConfig(token=token, port=0, **kiosk_settings),
+    )
     return Kiosk(config).open()
 
 

@@ -7,6 +7,7 @@ Commands run in-process through click's CliRunner (the runtime's own C-level log
 "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", goes to the real stderr there);
 `test_the_installed_command_*` run the installed `edge-retrieval` in a subprocess.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,7 +58,8 @@ def assert_usage_error(result, *names) -> None:
 def assert_refused(result, *names) -> str:
     """Exit code 1, nothing on stdout, exactly one line on stderr: 'Error: …' naming `names`."""
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (
-        f"exit {result.exit_code}, exception {result.exception!r}\n{result.output}")
+        f"exit {result.exit_code}, exception {result.exception!r}\n{result.output}"
+    )
     assert result.stdout == "", result.stdout
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
@@ -69,16 +71,20 @@ def assert_refused(result, *names) -> str:
 
 def state(path: Path) -> dict[str, str]:
     """The sha256 of the gallery file and of every file beside it named after it (-wal, -shm, .tmp)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
-            for p in sorted(path.parent.glob(path.name + "*"))}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        for p in sorted(path.parent.glob(path.name + "*"))
+    }
 
 
 def contents(path: Path) -> dict:
     """What a gallery holds, row by row (for galleries that legitimately change)."""
     con = sqlite3.connect(path)
     try:
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
-                for t in ("items", "embeddings", "features", "negatives", "thresholds")}
+        return {
+            t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
+            for t in ("items", "embeddings", "features", "negatives", "thresholds")
+        }
     finally:
         con.close()
 
@@ -120,8 +126,12 @@ def big_png(width: int, height: int) -> bytes:
     comp = zlib.compressobj(6)
     row = b"\0" * (1 + 3 * width)
     idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_claiming(data: bytes, width: int, height: int) -> bytes:
@@ -136,7 +146,7 @@ def jpeg_claiming(data: bytes, width: int, height: int) -> bytes:
     while True:
         marker, length = data[i + 1], struct.unpack_from(">H", data, i + 2)[0]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return data[:i + 5] + struct.pack(">HH", height, width) + data[i + 9:]
+            return data[: i + 5] + struct.pack(">HH", height, width) + data[i + 9 :]
         i += 2 + length
 
 
@@ -147,8 +157,13 @@ def tiff_claiming(width: int, height: int) -> bytes:
 
 
 def webp_claiming(width: int, height: int) -> bytes:
-    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x00\x00\x00\x00" + (width - 1).to_bytes(3, "little") \
+    vp8x = (
+        b"VP8X"
+        + struct.pack("<I", 10)
+        + b"\x00\x00\x00\x00"
+        + (width - 1).to_bytes(3, "little")
         + (height - 1).to_bytes(3, "little")
+    )
     body = b"WEBP" + vp8x
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
@@ -162,13 +177,13 @@ def bad_images(tmp_path_factory) -> dict[str, Path]:
     png = cv2.imencode(".png", image)[1].tobytes()
     rng = np.random.default_rng(7)
     garbled = bytearray(jpeg)
-    garbled[len(jpeg) // 3:len(jpeg) // 3 + 2048] = rng.integers(0, 256, 2048, dtype=np.uint8).tobytes()
+    garbled[len(jpeg) // 3 : len(jpeg) // 3 + 2048] = rng.integers(0, 256, 2048, dtype=np.uint8).tobytes()
     flipped = bytearray(png)
     flipped[len(png) // 2] ^= 0x55
     files = {
-        "truncated.jpg": jpeg[:len(jpeg) // 2],
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
         "truncated-header.jpg": jpeg[:300],
-        "truncated.png": png[:len(png) // 2],
+        "truncated.png": png[: len(png) // 2],
         "truncated.bmp": cv2.imencode(".bmp", image)[1].tobytes()[:100_000],
         "truncated.webp": cv2.imencode(".webp", image)[1].tobytes()[:2000],
         "garbled.jpg": bytes(garbled),
@@ -190,10 +205,26 @@ def bad_images(tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in [*files, "folder.jpg"]}
 
 
-BAD_IMAGES = ["truncated.jpg", "truncated-header.jpg", "truncated.png", "truncated.bmp", "truncated.webp",
-              "garbled.jpg", "bit-flipped.png", "random-bytes.png", "zero-bytes.jpg", "text.jpg", "model.jpg",
-              "gif.jpg", "bomb-header-30000.png", "bomb-header-30000.jpg", "bomb-header.tif", "bomb-header.webp",
-              "bomb-8000x8000.png", "missing.jpg"]
+BAD_IMAGES = [
+    "truncated.jpg",
+    "truncated-header.jpg",
+    "truncated.png",
+    "truncated.bmp",
+    "truncated.webp",
+    "garbled.jpg",
+    "bit-flipped.png",
+    "random-bytes.png",
+    "zero-bytes.jpg",
+    "text.jpg",
+    "model.jpg",
+    "gif.jpg",
+    "bomb-header-30000.png",
+    "bomb-header-30000.jpg",
+    "bomb-header.tif",
+    "bomb-header.webp",
+    "bomb-8000x8000.png",
+    "missing.jpg",
+]
 BOMBS = [name for name in BAD_IMAGES if name.startswith("bomb")]
 
 
@@ -224,7 +255,7 @@ def test_skip_bad_enrolls_the_good_photo_and_lists_every_bad_file(tmp_path, bad_
     assert listed == expected
     assert f"skipped {len(expected)} bad file(s)" in result.stdout
     after = contents(gallery)
-    assert len(after["items"]) == len(before["items"]) + 1 and after["items"][:len(before["items"])] == before["items"]
+    assert len(after["items"]) == len(before["items"]) + 1 and after["items"][: len(before["items"])] == before["items"]
     assert len(after["embeddings"]) == len(before["embeddings"]) + 1
     sources = {row[4] for row in after["embeddings"]}
     assert str(folder / "good.jpg") in sources and not any(str(folder / n) in sources for n in expected)
@@ -232,8 +263,11 @@ def test_skip_bad_enrolls_the_good_photo_and_lists_every_bad_file(tmp_path, bad_
 
 def test_skip_bad_with_nothing_readable_is_one_line_naming_a_bad_file(tmp_path, bad_images, gallery, embedder):
     before = state(gallery)
-    line = assert_refused(run("enroll", bad_images["truncated.jpg"], bad_images["text.jpg"], "--skip-bad",
-                              "-g", gallery), "truncated.jpg", "skipped 2")
+    line = assert_refused(
+        run("enroll", bad_images["truncated.jpg"], bad_images["text.jpg"], "--skip-bad", "-g", gallery),
+        "truncated.jpg",
+        "skipped 2",
+    )
     assert "nothing to enroll" in line
     assert state(gallery) == before
 
@@ -260,12 +294,19 @@ def test_the_bomb_is_a_real_valid_png(bad_images):
 
 def test_opencv_limit_backstops_decoders_outside_read_image(bad_images):
     """Any cv2.imread in a process that imported edge_retrieval refuses > MAX_PIXELS (OpenCV's own check)."""
-    code = ("import edge_retrieval, os, cv2, sys\n"
-            "print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])\n"
-            "try:\n    img = cv2.imread(sys.argv[1])\nexcept cv2.error:\n    img = None\n"
-            "print(img is None)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(bad_images["bomb-8000x8000.png"])], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "OPENCV_LOG_LEVEL": "SILENT"})
+    code = (
+        "import edge_retrieval, os, cv2, sys\n"
+        "print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])\n"
+        "try:\n    img = cv2.imread(sys.argv[1])\nexcept cv2.error:\n    img = None\n"
+        "print(img is None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(bad_images["bomb-8000x8000.png"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPENCV_LOG_LEVEL": "SILENT"},
+    )
     assert out.stdout.split() == [str(preprocess.MAX_PIXELS), "True"], out.stdout + out.stderr
 
 
@@ -302,10 +343,10 @@ def _bad_model(model_dir: Path, case: str) -> str:
         _write_card(model_dir, {**_card(model_dir), **changes})
 
     if case == "truncated-model":
-        tflite.write_bytes(data[:len(data) // 2])
+        tflite.write_bytes(data[: len(data) // 2])
         return "m.tflite"
     if case == "truncated-model, card updated":
-        tflite.write_bytes(data[:len(data) // 2])
+        tflite.write_bytes(data[: len(data) // 2])
         with_card(sha256=sha256_file(tflite))
         return "m.tflite"
     if case == "random-model, card updated":
@@ -391,13 +432,33 @@ def _bad_model(model_dir: Path, case: str) -> str:
     raise AssertionError(case)
 
 
-MODEL_CASES = ["truncated-model", "truncated-model, card updated", "random-model, card updated",
-               "empty-model, card updated", "card-malformed-json", "card-not-an-object", "card-missing-sha256",
-               "card-missing-input-height", "card-unknown-field", "card-wrong-sha256", "card-empty-sha256",
-               "card-wrong-input-size", "card-wrong-output-dim", "card-wrong-output-kind", "card-gem-p-is-text",
-               "card-input-size-is-text", "card-whitening-path-trick", "card-whitening-without-sha256", "card-whitening-dim-wrong",
-               "whitening-corrupt, card updated", "whitening-not-npz, card updated", "whitening-changed",
-               "whitening-missing", "card-missing", "model-missing"]
+MODEL_CASES = [
+    "truncated-model",
+    "truncated-model, card updated",
+    "random-model, card updated",
+    "empty-model, card updated",
+    "card-malformed-json",
+    "card-not-an-object",
+    "card-missing-sha256",
+    "card-missing-input-height",
+    "card-unknown-field",
+    "card-wrong-sha256",
+    "card-empty-sha256",
+    "card-wrong-input-size",
+    "card-wrong-output-dim",
+    "card-wrong-output-kind",
+    "card-gem-p-is-text",
+    "card-input-size-is-text",
+    "card-whitening-path-trick",
+    "card-whitening-without-sha256",
+    "card-whitening-dim-wrong",
+    "whitening-corrupt, card updated",
+    "whitening-not-npz, card updated",
+    "whitening-changed",
+    "whitening-missing",
+    "card-missing",
+    "model-missing",
+]
 
 
 @pytest.fixture
@@ -435,19 +496,31 @@ def _bad_gallery(path: Path, data: bytes, case: str) -> None:
     elif case == "text":
         path.write_text("not a database\n")
     elif case.startswith("truncated-"):
-        keep = {"truncated-half": len(data) // 2, "truncated-last-page": len(data) - 4096,
-                "truncated-to-header": 100, "truncated-odd": len(data) - 1234}[case]
+        keep = {
+            "truncated-half": len(data) // 2,
+            "truncated-last-page": len(data) - 4096,
+            "truncated-to-header": 100,
+            "truncated-odd": len(data) - 1234,
+        }[case]
         path.write_bytes(data[:keep])
     elif case == "damaged-pages":  # the header is right; pages with the items' rows are garbage
         path.write_bytes(data)
         con = sqlite3.connect(path)
-        pages = [r[0] for r in con.execute("SELECT pageno FROM dbstat WHERE name IN ('items', 'embeddings', "
-                                           "'vector_blocks', 'meta')")] if _has_dbstat(con) else [2, 3, 28]
+        pages = (
+            [
+                r[0]
+                for r in con.execute(
+                    "SELECT pageno FROM dbstat WHERE name IN ('items', 'embeddings', 'vector_blocks', 'meta')"
+                )
+            ]
+            if _has_dbstat(con)
+            else [2, 3, 28]
+        )
         con.close()
         damaged = bytearray(data)
         rng = np.random.default_rng(4)
         for page in pages:
-            damaged[(page - 1) * 4096:page * 4096] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+            damaged[(page - 1) * 4096 : page * 4096] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
         path.write_bytes(bytes(damaged))
     elif case == "another-programs-sqlite":
         con = sqlite3.connect(path)
@@ -481,9 +554,19 @@ def _has_dbstat(con) -> bool:
         return False
 
 
-GALLERY_CASES = ["random-bytes", "text", "truncated-half", "truncated-last-page", "truncated-to-header",
-                 "truncated-odd", "damaged-pages", "another-programs-sqlite", "sqlite-with-version-but-no-gallery",
-                 "newer-schema", "folder"]
+GALLERY_CASES = [
+    "random-bytes",
+    "text",
+    "truncated-half",
+    "truncated-last-page",
+    "truncated-to-header",
+    "truncated-odd",
+    "damaged-pages",
+    "another-programs-sqlite",
+    "sqlite-with-version-but-no-gallery",
+    "newer-schema",
+    "folder",
+]
 
 
 @pytest.mark.parametrize("case", GALLERY_CASES)
@@ -492,8 +575,15 @@ def test_damaged_or_foreign_gallery_is_refused_and_left_as_it_is(case, tmp_path,
     path.parent.mkdir()
     _bad_gallery(path, (base / "gallery.db").read_bytes(), case)
     before = state(path)
-    commands = [("search", photo(ITEMS[0])), ("enroll", photo(ITEMS[5])), ("list",), ("import", base / "base.gallery"),
-                ("export", tmp_path / "out.gallery"), ("remove", ENROLLED[0]), ("info",)]
+    commands = [
+        ("search", photo(ITEMS[0])),
+        ("enroll", photo(ITEMS[5])),
+        ("list",),
+        ("import", base / "base.gallery"),
+        ("export", tmp_path / "out.gallery"),
+        ("remove", ENROLLED[0]),
+        ("info",),
+    ]
     for command in commands:
         result = run(*command, "-g", path)
         if case == "folder":  # click refuses a folder for --gallery before any command runs
@@ -539,7 +629,7 @@ HOSTILE = {
     "text-file": lambda p: p.write_text("hello\n"),
     "zero-bytes": lambda p: p.write_bytes(b""),
     "random-bytes": lambda p: p.write_bytes(np.random.default_rng(5).integers(0, 256, 90_000, np.uint8).tobytes()),
-    "truncated": lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
     "model-renamed": lambda p: shutil.copy(DEFAULT_MODEL, p),
     # the manifest
     "edited-label": lambda p: edit(p, "UPDATE items SET label = 'forged' WHERE rowid = 1"),
@@ -552,14 +642,15 @@ HOSTILE = {
     "manifest-stripped": lambda p: edit(p, f"DROP TABLE {manifest_mod.TABLE}"),
     "manifest-malformed": lambda p: edit(p, f"UPDATE {manifest_mod.TABLE} SET value = '{{\"format\": 1, '"),
     "manifest-nested": lambda p: edit(p, f"UPDATE {manifest_mod.TABLE} SET value = ?", params=["[" * 100_000]),
-    "manifest-format-2": lambda p: edit(p, f"UPDATE {manifest_mod.TABLE} SET value = "
-                                          f"json_set(value, '$.format', 2)"),
-    "manifest-huge-count": lambda p: edit(p, f"UPDATE {manifest_mod.TABLE} SET value = "
-                                            f"json_set(value, '$.tables.embeddings.rows', 1000000000000)"),
+    "manifest-format-2": lambda p: edit(p, f"UPDATE {manifest_mod.TABLE} SET value = json_set(value, '$.format', 2)"),
+    "manifest-huge-count": lambda p: edit(
+        p, f"UPDATE {manifest_mod.TABLE} SET value = json_set(value, '$.tables.embeddings.rows', 1000000000000)"
+    ),
     "manifest-two-rows": lambda p: edit(p, f"INSERT INTO {manifest_mod.TABLE} VALUES ('other', '{{}}')"),
     # well-formed, manifest rewritten by a forger: the row checks must hold
-    "vector-too-short": lambda p: edit(p, "UPDATE embeddings SET vector = zeroblob(255) WHERE rowid = 1",
-                                       remanifest=True),
+    "vector-too-short": lambda p: edit(
+        p, "UPDATE embeddings SET vector = zeroblob(255) WHERE rowid = 1", remanifest=True
+    ),
     "vector-huge-blob": lambda p: edit(p, "UPDATE embeddings SET vector = zeroblob(64 * 1024 * 1024) WHERE rowid = 1"),
     "vector-as-text": lambda p: edit(p, "UPDATE embeddings SET vector = hex(vector) WHERE rowid = 1", remanifest=True),
     "negative-wrong-length": lambda p: edit(p, "UPDATE negatives SET vector = zeroblob(300)", remanifest=True),
@@ -569,55 +660,92 @@ HOSTILE = {
     "scale-huge": lambda p: edit(p, "UPDATE embeddings SET scale = 1e30 WHERE rowid = 1", remanifest=True),
     "scale-text": lambda p: edit(p, "UPDATE embeddings SET scale = 'x' WHERE rowid = 1", remanifest=True),
     "vector-outscores-everything": lambda p: edit(
-        p, "UPDATE embeddings SET vector = ?, scale = 0.0078 WHERE rowid = 1", params=[b"\x7f" * 256],
-        remanifest=True),
-    "metadata-huge": lambda p: edit(p, "UPDATE items SET metadata = '{\"a\": \"' || hex(zeroblob(3000000)) "
-                                       "|| '\"}' WHERE rowid = 1", remanifest=True),
+        p, "UPDATE embeddings SET vector = ?, scale = 0.0078 WHERE rowid = 1", params=[b"\x7f" * 256], remanifest=True
+    ),
+    "metadata-huge": lambda p: edit(
+        p,
+        "UPDATE items SET metadata = '{\"a\": \"' || hex(zeroblob(3000000)) || '\"}' WHERE rowid = 1",
+        remanifest=True,
+    ),
     "metadata-not-json": lambda p: edit(p, "UPDATE items SET metadata = 'not json' WHERE rowid = 1", remanifest=True),
     "metadata-not-object": lambda p: edit(p, "UPDATE items SET metadata = '[1, 2]' WHERE rowid = 1", remanifest=True),
-    "metadata-nested-deep": lambda p: edit(p, "UPDATE items SET metadata = ? WHERE rowid = 1",
-                                           params=['{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"], remanifest=True),
+    "metadata-nested-deep": lambda p: edit(
+        p,
+        "UPDATE items SET metadata = ? WHERE rowid = 1",
+        params=['{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"],
+        remanifest=True,
+    ),
     "metadata-nan": lambda p: edit(p, "UPDATE items SET metadata = '{\"a\": NaN}' WHERE rowid = 1", remanifest=True),
     "label-empty": lambda p: edit(p, "UPDATE items SET label = '   ' WHERE rowid = 1", remanifest=True),
     "label-blob": lambda p: edit(p, "UPDATE items SET label = x'636174' WHERE rowid = 1", remanifest=True),
-    "label-terminal-escape": lambda p: edit(p, "UPDATE items SET label = ? WHERE rowid = 1",
-                                            params=["cat\x1b[2J\x1b[31m"], remanifest=True),
+    "label-terminal-escape": lambda p: edit(
+        p, "UPDATE items SET label = ? WHERE rowid = 1", params=["cat\x1b[2J\x1b[31m"], remanifest=True
+    ),
     "label-newline": lambda p: edit(p, "UPDATE items SET label = ? WHERE rowid = 1", params=["a\nb"], remanifest=True),
-    "label-too-long": lambda p: edit(p, "UPDATE items SET label = ? WHERE rowid = 1", params=["x" * 5000],
-                                     remanifest=True),
-    "orphan-embedding": lambda p: edit(p, "INSERT INTO embeddings(item_id, vector, scale, source, created) "
-                                          "SELECT 999, vector, scale, source, created FROM embeddings LIMIT 1",
-                                       remanifest=True),
-    "features-nan-keypoints": lambda p: edit(p, "UPDATE features SET keypoints = ? WHERE rowid = 1",
-                                             params=[np.full(8, np.nan, "<f4").tobytes()] , remanifest=True),
-    "features-descriptors-mismatch": lambda p: edit(p, "UPDATE features SET descriptors = zeroblob(7) "
-                                                       "WHERE rowid = 1", remanifest=True),
+    "label-too-long": lambda p: edit(
+        p, "UPDATE items SET label = ? WHERE rowid = 1", params=["x" * 5000], remanifest=True
+    ),
+    "orphan-embedding": lambda p: edit(
+        p,
+        "INSERT INTO embeddings(item_id, vector, scale, source, created) "
+        "SELECT 999, vector, scale, source, created FROM embeddings LIMIT 1",
+        remanifest=True,
+    ),
+    "features-nan-keypoints": lambda p: edit(
+        p,
+        "UPDATE features SET keypoints = ? WHERE rowid = 1",
+        params=[np.full(8, np.nan, "<f4").tobytes()],
+        remanifest=True,
+    ),
+    "features-descriptors-mismatch": lambda p: edit(
+        p, "UPDATE features SET descriptors = zeroblob(7) WHERE rowid = 1", remanifest=True
+    ),
     "features-zero-width": lambda p: edit(p, "UPDATE features SET width = 0 WHERE rowid = 1", remanifest=True),
     "dim-not-a-number": lambda p: edit(p, "UPDATE meta SET value = 'abc' WHERE key = 'dim'", remanifest=True),
     "dim-huge": lambda p: edit(p, "UPDATE meta SET value = '1000000000' WHERE key = 'dim'", remanifest=True),
-    "model-sha-not-hex": lambda p: edit(p, "UPDATE meta SET value = '../../etc/passwd' WHERE key = 'model_sha256'",
-                                        remanifest=True),
+    "model-sha-not-hex": lambda p: edit(
+        p, "UPDATE meta SET value = '../../etc/passwd' WHERE key = 'model_sha256'", remanifest=True
+    ),
     "no-model": lambda p: edit(p, "DELETE FROM meta WHERE key = 'model_sha256'", remanifest=True),
     # the file's own schema
-    "items-is-a-view": lambda p: edit(p, "ALTER TABLE items RENAME TO items_real",
-                                      "CREATE VIEW items AS SELECT * FROM items_real"),
-    "generated-column": lambda p: edit(p, "ALTER TABLE items RENAME TO items_real",
-                                       "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, metadata TEXT, "
-                                       "created REAL, evil BLOB GENERATED ALWAYS AS (zeroblob(1000000000)) VIRTUAL)",
-                                       "INSERT INTO items(id, label, metadata, created) SELECT * FROM items_real",
-                                       "DROP TABLE items_real", remanifest=True),
+    "items-is-a-view": lambda p: edit(
+        p, "ALTER TABLE items RENAME TO items_real", "CREATE VIEW items AS SELECT * FROM items_real"
+    ),
+    "generated-column": lambda p: edit(
+        p,
+        "ALTER TABLE items RENAME TO items_real",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, metadata TEXT, "
+        "created REAL, evil BLOB GENERATED ALWAYS AS (zeroblob(1000000000)) VIRTUAL)",
+        "INSERT INTO items(id, label, metadata, created) SELECT * FROM items_real",
+        "DROP TABLE items_real",
+        remanifest=True,
+    ),
     "no-items-table": lambda p: edit(p, "DROP TABLE items"),
     "schema-newer": lambda p: edit(p, f"PRAGMA user_version = {SCHEMA_VERSION + 1}"),
 }
 # (what the error must say, besides the file's name)
 HOSTILE_SAYS = {
-    "edited-label": "sha256", "edited-vector": "sha256", "edited-feature": "sha256", "edited-threshold": "sha256",
-    "deleted-embedding": "manifest says", "added-item": "manifest says", "model-changed": "model",
-    "manifest-stripped": "no export manifest", "manifest-huge-count": "manifest says",
-    "vector-too-short": "not 256 bytes", "vector-huge-blob": "not 256 bytes", "vector-as-text": "not 256 bytes",
-    "negative-wrong-length": "not 256 bytes", "scale-infinite": "scale", "scale-huge": "scale",
-    "vector-outscores-everything": "unit vector", "metadata-huge": "too big", "label-terminal-escape": "control",
-    "orphan-embedding": "lacks", "items-is-a-view": "view", "generated-column": "computed",
+    "edited-label": "sha256",
+    "edited-vector": "sha256",
+    "edited-feature": "sha256",
+    "edited-threshold": "sha256",
+    "deleted-embedding": "manifest says",
+    "added-item": "manifest says",
+    "model-changed": "model",
+    "manifest-stripped": "no export manifest",
+    "manifest-huge-count": "manifest says",
+    "vector-too-short": "not 256 bytes",
+    "vector-huge-blob": "not 256 bytes",
+    "vector-as-text": "not 256 bytes",
+    "negative-wrong-length": "not 256 bytes",
+    "scale-infinite": "scale",
+    "scale-huge": "scale",
+    "vector-outscores-everything": "unit vector",
+    "metadata-huge": "too big",
+    "label-terminal-escape": "control",
+    "orphan-embedding": "lacks",
+    "items-is-a-view": "view",
+    "generated-column": "computed",
 }
 
 
@@ -644,8 +772,12 @@ def test_stripped_manifest_imports_only_when_asked(export_copy, gallery, base):
 
 
 def test_sql_html_and_path_tricks_in_labels_and_metadata_are_stored_verbatim(export_copy, gallery, tmp_path):
-    hostile = ["'); DROP TABLE items;--", "<script>alert('x')</script>", "../../etc/passwd", "Robert'); DELETE FROM"
-               " embeddings WHERE ('1'='1"]
+    hostile = [
+        "'); DROP TABLE items;--",
+        "<script>alert('x')</script>",
+        "../../etc/passwd",
+        "Robert'); DELETE FROM embeddings WHERE ('1'='1",
+    ]
     meta = {"path": "../../../../etc/passwd", "html": "<img src=x onerror=alert(1)>", "sql": "1; DROP TABLE meta"}
     con = sqlite3.connect(export_copy)
     for rowid, label in zip((1, 2, 3), hostile):
@@ -689,13 +821,15 @@ def test_the_kiosk_pages_never_render_labels_as_html():
 
 def test_triggers_views_and_extra_tables_in_the_export_never_run(export_copy, gallery):
     """An attacker's SQLite file may hold triggers: import only reads rows, so none of them fires."""
-    edit(export_copy,
-         "CREATE TABLE evil (x)",
-         "CREATE TRIGGER evil_items AFTER INSERT ON items BEGIN DELETE FROM embeddings; END",
-         "CREATE TRIGGER evil_update BEFORE UPDATE ON meta BEGIN DELETE FROM items; END",
-         "CREATE TRIGGER evil_delete AFTER DELETE ON items BEGIN INSERT INTO evil VALUES (randomblob(100)); END",
-         "CREATE VIEW evil_view AS SELECT randomblob(1000000000) AS x",
-         "CREATE INDEX evil_index ON items(label, metadata)")
+    edit(
+        export_copy,
+        "CREATE TABLE evil (x)",
+        "CREATE TRIGGER evil_items AFTER INSERT ON items BEGIN DELETE FROM embeddings; END",
+        "CREATE TRIGGER evil_update BEFORE UPDATE ON meta BEGIN DELETE FROM items; END",
+        "CREATE TRIGGER evil_delete AFTER DELETE ON items BEGIN INSERT INTO evil VALUES (randomblob(100)); END",
+        "CREATE VIEW evil_view AS SELECT randomblob(1000000000) AS x",
+        "CREATE INDEX evil_index ON items(label, metadata)",
+    )
     file_before = state(export_copy)
     result = run("import", export_copy, "-g", gallery)
     assert result.exit_code == 0 and "imported 3 item(s), 3 embedding(s)" in result.stdout, result.output
@@ -706,9 +840,20 @@ def test_triggers_views_and_extra_tables_in_the_export_never_run(export_copy, ga
     assert state(export_copy) == file_before
 
 
-@pytest.mark.parametrize("case", ["folder", "symlink-to-folder", "symlink-to-dev-zero", "fifo",
-                                  "the-gallery-itself", "symlink-to-the-gallery", "the-gallery-wal", "missing",
-                                  "dangling-symlink"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "folder",
+        "symlink-to-folder",
+        "symlink-to-dev-zero",
+        "fifo",
+        "the-gallery-itself",
+        "symlink-to-the-gallery",
+        "the-gallery-wal",
+        "missing",
+        "dangling-symlink",
+    ],
+)
 def test_import_path_tricks_are_refused(case, tmp_path, gallery):
     path = tmp_path / "trick.gallery"
     if case == "folder":
@@ -748,8 +893,12 @@ def test_a_symlink_to_a_real_export_is_followed(tmp_path, base, gallery):
 
 @pytest.mark.parametrize("case", ["the-gallery-itself", "the-gallery-wal", "a-folder", "missing-folder"])
 def test_export_never_overwrites_the_gallery_or_a_folder(case, tmp_path, gallery):
-    target = {"the-gallery-itself": gallery, "the-gallery-wal": Path(f"{gallery}-wal"), "a-folder": tmp_path,
-              "missing-folder": tmp_path / "nowhere" / "out.gallery"}[case]
+    target = {
+        "the-gallery-itself": gallery,
+        "the-gallery-wal": Path(f"{gallery}-wal"),
+        "a-folder": tmp_path,
+        "missing-folder": tmp_path / "nowhere" / "out.gallery",
+    }[case]
     before = state(gallery)
     result = run("export", target, "-g", gallery)
     if case == "a-folder":
@@ -772,7 +921,12 @@ def test_export_carries_a_manifest_and_leaks_no_event_history(tmp_path, gallery)
     contents_ = json.loads(con.execute(f"SELECT value FROM {manifest_mod.TABLE}").fetchone()[0])
     assert contents_["format"] == manifest_mod.FORMAT
     assert {t: e["rows"] for t, e in contents_["tables"].items()} == {
-        "items": 3, "embeddings": 3, "features": 3, "negatives": 1, "thresholds": 1}
+        "items": 3,
+        "embeddings": 3,
+        "features": 3,
+        "negatives": 1,
+        "thresholds": 1,
+    }
     assert contents_["model"]["dim"] == "256" and con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     con.close()
@@ -800,15 +954,18 @@ def test_a_huge_blob_is_refused_without_loading_it(export_copy, gallery, base):
     """A 256 MB embedding blob: the import process never holds it (peak memory measured in a child)."""
     edit(export_copy, "UPDATE embeddings SET vector = zeroblob(256 * 1024 * 1024) WHERE rowid = 2")
     edit(export_copy, "UPDATE items SET metadata = CAST(zeroblob(200 * 1024 * 1024) AS TEXT) WHERE rowid = 3")
-    code = ("import resource, sys\nfrom edge_retrieval import Gallery, GalleryError\n"
-            "with Gallery(sys.argv[1]) as g:\n"
-            "    try:\n        g.import_from(sys.argv[2]); print('imported')\n"
-            "    except GalleryError as e:\n        print('refused', e)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    code = (
+        "import resource, sys\nfrom edge_retrieval import Gallery, GalleryError\n"
+        "with Gallery(sys.argv[1]) as g:\n"
+        "    try:\n        g.import_from(sys.argv[2]); print('imported')\n"
+        "    except GalleryError as e:\n        print('refused', e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
 
     def peak(export):
-        out = subprocess.run([sys.executable, "-c", code, str(gallery), str(export)], capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(gallery), str(export)], capture_output=True, text=True, timeout=300
+        )
         lines = out.stdout.splitlines()
         assert len(lines) == 2, out.stdout + out.stderr
         return lines[0], int(lines[1])
@@ -858,8 +1015,9 @@ def test_every_bad_image_is_one_line_on_the_real_stderr(command, bad_images, gal
     OpenCV, libjpeg, libpng or the runtime print there counts too."""
     paths = [str(bad_image(bad_images, name)) for name in BAD_IMAGES]
     before = state(gallery)
-    out = subprocess.run([sys.executable, "-c", _REAL_STDERR, str(gallery), command, *paths], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _REAL_STDERR, str(gallery), command, *paths], capture_output=True, text=True, timeout=300
+    )
     blocks = re.split(r"^=== (?!exit)", out.stderr, flags=re.M)[1:]
     assert len(blocks) == len(paths), out.stderr
     for path, block in zip(paths, blocks):
@@ -873,8 +1031,7 @@ def test_every_bad_image_is_one_line_on_the_real_stderr(command, bad_images, gal
 def test_the_installed_command_refuses_bad_files_in_one_line(bad_images, gallery, export_copy, tmp_path):
     before = state(gallery)
     _installed_refuses(["enroll", bad_images["truncated.jpg"], "-g", gallery], "truncated.jpg")
-    _installed_refuses(["search", bad_images["bomb-8000x8000.png"], "-g", gallery], "bomb-8000x8000.png",
-                       "megapixels")
+    _installed_refuses(["search", bad_images["bomb-8000x8000.png"], "-g", gallery], "bomb-8000x8000.png", "megapixels")
     HOSTILE["edited-vector"](export_copy)
     _installed_refuses(["import", export_copy, "-g", gallery], "hostile.gallery", "sha256")
     damaged = tmp_path / "damaged.db"
@@ -883,13 +1040,16 @@ def test_the_installed_command_refuses_bad_files_in_one_line(bad_images, gallery
     assert state(gallery) == before
 
 
-@pytest.mark.parametrize("args, named", [
-    (("--meta", "x=NaN"), "not JSON"),
-    (("--meta", "x=Infinity"), "not JSON"),
-    (("--label", "two\nlines"), "control characters"),
-    (("--label", "bell\x07"), "control characters"),
-    (("--label", "x" * 1001), "1001 characters, more than 1000"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (("--meta", "x=NaN"), "not JSON"),
+        (("--meta", "x=Infinity"), "not JSON"),
+        (("--label", "two\nlines"), "control characters"),
+        (("--label", "bell\x07"), "control characters"),
+        (("--label", "x" * 1001), "1001 characters, more than 1000"),
+    ],
+)
 def test_enrol_refuses_what_an_import_would_refuse(args, named, gallery):
     """Enrolment checks labels and metadata as strictly as an import does: a NaN in metadata once
     made every kiosk listing fail, a newline in a label breaks one-line messages."""
@@ -908,13 +1068,20 @@ def test_a_gallery_damaged_past_its_header_raises_a_typed_error_on_every_read(tm
     path = tmp_path / "gallery.db"
     _bad_gallery(path, (base / "gallery.db").read_bytes(), "damaged-pages")
     query = np.eye(1, 256, dtype=np.float32)
-    reads = {"search": lambda g: g.search(query, k=2), "matrix": lambda g: g.matrix(),
-             "generation": lambda g: g.generation(), "items": lambda g: g.items(),
-             "item": lambda g: g.item(ENROLLED[0]), "dim": lambda g: g.dim,
-             "add": lambda g: g.add("new", query, model_sha256="a" * 64)}
+    reads = {
+        "search": lambda g: g.search(query, k=2),
+        "matrix": lambda g: g.matrix(),
+        "generation": lambda g: g.generation(),
+        "items": lambda g: g.items(),
+        "item": lambda g: g.item(ENROLLED[0]),
+        "dim": lambda g: g.dim,
+        "add": lambda g: g.add("new", query, model_sha256="a" * 64),
+    }
     for name, read in reads.items():
         with Gallery(path) as g, pytest.raises(DamagedGalleryError) as caught:
             read(g)
         message = str(caught.value)
-        assert message == f"{path}: damaged gallery database (database disk image is malformed); check it " \
-                          f"with: sqlite3 {path} 'PRAGMA integrity_check'", name
+        assert (
+            message == f"{path}: damaged gallery database (database disk image is malformed); check it "
+            f"with: sqlite3 {path} 'PRAGMA integrity_check'"
+        ), name

@@ -11,6 +11,7 @@ built-in demo clip cut short and damaged. Guarantees:
   capture that never returns) pings nothing, whatever the sink threads do; a camera being
   reconnected (the loop alive, waiting) keeps it fed for as long as it takes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,10 @@ from edge_retrieval.service.daemon import Daemon
 from edge_retrieval.service.systemd import Notifier
 
 B = BACKGROUND
-FAST = Config(decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
-              service=ServiceConfig(status_interval=0.1, log_interval=0))
+FAST = Config(
+    decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=5.0),
+    service=ServiceConfig(status_interval=0.1, log_interval=0),
+)
 STALL = 1.5  # seconds a stall lasts in these tests: far above every ping interval of a live loop
 IDLE_PING = 0.2  # the daemon's idle ping interval in the reconnect tests (1 s in production)
 EMULATED_WATCHDOG = 0.6  # the WatchdogSec those tests emulate: longer than the idle ping, shorter than the backoff
@@ -177,8 +180,7 @@ def live_config(**source):
     """A live camera: frame times are real time, so a short cooldown (an item shown again after a
     reconnect alerts again)."""
     source = {"uri": "0", "reconnect_initial": 0.05, "reconnect_max": 0.1, "read_timeout": 0.5, **source}
-    return Config(source=SourceConfig(**source), decision=replace(FAST.decision, cooldown=0.5),
-                  service=FAST.service)
+    return Config(source=SourceConfig(**source), decision=replace(FAST.decision, cooldown=0.5), service=FAST.service)
 
 
 def run_in_thread(daemon):
@@ -219,8 +221,14 @@ def test_garbage_frames_are_dropped_counted_and_logged_once_per_kind(fake_galler
         script += frames(code, 3) + frames(B, 2)
         expected.append(f"item{code}")
     sink = ListSink()
-    daemon = Daemon(FAST, embedder=FakeEmbedder(), gallery=fake_gallery, source=ScriptedSource(script),
-                    sinks=[sink], notifier=Notifier(listener.path))
+    daemon = Daemon(
+        FAST,
+        embedder=FakeEmbedder(),
+        gallery=fake_gallery,
+        source=ScriptedSource(script),
+        sinks=[sink],
+        notifier=Notifier(listener.path),
+    )
     with caplog.at_level(logging.WARNING, logger="edge_retrieval"):
         summary = daemon.run()
 
@@ -265,8 +273,15 @@ def test_garbage_from_a_live_capture_is_dropped_and_matching_goes_on(fake_galler
         return ScriptedCapture(script, interval=0.02)
 
     stop = threading.Event()
-    daemon = Daemon(live_config(), embedder=FakeEmbedder(), gallery=fake_gallery, sinks=[], stop=stop,
-                    source=open_source(live_config().source, stop, open_fn=open_fn), notifier=Notifier(listener.path))
+    daemon = Daemon(
+        live_config(),
+        embedder=FakeEmbedder(),
+        gallery=fake_gallery,
+        sinks=[],
+        stop=stop,
+        source=open_source(live_config().source, stop, open_fn=open_fn),
+        notifier=Notifier(listener.path),
+    )
     thread, result = run_in_thread(daemon)
     try:
         wait_until(lambda: len(opened) > 1, 30, "the capture to end")
@@ -337,8 +352,15 @@ def test_camera_that_disappears_and_comes_back_is_matched_again(fake_gallery, li
     stop = threading.Event()
     sink = ListSink()
     config = live_config(reconnect_initial=0.1, reconnect_max=0.3)
-    daemon = Daemon(config, embedder=FakeEmbedder(), gallery=fake_gallery, sinks=[sink], stop=stop,
-                    source=open_source(config.source, stop, open_fn=open_fn), notifier=Notifier(listener.path))
+    daemon = Daemon(
+        config,
+        embedder=FakeEmbedder(),
+        gallery=fake_gallery,
+        sinks=[sink],
+        stop=stop,
+        source=open_source(config.source, stop, open_fn=open_fn),
+        notifier=Notifier(listener.path),
+    )
     thread, result = run_in_thread(daemon)
     try:
         wait_until(lambda: len(sink.payloads) >= len(expected), 30, "the alerts after each return")
@@ -373,8 +395,15 @@ def test_reconnecting_longer_than_the_watchdog_interval_keeps_it_fed(fake_galler
     stop = threading.Event()
     backoff = EMULATED_WATCHDOG + 0.3  # every wait between two attempts outlasts the watchdog
     config = live_config(reconnect_initial=backoff, reconnect_max=backoff)
-    daemon = Daemon(config, embedder=FakeEmbedder(), gallery=fake_gallery, sinks=[], stop=stop,
-                    source=open_source(config.source, stop, open_fn=open_fn), notifier=Notifier(listener.path))
+    daemon = Daemon(
+        config,
+        embedder=FakeEmbedder(),
+        gallery=fake_gallery,
+        sinks=[],
+        stop=stop,
+        source=open_source(config.source, stop, open_fn=open_fn),
+        notifier=Notifier(listener.path),
+    )
     thread, result = run_in_thread(daemon)
     try:
         wait_until(lambda: daemon.last_decision is not None, outage + 10, "the alert after the outage")
@@ -395,8 +424,9 @@ def test_a_missing_v4l2_device_is_reconnected_with_the_watchdog_fed(fake_gallery
     monkeypatch.setattr(daemon_module, "IDLE_PING", IDLE_PING)
     stop = threading.Event()
     config = live_config(uri="/dev/video-edge-retrieval-missing", reconnect_initial=0.3, reconnect_max=0.3)
-    daemon = Daemon(config, embedder=FakeEmbedder(), gallery=fake_gallery, sinks=[], stop=stop,
-                    notifier=Notifier(listener.path))
+    daemon = Daemon(
+        config, embedder=FakeEmbedder(), gallery=fake_gallery, sinks=[], stop=stop, notifier=Notifier(listener.path)
+    )
     thread, result = run_in_thread(daemon)
     try:
         time.sleep(1.5)
@@ -415,8 +445,15 @@ def test_a_watched_folder_waiting_for_files_keeps_the_watchdog_fed(fake_gallery,
     folder = tmp_path / "drop"
     folder.mkdir()
     stop = threading.Event()
-    daemon = Daemon(FAST, embedder=FakeEmbedder(), gallery=fake_gallery, sinks=[], stop=stop,
-                    source=FolderSource(str(folder), watch=True, poll=0.05), notifier=Notifier(listener.path))
+    daemon = Daemon(
+        FAST,
+        embedder=FakeEmbedder(),
+        gallery=fake_gallery,
+        sinks=[],
+        stop=stop,
+        source=FolderSource(str(folder), watch=True, poll=0.05),
+        notifier=Notifier(listener.path),
+    )
     thread, result = run_in_thread(daemon)
     try:
         time.sleep(1.5)
@@ -440,8 +477,14 @@ def test_a_stalled_read_stops_the_watchdog_pings_and_nothing_else_pings(fake_gal
         script += frames(1 + i % 3, 4) + frames(B, 20) + [stall]
     script += frames(1 + n % 3, 4) + frames(B, 2)
     sink = ListSink(hang=hang)
-    daemon = Daemon(FAST, embedder=FakeEmbedder(), gallery=fake_gallery, source=ScriptedSource(script),
-                    sinks=[sink], notifier=Notifier(listener.path))
+    daemon = Daemon(
+        FAST,
+        embedder=FakeEmbedder(),
+        gallery=fake_gallery,
+        source=ScriptedSource(script),
+        sinks=[sink],
+        notifier=Notifier(listener.path),
+    )
     thread, result = run_in_thread(daemon)
     windows = []
     try:
@@ -486,8 +529,9 @@ def test_a_stalled_decoder_stops_the_watchdog_pings(fake_gallery, listener):
             return super().grab()
 
     source = FileSource("hanging.avi", open_fn=lambda _: HangingFile(codes=[B, B] + [1] * 6))
-    daemon = Daemon(FAST, embedder=FakeEmbedder(), gallery=fake_gallery, source=source, sinks=[],
-                    notifier=Notifier(listener.path))
+    daemon = Daemon(
+        FAST, embedder=FakeEmbedder(), gallery=fake_gallery, source=source, sinks=[], notifier=Notifier(listener.path)
+    )
     thread, result = run_in_thread(daemon)
     try:
         assert stall.started.wait(10)
@@ -501,8 +545,9 @@ def test_a_stalled_decoder_stops_the_watchdog_pings(fake_gallery, listener):
     assert result["summary"].reason == "ended" and result["summary"].frames == 8
 
 
-def test_a_capture_hanging_in_its_driver_ends_in_a_watchdog_restart_not_a_thread_pileup(fake_gallery, listener,
-                                                                                       monkeypatch, caplog):
+def test_a_capture_hanging_in_its_driver_ends_in_a_watchdog_restart_not_a_thread_pileup(
+    fake_gallery, listener, monkeypatch, caplog
+):
     """The capture's read() never returns (a driver hang). The live source notices (read_timeout),
     abandons it to its thread and reopens; the reopened one hangs too. With MAX_STUCK captures
     hanging the source opens nothing more and stops counting as alive: no ping, so systemd
@@ -522,14 +567,24 @@ def test_a_capture_hanging_in_its_driver_ends_in_a_watchdog_restart_not_a_thread
 
     stop = threading.Event()
     config = live_config(read_timeout=0.3)
-    daemon = Daemon(config, embedder=FakeEmbedder(), gallery=fake_gallery, sinks=[], stop=stop,
-                    source=open_source(config.source, stop, open_fn=open_fn), notifier=Notifier(listener.path))
+    daemon = Daemon(
+        config,
+        embedder=FakeEmbedder(),
+        gallery=fake_gallery,
+        sinks=[],
+        stop=stop,
+        source=open_source(config.source, stop, open_fn=open_fn),
+        notifier=Notifier(listener.path),
+    )
     threads_before = threading.active_count()
     thread, result = run_in_thread(daemon)
     try:
         with caplog.at_level(logging.ERROR, logger="edge_retrieval.camera"):
-            wait_until(lambda: any("hang inside the driver" in r.getMessage() for r in caplog.records), 30,
-                       "the source to give up on the hanging captures")
+            wait_until(
+                lambda: any("hang inside the driver" in r.getMessage() for r in caplog.records),
+                30,
+                "the source to give up on the hanging captures",
+            )
             began = time.monotonic()
             time.sleep(STALL)
             assert listener.pings(began) == []  # the watchdog fires
@@ -537,8 +592,11 @@ def test_a_capture_hanging_in_its_driver_ends_in_a_watchdog_restart_not_a_thread
             grabbers = [t for t in threading.enumerate() if t.name.startswith("grab ")]
             assert len(grabbers) == MAX_STUCK and threading.active_count() <= threads_before + 1 + MAX_STUCK + 1
         hang.release.set()  # the driver lets go
-        wait_until(lambda: daemon.last_decision is not None and daemon.last_decision.label == "item2", 10,
-                   "matching after the driver let go")
+        wait_until(
+            lambda: daemon.last_decision is not None and daemon.last_decision.label == "item2",
+            10,
+            "matching after the driver let go",
+        )
         assert listener.pings(time.monotonic() - 0.3)  # fed again
     finally:
         hang.release.set()
@@ -570,7 +628,7 @@ def damaged_copy(clip, path, damage):
     else:  # bytes overwritten in the middle (bad sectors): during the held-out item, so no alert is at stake
         rng = np.random.default_rng(0)
         for offset in range(int(len(data) * 0.47), int(len(data) * 0.52), 5000):
-            data[offset:offset + 300] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
+            data[offset : offset + 300] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
     return path
 
@@ -587,8 +645,13 @@ def test_real_demo_clip_cut_short_or_damaged(embedder, demo, tmp_path, damage, r
     sink = ListSink()
     source = FileSource(str(path), decode_size=embedder.input_size if reduced else None)
     db = copy_gallery(db, tmp_path)
-    daemon = Daemon(Config(gallery=GalleryConfig(path=str(db))), embedder=embedder, source=source, sinks=[sink],
-                    notifier=Notifier(None))
+    daemon = Daemon(
+        Config(gallery=GalleryConfig(path=str(db))),
+        embedder=embedder,
+        source=source,
+        sinks=[sink],
+        notifier=Notifier(None),
+    )
     summary = daemon.run()
     enrolled = [name for name in democlip.SEQUENCE if name not in democlip.HELD_OUT]
     assert summary.reason == "ended"

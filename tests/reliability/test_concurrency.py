@@ -4,6 +4,7 @@ No "database is locked" may reach the user, no enrolment may be lost, and the re
 daemon does: `Gallery.search` in a loop, its cached matrix refreshed by the generation counter)
 sees the new items. Real processes, the real model, the repo's photos.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,10 @@ from edge_retrieval.enroll import enroll, plan
 try:
     from budget import budget
 except ImportError:  # another conftest.py took the name: read the switch the same way
+
     def budget(bounded: int, full: int) -> int:
         return full if os.environ.get("EDGE_RETRIEVAL_RELIABILITY", "") == "full" else bounded
+
 
 from test_power_cut import check_gallery, label_folders
 
@@ -73,12 +76,19 @@ with Embedder(DEFAULT_MODEL, 1) as emb:
 def start_reader(db: Path, stop: Path) -> subprocess.Popen:
     """The searching reader, once it has the gallery open and its queries ready."""
     ready = stop.with_name("reader-ready")
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(db), str(stop), str(ready)], env=_ENV, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(db), str(stop), str(ready)],
+        env=_ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not ready.exists() and reader.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert ready.exists(), f"the reader did not start: {reader.communicate(timeout=5) if reader.poll() is not None else ''}"
+    assert ready.exists(), (
+        f"the reader did not start: {reader.communicate(timeout=5) if reader.poll() is not None else ''}"
+    )
     return reader
 
 
@@ -154,8 +164,9 @@ def test_two_enrol_commands_and_a_searching_reader_lose_nothing(tmp_path, photos
     loops = {}
     for writer, jobs in folders.items():  # one shell loop per writer: its commands run one after another
         script = " && ".join(f"edge-retrieval enroll {folder} --augment 1 -g {db}" for folder, _ in jobs)
-        loops[writer] = subprocess.Popen(["sh", "-c", script], env=_ENV, text=True,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        loops[writer] = subprocess.Popen(
+            ["sh", "-c", script], env=_ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
     for writer, proc in loops.items():
         out, err = proc.communicate(timeout=120)
         _no_lock_errors(f"writer {writer}", proc, out, err)
@@ -183,9 +194,16 @@ def test_enrolling_processes_hammering_one_gallery_lose_nothing(tmp_path, photos
     stop = tmp_path / "stop"
     Gallery(db).close()
     reader = start_reader(db, stop)
-    writers = {name: subprocess.Popen([sys.executable, "-c", WRITER, name, str(db), str(rounds)], env=_ENV,
-                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for name in ("w1", "w2")}
+    writers = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", WRITER, name, str(db), str(rounds)],
+            env=_ENV,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in ("w1", "w2")
+    }
     for name, proc in writers.items():
         out, err = proc.communicate(timeout=180)
         _no_lock_errors(name, proc, out, err)
@@ -204,8 +222,10 @@ def test_enrolling_processes_hammering_one_gallery_lose_nothing(tmp_path, photos
         assert g.generation() >= 2 * rounds
     assert set(seen["final"]) == expected
     assert len(seen["counts"]) >= 3, f"the reader did not follow the enrolments: {seen['counts']}"
-    print(f"\nhammer: {2 * rounds} enrolments, reader {seen['searches']} searches, "
-          f"distinct label counts seen {seen['counts'][:5]}…{seen['counts'][-3:]}")
+    print(
+        f"\nhammer: {2 * rounds} enrolments, reader {seen['searches']} searches, "
+        f"distinct label counts seen {seen['counts'][:5]}…{seen['counts'][-3:]}"
+    )
 
 
 def test_processes_creating_one_new_gallery_at_once_all_succeed(tmp_path):
@@ -216,13 +236,23 @@ def test_processes_creating_one_new_gallery_at_once_all_succeed(tmp_path):
     for attempt in range(budget(2, 20)):
         db = tmp_path / f"gallery-{attempt}.db"
         start = tmp_path / f"go-{attempt}"
-        code = ("import os, sys, time\nfrom edge_retrieval import Gallery\n"
-                "open(sys.argv[2], 'w').close()\n"
-                f"while not os.path.exists({str(start)!r}): time.sleep(0.0005)\n"  # all start within 1 ms
-                "g = Gallery(sys.argv[1]); print(g.info()['schema_version']); g.close()")
+        code = (
+            "import os, sys, time\nfrom edge_retrieval import Gallery\n"
+            "open(sys.argv[2], 'w').close()\n"
+            f"while not os.path.exists({str(start)!r}): time.sleep(0.0005)\n"  # all start within 1 ms
+            "g = Gallery(sys.argv[1]); print(g.info()['schema_version']); g.close()"
+        )
         ready = [tmp_path / f"ready-{attempt}-{i}" for i in range(4)]
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(db), str(r)], env=_ENV, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in ready]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(db), str(r)],
+                env=_ENV,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for r in ready
+        ]
         deadline = time.monotonic() + 60
         while not all(r.exists() for r in ready) and time.monotonic() < deadline:  # all imported
             time.sleep(0.01)
@@ -269,10 +299,20 @@ def test_opening_the_gallery_while_another_process_checkpoints_never_fails(tmp_p
     db = tmp_path / "gallery.db"
     stop = tmp_path / "stop"
     Gallery(db).close()
-    opener = subprocess.Popen([sys.executable, "-c", OPENER, str(db), str(stop)], env=_ENV, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    writer = subprocess.run([sys.executable, "-c", CHECKPOINTER, str(db), str(budget(120, 600))], env=_ENV,
-                            text=True, capture_output=True, timeout=300)
+    opener = subprocess.Popen(
+        [sys.executable, "-c", OPENER, str(db), str(stop)],
+        env=_ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    writer = subprocess.run(
+        [sys.executable, "-c", CHECKPOINTER, str(db), str(budget(120, 600))],
+        env=_ENV,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     stop.touch()
     out, err = opener.communicate(timeout=60)
     _no_lock_errors("writer", writer, writer.stdout, writer.stderr)

@@ -6,6 +6,7 @@ Two ways to run out of room, both real: a small tmpfs filled up to a chosen numb
 the command must fail with one `Error: ...` line naming the file and exit 1, never a traceback,
 and leave the gallery (and an earlier export) exactly as it was.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,10 +25,12 @@ from edge_retrieval.enroll import enroll, plan
 EDGE = shutil.which("edge-retrieval") or "edge-retrieval"
 DISK_BYTES = 4 << 20  # the small disk: room for the gallery and a little more
 # Run a command with a file size limit: writes past it fail with EFBIG instead of killing it.
-LIMITED = ("import os, resource, signal, sys\n"
-           "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-           "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))\n"
-           "os.execvp(sys.argv[2], sys.argv[2:])\n")
+LIMITED = (
+    "import os, resource, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def run(*args: str, limit: int | None = None) -> subprocess.CompletedProcess:
@@ -52,11 +55,11 @@ def small_disk(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("a small tmpfs needs root and mount(8); the RLIMIT_FSIZE tests cover disk full here")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}); the RLIMIT_FSIZE tests cover "
-                    "disk full")
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}); the RLIMIT_FSIZE tests cover disk full")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -120,8 +123,9 @@ def test_enroll_on_a_full_disk_fails_in_one_line_and_keeps_the_gallery(small_dis
 
 
 @pytest.mark.parametrize("limit", [0, 40 << 10, 128 << 10])
-def test_enroll_past_the_file_size_limit_fails_in_one_line_and_keeps_the_gallery(tmp_path, folder, embedder,
-                                                                                   photos, limit):
+def test_enroll_past_the_file_size_limit_fails_in_one_line_and_keeps_the_gallery(
+    tmp_path, folder, embedder, photos, limit
+):
     """0: not even the 32 KiB -shm file can be made; 40 KiB: the WAL fills up early in the
     transaction; 128 KiB: later (12 photos with their ORB features need about 230 KiB of WAL)."""
     db = _gallery(tmp_path / "gallery.db", embedder, photos)

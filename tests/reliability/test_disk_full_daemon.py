@@ -11,6 +11,7 @@ Two ways to fill a disk, the same scenario and the same assertions:
 - `rlimit`: no mount needed: the scenario runs in a child process whose RLIMIT_FSIZE (with
   SIGXFSZ ignored) is lowered below a snapshot's size while "full": writes fail with EFBIG.
 """
+
 from __future__ import annotations
 
 import errno
@@ -116,15 +117,23 @@ def scenario(workdir: Path, folder: Path, fill, free, full_alerts: int, shape) -
         before, expected = alerts(2, 0)
         during, more = alerts(full_alerts, 2)
         after, last = alerts(2, 2 + full_alerts)
-        config = Config(decision=DecisionConfig(preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3),
-                                                cooldown=0.2),
-                        motion=MotionConfig(enabled=False),  # frames differ only in the pixel the fake reads
-                        service=ServiceConfig(status_interval=0.1, log_interval=0),
-                        snapshot=SnapshotConfig(enabled=True, folder=str(folder), max_count=100))
+        config = Config(
+            decision=DecisionConfig(
+                preset="whole", threshold=0.5, margin=0.05, votes=VotesConfig(m=2, n=3), cooldown=0.2
+            ),
+            motion=MotionConfig(enabled=False),  # frames differ only in the pixel the fake reads
+            service=ServiceConfig(status_interval=0.1, log_interval=0),
+            snapshot=SnapshotConfig(enabled=True, folder=str(folder), max_count=100),
+        )
         sink = ListSink()
-        daemon = Daemon(config, embedder=FakeEmbedder(), gallery=gallery, sinks=[sink],
-                        source=Script([B, B] + before + [fill] + during + [free] + after, shape),
-                        notifier=Notifier(None))
+        daemon = Daemon(
+            config,
+            embedder=FakeEmbedder(),
+            gallery=gallery,
+            sinks=[sink],
+            source=Script([B, B] + before + [fill] + during + [free] + after, shape),
+            notifier=Notifier(None),
+        )
         summary = daemon.run()
         with EventLog(gallery.path, []) as log:
             events = [(e.label, e.snapshot) for e in reversed(log.recent(1000))]
@@ -150,11 +159,14 @@ def scenario(workdir: Path, folder: Path, fill, free, full_alerts: int, shape) -
 def run_on_tmpfs(tmp_path: Path, full_alerts: int) -> dict:
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
-                    "the rlimit variant covers the same scenario")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
+            "the rlimit variant covers the same scenario"
+        )
     try:
         folder = mount / "snapshots"
         folder.mkdir()
@@ -204,8 +216,13 @@ def rlimit_child(workdir: str, full_alerts: int) -> None:
 
 def run_with_rlimit(tmp_path: Path, full_alerts: int) -> dict:
     full_alerts = min(full_alerts, RLIMIT_MAX_FULL_ALERTS)
-    done = subprocess.run([sys.executable, __file__, str(tmp_path), str(full_alerts)], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, __file__, str(tmp_path), str(full_alerts)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -227,7 +244,7 @@ def test_a_full_snapshot_disk_loses_pictures_not_alerts_says_so_once_and_recover
     # the snapshots: saved, dropped while full, saved again
     saved = result["snapshots_exist"]
     assert saved == [True] * n_before + [False] * n_full + [True] * n_after
-    assert all(path is None for _, path in result["events"][n_before:n_before + n_full])
+    assert all(path is None for _, path in result["events"][n_before : n_before + n_full])
     assert result["leftovers"] == []  # no partial file left taking space
     # said once, counted, and said when it recovers
     lost = [w for w in result["warnings"] if "snapshot not saved" in w]

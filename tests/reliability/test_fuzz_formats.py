@@ -12,6 +12,7 @@
 Bounded: `budget(bounded, full)` examples per target (EDGE_RETRIEVAL_RELIABILITY=full for the
 long run); the counts fuzzed are printed and written to fuzz-counts.json in $EDGE_RETRIEVAL_ARTIFACTS (tests/artifacts.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,17 +41,23 @@ from edge_retrieval.storage.transfer import EXPORT_TABLES
 
 ENROLLED = ITEMS[:2]
 COUNTS: Counter = Counter()
-SETTINGS = dict(deadline=None, database=None, derandomize=not FULL,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+SETTINGS = dict(
+    deadline=None,
+    database=None,
+    derandomize=not FULL,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report_counts():
     start = time.perf_counter()
     yield
-    summary = {"mode": "full" if FULL else "bounded", "seconds": round(time.perf_counter() - start, 1),
-               "inputs": dict(COUNTS)}
+    summary = {
+        "mode": "full" if FULL else "bounded",
+        "seconds": round(time.perf_counter() - start, 1),
+        "inputs": dict(COUNTS),
+    }
     print(f"\nfuzzed inputs ({summary['mode']}, {summary['seconds']} s): {dict(COUNTS)}")
     (artifacts() / "fuzz-counts.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -61,8 +68,13 @@ def _seeds() -> dict[str, bytes]:
     image = cv2.imread(str(photo("cameraman")))
     small = cv2.resize(image, (48, 40), interpolation=cv2.INTER_AREA)
     seeds = {"cat.jpg": photo("cat").read_bytes(), "coins.jpg": photo("coins").read_bytes()}
-    for suffix, params in ((".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), (".png", []), (".bmp", []),
-                           (".webp", []), (".tiff", [])):
+    for suffix, params in (
+        (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        (".png", []),
+        (".bmp", []),
+        (".webp", []),
+        (".tiff", []),
+    ):
         seeds[f"small{suffix}"] = cv2.imencode(suffix, small, params)[1].tobytes()
     return seeds
 
@@ -84,15 +96,15 @@ def mutated_image(draw):
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
         elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 512))]
+            del data[pos : pos + draw(st.integers(1, 512))]
         elif op == "truncate":
             del data[pos:]
         elif op == "header":  # the first bytes hold the structure the parsers walk
             at = draw(st.integers(0, min(len(data), 64)))
-            data[at:at + 1] = bytes([draw(st.integers(0, 255))])
+            data[at : at + 1] = bytes([draw(st.integers(0, 255))])
         elif op == "size":  # a plausible size field somewhere in the header, set large
             at = draw(st.integers(0, min(len(data), 200)))
-            data[at:at + 2] = draw(st.sampled_from([b"\xff\xff", b"\x75\x30", b"\x00\x00", b"\x7f\xff"]))
+            data[at : at + 2] = draw(st.sampled_from([b"\xff\xff", b"\x75\x30", b"\x00\x00", b"\x7f\xff"]))
         if not data:
             break
     return name, bytes(data)
@@ -115,10 +127,14 @@ def test_fuzz_read_image_on_arbitrary_bytes(tmp_path):
     outcomes = Counter()
 
     @settings(max_examples=budget(300, 5000), **SETTINGS)
-    @given(st.one_of(st.binary(max_size=2048),
-                     st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF\0\0\0\0WEBP",
-                                      b"II*\0", b"MM\0*", b"II+\0"]).flatmap(
-                         lambda magic: st.binary(max_size=512).map(lambda rest: magic + rest))))
+    @given(
+        st.one_of(
+            st.binary(max_size=2048),
+            st.sampled_from(
+                [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF\0\0\0\0WEBP", b"II*\0", b"MM\0*", b"II+\0"]
+            ).flatmap(lambda magic: st.binary(max_size=512).map(lambda rest: magic + rest)),
+        )
+    )
     def check(data):
         outcomes[check_read(tmp_path / "x.img", data)] += 1
 
@@ -168,19 +184,37 @@ def formats(tmp_path_factory, embedder):
     with Gallery(root / "expected.db") as g:
         g.import_from(root / "export.gallery")
     query = embedder.embed_files([photo(ENROLLED[1])])
-    return {"root": root, "export": (root / "export.gallery").read_bytes(), "target": root / "target.db",
-            "expected": rows(root / "expected.db"), "query": query, "dim": embedder.dim,
-            "pages": _table_pages(root / "export.gallery")}
+    return {
+        "root": root,
+        "export": (root / "export.gallery").read_bytes(),
+        "target": root / "target.db",
+        "expected": rows(root / "expected.db"),
+        "query": query,
+        "dim": embedder.dim,
+        "pages": _table_pages(root / "export.gallery"),
+    }
 
 
 def _table_pages(path: Path) -> list[int]:
     """The pages of the export holding the rows import reads (where flips matter most)."""
     con = sqlite3.connect(path)
     try:
-        names = ("items", "embeddings", "features", "negatives", "thresholds", "meta", manifest_mod.TABLE,
-                 "sqlite_schema")
-        return sorted({r[0] for r in con.execute(
-            f"SELECT pageno FROM dbstat WHERE name IN ({', '.join('?' * len(names))})", names)})
+        names = (
+            "items",
+            "embeddings",
+            "features",
+            "negatives",
+            "thresholds",
+            "meta",
+            manifest_mod.TABLE,
+            "sqlite_schema",
+        )
+        return sorted(
+            {
+                r[0]
+                for r in con.execute(f"SELECT pageno FROM dbstat WHERE name IN ({', '.join('?' * len(names))})", names)
+            }
+        )
     finally:
         con.close()
 
@@ -263,7 +297,7 @@ def test_fuzz_import_of_byte_mutated_exports(formats, tmp_path):
                 data[pos] = draw(st.integers(0, 255))
             elif op == "zero-run":
                 n = draw(st.integers(1, 64))
-                data[pos:pos + n] = bytes(len(data[pos:pos + n]))
+                data[pos : pos + n] = bytes(len(data[pos : pos + n]))
             else:
                 del data[pos:]
         return bytes(data)
@@ -283,13 +317,36 @@ def test_fuzz_import_of_byte_mutated_exports(formats, tmp_path):
 
 
 VALUES = st.one_of(
-    st.none(), st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1), st.floats(allow_nan=True),
+    st.none(),
+    st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+    st.floats(allow_nan=True),
     st.sampled_from([0.0, -0.0, 1e-300, 1.0, 1.0000001, 1e308, float("inf"), -1.0]),
-    st.text(max_size=40), st.binary(max_size=300),
-    st.sampled_from(["", " ", "{}", "[]", "null", '{"a": NaN}', '{"a": 1e999}', "\x1b[31m", "a\nb",
-                     "'); DROP TABLE items;--", "<script>alert(1)</script>", "../../etc/passwd", "0" * 64,
-                     "256", "-1", "99999999999", "１２８"]),
-    st.binary(min_size=256, max_size=256), st.binary(min_size=8, max_size=8))
+    st.text(max_size=40),
+    st.binary(max_size=300),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "{}",
+            "[]",
+            "null",
+            '{"a": NaN}',
+            '{"a": 1e999}',
+            "\x1b[31m",
+            "a\nb",
+            "'); DROP TABLE items;--",
+            "<script>alert(1)</script>",
+            "../../etc/passwd",
+            "0" * 64,
+            "256",
+            "-1",
+            "99999999999",
+            "１２８",
+        ]
+    ),
+    st.binary(min_size=256, max_size=256),
+    st.binary(min_size=8, max_size=8),
+)
 COLUMNS = {**{t: tuple(c) for t, c in EXPORT_TABLES.items()}, "meta": ("key", "value")}
 
 
@@ -306,8 +363,9 @@ def apply_edits(path: Path, edits, forge: bool) -> bool:
     con = sqlite3.connect(path)
     try:
         covered = {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in EXPORT_TABLES}
-        covered["model"] = con.execute("SELECT * FROM meta WHERE key IN ('model_sha256', 'model_name', 'dim') "
-                                       "ORDER BY key").fetchall()
+        covered["model"] = con.execute(
+            "SELECT * FROM meta WHERE key IN ('model_sha256', 'model_name', 'dim') ORDER BY key"
+        ).fetchall()
         for table, kind, column, rowid, value in edits:
             try:
                 if kind == "update":
@@ -321,8 +379,9 @@ def apply_edits(path: Path, edits, forge: bool) -> bool:
             except sqlite3.Error:
                 con.rollback()
         after = {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in EXPORT_TABLES}
-        after["model"] = con.execute("SELECT * FROM meta WHERE key IN ('model_sha256', 'model_name', 'dim') "
-                                     "ORDER BY key").fetchall()
+        after["model"] = con.execute(
+            "SELECT * FROM meta WHERE key IN ('model_sha256', 'model_name', 'dim') ORDER BY key"
+        ).fetchall()
         if forge:
             manifest_mod.write(con, manifest_mod.compute(con, EXPORT_TABLES))
             con.commit()

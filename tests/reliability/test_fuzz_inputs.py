@@ -11,6 +11,7 @@
 Counts: `budget(bounded, full)` examples per target (EDGE_RETRIEVAL_RELIABILITY=full for the long
 run); each test prints and records (`record_property`) how many inputs it fed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,8 +41,12 @@ from edge_retrieval.storage.gallery import Gallery
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = (REPO / "systemd" / "edge-retrieval.toml").read_text()
-SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-        HealthCheck.function_scoped_fixture]
+SLOW = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+    HealthCheck.function_scoped_fixture,
+]
 
 
 def fuzz(bounded: int, full: int):
@@ -55,10 +60,14 @@ def report(record_property, target: str, count: int) -> None:
 
 # -- TOML, written independently of config.to_toml ------------------------------------------------
 
+
 def toml_string(text: str) -> str:
     escapes = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-    return '"' + "".join(escapes.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
-                         for c in text) + '"'
+    return (
+        '"'
+        + "".join(escapes.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in text)
+        + '"'
+    )
 
 
 def toml_key(key: str) -> str:
@@ -71,8 +80,15 @@ def toml_value(value) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "nan" if value != value else "inf" if value == float("inf") else "-inf" if value == -float("inf") \
+        return (
+            "nan"
+            if value != value
+            else "inf"
+            if value == float("inf")
+            else "-inf"
+            if value == -float("inf")
             else repr(value)
+        )
     if isinstance(value, str):
         return toml_string(value)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
@@ -105,11 +121,13 @@ def named_path(message: str) -> list:
         m = _PATH_PART.match(message, i)
         assert m, f"the message does not start with a key path: {message!r}"
         text = m.group(0)
-        key, _, rest = text.partition("[") if not text.startswith('"') else (text[:text.rindex('"') + 1], "",
-                                                                              text[text.rindex('"') + 1:])
+        key, _, rest = (
+            text.partition("[")
+            if not text.startswith('"')
+            else (text[: text.rindex('"') + 1], "", text[text.rindex('"') + 1 :])
+        )
         parts.append(tomllib.loads(f"k = {key}")["k"] if key.startswith('"') else key)
-        parts += [int(n) for n in re.findall(r"\[(\d+)\]", ("[" + rest) if rest and not rest.startswith("[")
-                                                            else rest)]
+        parts += [int(n) for n in re.findall(r"\[(\d+)\]", ("[" + rest) if rest and not rest.startswith("[") else rest)]
         i = m.end()
         if message.startswith(": ", i):
             return parts
@@ -123,7 +141,7 @@ def check_error(error: ConfigError, data: dict | None, prefix: str = "") -> None
     message = str(error)
     assert "\n" not in message and message, repr(message)
     assert message.startswith(prefix), (prefix, message)
-    message = message[len(prefix):]
+    message = message[len(prefix) :]
     if data is None:
         assert message.startswith("not valid TOML ("), message
         return
@@ -135,8 +153,9 @@ def check_error(error: ConfigError, data: dict | None, prefix: str = "") -> None
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
         else:
-            assert i == len(path) - 1 and i > 0 and isinstance(node, dict), \
+            assert i == len(path) - 1 and i > 0 and isinstance(node, dict), (
                 f"{message!r} names {path}, which the input does not hold"
+            )
             return
 
 
@@ -173,14 +192,21 @@ KEYS = documented_keys()
 
 keys = st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=8))
 scalars = st.one_of(
-    st.booleans(), st.integers(), st.integers(-(2 ** 63), 2 ** 63 - 1), st.integers(-5, 70000),
-    st.floats(allow_nan=True, allow_infinity=True), st.floats(-2, 2),
-    st.text(max_size=20), st.sampled_from(["", "0", "http://127.0.0.1:9/x", "DEBUG", "/dev/video0", "\x00", "a\nb"]),
-    st.datetimes(timezones=st.one_of(st.none(), st.just(dt.timezone.utc))), st.dates(),
+    st.booleans(),
+    st.integers(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-5, 70000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-2, 2),
+    st.text(max_size=20),
+    st.sampled_from(["", "0", "http://127.0.0.1:9/x", "DEBUG", "/dev/video0", "\x00", "a\nb"]),
+    st.datetimes(timezones=st.one_of(st.none(), st.just(dt.timezone.utc))),
+    st.dates(),
     st.times().map(lambda t: t.replace(tzinfo=None)),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
-                      max_leaves=10)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4), max_leaves=10
+)
 
 
 @st.composite
@@ -194,8 +220,13 @@ def section_tables(draw):
 
 @st.composite
 def documents(draw):
-    data: dict = draw(st.dictionaries(st.one_of(st.sampled_from(SECTIONS[""]), st.text(max_size=8)),
-                                      st.one_of(values, st.dictionaries(keys, values, max_size=5)), max_size=4))
+    data: dict = draw(
+        st.dictionaries(
+            st.one_of(st.sampled_from(SECTIONS[""]), st.text(max_size=8)),
+            st.one_of(values, st.dictionaries(keys, values, max_size=5)),
+            max_size=4,
+        )
+    )
     for path, table in draw(st.lists(section_tables(), max_size=3)):
         node = data
         for part in path.split(".")[:-1]:
@@ -223,8 +254,8 @@ def test_fuzz_config_arbitrary_toml_documents(record_property):
     @fuzz(150, 3000)
     @given(documents())
     # inputs that once broke the parser (kept as seeds; the fuzzing goes on from there)
-    @example({"kiosk": {"hold": 10 ** 400}})  # OverflowError converting to float
-    @example({"kiosk": {"port": 10 ** 400}})  # OverflowError formatting the message
+    @example({"kiosk": {"hold": 10**400}})  # OverflowError converting to float
+    @example({"kiosk": {"port": 10**400}})  # OverflowError formatting the message
     @example({"a\nb": 1})  # a two-line message
     @example({"decision": {"thresholds": {"a\nb\x01": 0.5}}})  # written back as invalid TOML
     @example({"sinks": {"webhook": {"url": "ftp://u:p@x/"}}})  # loaded, then refused by the sink
@@ -252,13 +283,26 @@ def test_fuzz_config_random_values_at_real_key_paths(record_property):
     dict_keys = ["decision.thresholds", "sinks.webhook.headers"]
 
     @fuzz(200, 5000)
-    @example([("kiosk.hold", -(10 ** 400))])
+    @example([("kiosk.hold", -(10**400))])
     @example([("sinks.mqtt.port", 0)])  # loaded, then refused by the sink
     @example([("sinks.command.argv", ["a\x00"])])
-    @given(st.lists(st.tuples(st.one_of(st.sampled_from(KEYS),
-                                        st.builds(lambda k, s: f"{k}.{s}", st.sampled_from(dict_keys),
-                                                  st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True))),
-                              values), min_size=1, max_size=4))
+    @given(
+        st.lists(
+            st.tuples(
+                st.one_of(
+                    st.sampled_from(KEYS),
+                    st.builds(
+                        lambda k, s: f"{k}.{s}",
+                        st.sampled_from(dict_keys),
+                        st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True),
+                    ),
+                ),
+                values,
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
     def run(assignments):
         nonlocal count
         count += 1
@@ -292,8 +336,9 @@ def mutated_example(draw):
     lines = EXAMPLE.splitlines()
     for _ in range(draw(st.integers(1, 5))):
         i = draw(st.integers(0, len(lines) - 1))
-        kind = draw(st.sampled_from(["uncomment", "uncomment", "delete", "duplicate", "value", "value", "insert",
-                                     "rename"]))
+        kind = draw(
+            st.sampled_from(["uncomment", "uncomment", "delete", "duplicate", "value", "value", "insert", "rename"])
+        )
         line = lines[i]
         if kind == "uncomment":
             commented = [j for j, text in enumerate(lines) if re.match(r"# (\[|[a-z_]+ = )", text)]
@@ -305,11 +350,36 @@ def mutated_example(draw):
         elif kind == "duplicate":
             lines.insert(i, line)
         elif kind == "value" and " = " in line and not line.startswith("#"):
-            literal = draw(st.one_of(
-                st.sampled_from(["-1", "0", "1e999", "nan", "-inf", '""', '"x"', "[]", "{}", "true", "[1, 2]",
-                                 "99999999999999999999999", "1" * 5000, "1979-05-27", "07:32:00", '"\\u0000"',
-                                 '"http://u:p@h:99999/"', '["sh", "-c", "x"]', '{ a = 1 }', "0.5", "1.5"]),
-                values.map(toml_value)))
+            literal = draw(
+                st.one_of(
+                    st.sampled_from(
+                        [
+                            "-1",
+                            "0",
+                            "1e999",
+                            "nan",
+                            "-inf",
+                            '""',
+                            '"x"',
+                            "[]",
+                            "{}",
+                            "true",
+                            "[1, 2]",
+                            "99999999999999999999999",
+                            "1" * 5000,
+                            "1979-05-27",
+                            "07:32:00",
+                            '"\\u0000"',
+                            '"http://u:p@h:99999/"',
+                            '["sh", "-c", "x"]',
+                            '{ a = 1 }',
+                            "0.5",
+                            "1.5",
+                        ]
+                    ),
+                    values.map(toml_value),
+                )
+            )
             lines[i] = line.split(" = ")[0] + " = " + literal
         elif kind == "insert":
             pos = draw(st.integers(0, len(line)))
@@ -400,15 +470,43 @@ def kiosk(tmp_path_factory, embedder):
     k.close()
 
 
-PATHS = ["/", "/admin", "/api/state", "/api/events", "/api/video.mjpg", "/api/frame.jpg", "/api/search",
-         "/api/items", "/api/items/1", "/api/items/2", "/api/items/1/photo", "/api/settings", "/static/kiosk.js",
-         "/static/../kiosk.py", "/static/%2e%2e/kiosk.py", "/static//etc/passwd", "/api/items/-1",
-         "/api/items/99999999999999999999999999", "/api/items/1x", "/api", "/api/", "/admin/", "//admin"]
+PATHS = [
+    "/",
+    "/admin",
+    "/api/state",
+    "/api/events",
+    "/api/video.mjpg",
+    "/api/frame.jpg",
+    "/api/search",
+    "/api/items",
+    "/api/items/1",
+    "/api/items/2",
+    "/api/items/1/photo",
+    "/api/settings",
+    "/static/kiosk.js",
+    "/static/../kiosk.py",
+    "/static/%2e%2e/kiosk.py",
+    "/static//etc/passwd",
+    "/api/items/-1",
+    "/api/items/99999999999999999999999999",
+    "/api/items/1x",
+    "/api",
+    "/api/",
+    "/admin/",
+    "//admin",
+]
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-              st.sampled_from([float("nan"), float("inf"), -float("inf"), 10 ** 30, -0.0]), st.text(max_size=30)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([float("nan"), float("inf"), -float("inf"), 10**30, -0.0]),
+        st.text(max_size=30),
+    ),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -419,8 +517,12 @@ def multipart(draw):
         name = draw(st.text(max_size=12)).replace('"', "")
         filename = draw(st.one_of(st.just("photo.jpg"), st.just("../../etc/passwd"), st.text(max_size=40)))
         data = draw(st.one_of(st.binary(max_size=200), st.sampled_from(JPEGS), st.just(Big(b"A" * 60_000))))
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: image/jpeg\r\n\r\n".encode("utf-8", "replace") + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode("utf-8", "replace")
+            + data
+            + b"\r\n"
+        )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     return f"multipart/form-data; boundary={boundary}", Big(body) if len(body) > 1000 else body
 
@@ -428,17 +530,23 @@ def multipart(draw):
 @st.composite
 def bodies(draw):
     """(content type, body): JSON of any shape, enrolment-like JSON, images, random bytes, multipart, huge."""
-    kind = draw(st.sampled_from(["json", "enrol", "settings", "image", "bytes", "multipart", "huge", "nested",
-                                 "nan", "empty"]))
+    kind = draw(
+        st.sampled_from(["json", "enrol", "settings", "image", "bytes", "multipart", "huge", "nested", "nan", "empty"])
+    )
     if kind == "json":
         return "application/json", json.dumps(draw(json_values)).encode()
     if kind == "enrol":
-        images = draw(st.lists(st.one_of(st.sampled_from(JPEGS).map(lambda b: base64.b64encode(b).decode()),
-                                         st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
-                                         st.text(max_size=20),
-                                         st.sampled_from(JPEGS).map(lambda b: "data:image/jpeg;base64,"
-                                                                    + base64.b64encode(b).decode())),
-                                max_size=2))
+        images = draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(JPEGS).map(lambda b: base64.b64encode(b).decode()),
+                    st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
+                    st.text(max_size=20),
+                    st.sampled_from(JPEGS).map(lambda b: "data:image/jpeg;base64," + base64.b64encode(b).decode()),
+                ),
+                max_size=2,
+            )
+        )
         data = {"label": draw(st.one_of(st.text(max_size=30), json_values)), "images": images}
         if draw(st.booleans()):
             data["metadata"] = draw(json_values)
@@ -459,43 +567,96 @@ def bodies(draw):
         depth = draw(st.sampled_from([1, 50, 5_000, 20_000, 200_000]))
         return "application/json", Big(b'{"label": ' + b"[" * depth + b"]" * depth + b"}")
     if kind == "nan":
-        return "application/json", draw(st.sampled_from([
-            NAN_ENROL,
-            b'{"label": "inf-item", "metadata": {"x": -Infinity}}', b'{"metadata": {"y": [Infinity]}}',
-            b'{"threshold": NaN}', b'{"threshold": 1e400}', b'{"label": "big", "metadata": {"n": 1%s}}' % (b"0" * 5000)]))
+        return "application/json", draw(
+            st.sampled_from(
+                [
+                    NAN_ENROL,
+                    b'{"label": "inf-item", "metadata": {"x": -Infinity}}',
+                    b'{"metadata": {"y": [Infinity]}}',
+                    b'{"threshold": NaN}',
+                    b'{"threshold": 1e400}',
+                    b'{"label": "big", "metadata": {"n": 1%s}}' % (b"0" * 5000),
+                ]
+            )
+        )
     if kind == "empty":
         return draw(st.sampled_from(["application/json", "", "text/plain"])), b""
     return draw(st.text(max_size=30)), draw(st.binary(max_size=300))
 
 
 latin1 = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
-header_pairs = st.lists(st.one_of(
-    st.tuples(st.just(b"authorization"), st.one_of(latin1, st.sampled_from([
-        b"Bearer wrong-token-000", b"Bearer " + TOKEN.encode()[:-1], b"Basic " + base64.b64encode(TOKEN.encode()),
-        TOKEN.encode(), b"Bearer", b"bearer  ", b"Bearer \xff\xfe"]))),
-    st.tuples(st.just(b"cookie"), st.one_of(latin1, st.just(f"kiosk_token={TOKEN}".encode()))),
-    st.tuples(st.just(b"origin"), st.one_of(latin1, st.sampled_from([b"null", b"http://evil.example",
-                                                                     b"http://127.0.0.1:8080"]))),
-    st.tuples(st.just(b"content-length"), st.one_of(latin1, st.sampled_from([b"-1", b"99999999999999999999",
-                                                                             b"\xb2", b"1e3", b" 12 "]))),
-    st.tuples(st.just(b"sec-fetch-site"), latin1),
-    st.tuples(st.just(b"x-token"), st.just(TOKEN.encode())),
-    st.tuples(st.binary(min_size=1, max_size=20).map(lambda b: b.lower().replace(b"\r", b"").replace(b"\n", b"")),
-              latin1),
-), max_size=5)
-methods = st.one_of(st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
-                    st.from_regex(r"[A-Z]{1,10}", fullmatch=True))
-paths = st.one_of(st.sampled_from(PATHS), st.lists(st.text(max_size=12), max_size=4).map(lambda p: "/" + "/".join(p)),
-                  st.integers().map(lambda i: f"/api/items/{i}"), st.integers().map(lambda i: f"/api/items/{i}/photo"))
-queries = st.one_of(st.just(b""), st.binary(max_size=60), st.sampled_from([
-    b"k=0", b"k=51", b"k=abc", b"k=99999999999999999999999", b"k=5&k=6", b"crop=roi", b"token=wrong-token-000",
-    f"token={TOKEN}".encode(), b"token=", b"v=%ff%fe"]))
+header_pairs = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just(b"authorization"),
+            st.one_of(
+                latin1,
+                st.sampled_from(
+                    [
+                        b"Bearer wrong-token-000",
+                        b"Bearer " + TOKEN.encode()[:-1],
+                        b"Basic " + base64.b64encode(TOKEN.encode()),
+                        TOKEN.encode(),
+                        b"Bearer",
+                        b"bearer  ",
+                        b"Bearer \xff\xfe",
+                    ]
+                ),
+            ),
+        ),
+        st.tuples(st.just(b"cookie"), st.one_of(latin1, st.just(f"kiosk_token={TOKEN}".encode()))),
+        st.tuples(
+            st.just(b"origin"),
+            st.one_of(latin1, st.sampled_from([b"null", b"http://evil.example", b"http://127.0.0.1:8080"])),
+        ),
+        st.tuples(
+            st.just(b"content-length"),
+            st.one_of(latin1, st.sampled_from([b"-1", b"99999999999999999999", b"\xb2", b"1e3", b" 12 "])),
+        ),
+        st.tuples(st.just(b"sec-fetch-site"), latin1),
+        st.tuples(st.just(b"x-token"), st.just(TOKEN.encode())),
+        st.tuples(
+            st.binary(min_size=1, max_size=20).map(lambda b: b.lower().replace(b"\r", b"").replace(b"\n", b"")), latin1
+        ),
+    ),
+    max_size=5,
+)
+methods = st.one_of(
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+    st.from_regex(r"[A-Z]{1,10}", fullmatch=True),
+)
+paths = st.one_of(
+    st.sampled_from(PATHS),
+    st.lists(st.text(max_size=12), max_size=4).map(lambda p: "/" + "/".join(p)),
+    st.integers().map(lambda i: f"/api/items/{i}"),
+    st.integers().map(lambda i: f"/api/items/{i}/photo"),
+)
+queries = st.one_of(
+    st.just(b""),
+    st.binary(max_size=60),
+    st.sampled_from(
+        [
+            b"k=0",
+            b"k=51",
+            b"k=abc",
+            b"k=99999999999999999999999",
+            b"k=5&k=6",
+            b"crop=roi",
+            b"token=wrong-token-000",
+            f"token={TOKEN}".encode(),
+            b"token=",
+            b"v=%ff%fe",
+        ]
+    ),
+)
 
 
 def check_answer(path: str, answer) -> None:
     assert not answer.error, answer.error
-    assert answer.status < 500 or (answer.status == 503 and path == "/api/frame.jpg"), \
-        (answer.status, answer.body[:300])
+    assert answer.status < 500 or (answer.status == 503 and path == "/api/frame.jpg"), (
+        answer.status,
+        answer.body[:300],
+    )
     if path.startswith("/api/") and answer.status >= 400 and answer.body:
         assert "error" in json.loads(answer.body), answer.body[:300]
 
@@ -518,9 +679,14 @@ def test_fuzz_kiosk_requests_without_the_token(kiosk, record_property):
         nonlocal count
         count += 1
         content_type, body = content
-        answer = call(app, method, path, query=query, body=body,
-                      headers=[*([(b"content-type", content_type.encode("utf-8", "replace"))] if content_type
-                                 else []), *headers])
+        answer = call(
+            app,
+            method,
+            path,
+            query=query,
+            body=body,
+            headers=[*([(b"content-type", content_type.encode("utf-8", "replace"))] if content_type else []), *headers],
+        )
         check_answer(path, answer)
         assert gallery_state(kiosk) == before, (method, path, answer.status)
 
@@ -531,19 +697,30 @@ def test_fuzz_kiosk_requests_without_the_token(kiosk, record_property):
 @st.composite
 def staff_requests(draw):
     """(method, path, content): mostly well-formed for the route, with random fields and values."""
-    route = draw(st.sampled_from(["POST /api/items", "PATCH /api/items/{id}", "PUT /api/settings",
-                                  "DELETE /api/items/{id}", "POST /api/search"]))
+    route = draw(
+        st.sampled_from(
+            [
+                "POST /api/items",
+                "PATCH /api/items/{id}",
+                "PUT /api/settings",
+                "DELETE /api/items/{id}",
+                "POST /api/search",
+            ]
+        )
+    )
     method, path = route.split(" ")
     # "{id}": an item of the gallery as it is when the request is made (see `resolve`), or any number
     path = path.replace("{id}", draw(st.one_of(st.just("{id}"), st.just("{id}"), st.integers().map(str))))
     if draw(st.integers(0, 2)) == 0:
         return method, path, draw(bodies())
     if route == "POST /api/items":
-        data = {"label": draw(st.one_of(st.text(min_size=1, max_size=30), json_values)),
-                "images": draw(st.lists(st.sampled_from(JPEGS).map(lambda b: base64.b64encode(b).decode()),
-                                        min_size=1, max_size=2)),
-                "metadata": draw(st.one_of(st.dictionaries(st.text(max_size=8), json_values, max_size=4),
-                                           json_values))}
+        data = {
+            "label": draw(st.one_of(st.text(min_size=1, max_size=30), json_values)),
+            "images": draw(
+                st.lists(st.sampled_from(JPEGS).map(lambda b: base64.b64encode(b).decode()), min_size=1, max_size=2)
+            ),
+            "metadata": draw(st.one_of(st.dictionaries(st.text(max_size=8), json_values, max_size=4), json_values)),
+        }
     elif route == "PATCH /api/items/{id}":
         data = draw(st.dictionaries(st.sampled_from(["label", "metadata", "images"]), json_values, max_size=2))
     elif route == "PUT /api/settings":
@@ -575,9 +752,13 @@ def test_fuzz_kiosk_writes_with_the_token(kiosk, record_property):
                 ids = [item.id for item in g.items()]
             path = path.replace("{id}", str(ids[count % len(ids)] if ids else 1))
         before = gallery_state(kiosk)
-        answer = call(app, method, path, body=body,
-                      headers=[*([(b"content-type", content_type.encode("utf-8", "replace"))] if content_type
-                                 else []), *auth])
+        answer = call(
+            app,
+            method,
+            path,
+            body=body,
+            headers=[*([(b"content-type", content_type.encode("utf-8", "replace"))] if content_type else []), *auth],
+        )
         check_answer(path, answer)
         if answer.status >= 400:
             assert gallery_state(kiosk) == before, (method, path, answer.status, answer.body[:200])

@@ -19,6 +19,7 @@ SIGKILL is not quite a power cut: what the killed process had written stays in t
 cache. SQLite's own guarantee against losing that (fsync of the WAL at every commit with the
 default synchronous=FULL) is not exercised here.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,21 +62,26 @@ def check_gallery(path: str | Path) -> dict[str, int]:
         if rows:
             assert np.array_equal(matrix.keys, [r[0] for r in rows])
             assert np.array_equal(matrix.scales, np.array([r[1] for r in rows], np.float32))
-            assert np.array_equal(matrix.codes, np.frombuffer(b"".join(r[2] for r in rows), np.int8)
-                                  .reshape(len(rows), -1))
+            assert np.array_equal(
+                matrix.codes, np.frombuffer(b"".join(r[2] for r in rows), np.int8).reshape(len(rows), -1)
+            )
         empty = conn.execute("SELECT label FROM items WHERE id NOT IN (SELECT item_id FROM embeddings)").fetchall()
         assert empty == [], f"items without embeddings: {empty}"
         present = set(g.db.table_names())  # events and outbox exist once an EventLog opened the file
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] if t in present else 0
-                for t in ("items", "embeddings", "features", "negatives", "events", "outbox")}
+        return {
+            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] if t in present else 0
+            for t in ("items", "embeddings", "features", "negatives", "events", "outbox")
+        }
 
 
 def dump(path: str | Path) -> dict[str, list]:
     """Every row of the gallery's own tables (for "contents unchanged")."""
     conn = sqlite3.connect(str(path))
     try:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                for t in ("meta", "items", "embeddings", "features", "negatives", "thresholds", "vector_blocks")}
+        return {
+            t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("meta", "items", "embeddings", "features", "negatives", "thresholds", "vector_blocks")
+        }
     finally:
         conn.close()
 
@@ -126,8 +132,11 @@ def _trial(req: dict) -> dict:
     if status is None:
         _, status = os.waitpid(pid, 0)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    return {"killed": killed, "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status),
-            "seconds": time.monotonic() - start}
+    return {
+        "killed": killed,
+        "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status),
+        "seconds": time.monotonic() - start,
+    }
 
 
 def _child(req: dict) -> int:
@@ -202,10 +211,18 @@ def make_event(run: int, seq: int):
     from edge_retrieval.storage.events import Event
 
     match = seq % 4 != 0
-    return Event(time=1_700_000_000.0 + run * 1000 + seq, source=f"cam{run % 3}", kind="match" if match else "unknown",
-                 score=0.5 + seq / 997, label=f"item{seq}" if match else None, item_id=seq if match else None,
-                 metadata={"owner": "Ada", "n": seq}, box=(1.5, 2.0, 30.0, 40.25),
-                 polygon=((0.0, 0.0), (10.0, 0.0), (10.0, 5.5)), details={"run": run, "seq": seq, "margin": 0.125})
+    return Event(
+        time=1_700_000_000.0 + run * 1000 + seq,
+        source=f"cam{run % 3}",
+        kind="match" if match else "unknown",
+        score=0.5 + seq / 997,
+        label=f"item{seq}" if match else None,
+        item_id=seq if match else None,
+        metadata={"owner": "Ada", "n": seq},
+        box=(1.5, 2.0, 30.0, 40.25),
+        polygon=((0.0, 0.0), (10.0, 0.0), (10.0, 5.5)),
+        details={"run": run, "seq": seq, "margin": 0.125},
+    )
 
 
 def _record_events(path: str, run: int, folder: str) -> None:
@@ -214,8 +231,10 @@ def _record_events(path: str, run: int, folder: str) -> None:
 
     acks = os.open(Path(folder) / "acks.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sinks = [FileSink(name, folder, str(run)) for name in SINKS]
-    with EventLog(path, SINKS) as log, Dispatcher(path, sinks, retry_base_s=0.002, retry_max_s=0.01,
-                                                  idle_s=0.05) as dispatcher:
+    with (
+        EventLog(path, SINKS) as log,
+        Dispatcher(path, sinks, retry_base_s=0.002, retry_max_s=0.01, idle_s=0.05) as dispatcher,
+    ):
         for seq in range(EVENTS_PER_RUN):
             log.record(make_event(run, seq))
             dispatcher.wake()
@@ -227,8 +246,14 @@ class Server:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.stderr = open(tmp / "server.err", "w")
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"], cwd=tmp,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve"],
+            cwd=tmp,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
         self.n = 0
 
     def run(self, **req) -> dict:
@@ -383,8 +408,10 @@ def exported(tmp_path_factory, embedder):
 def test_import_killed_at_random_points_is_all_or_nothing(server, tmp_path, exported, way):
     db = tmp_path / "gallery.db"
     conn = sqlite3.connect(f"file:{exported}?mode=ro", uri=True)  # (a Gallery would turn it to WAL)
-    whole = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-             for t in ("items", "embeddings", "features", "negatives")}
+    whole = {
+        t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        for t in ("items", "embeddings", "features", "negatives")
+    }
     conn.close()
     killer = Killer(server, budget(12, 60) if way == "api" else budget(8, 50), seed=17 if way == "api" else 18)
     before = {"items": 0, "embeddings": 0, "features": 0, "negatives": 0}
@@ -395,8 +422,10 @@ def test_import_killed_at_random_points_is_all_or_nothing(server, tmp_path, expo
         out = killer.run(scenario=f"import-{way}", gallery=str(db), source=str(exported))
         after = check_gallery(db) if db.exists() else dict.fromkeys(before, 0)
         delta = {t: after[t] - before[t] for t in before}
-        complete = {"items": whole["items"] if not before["items"] else 0,
-                    **{t: whole[t] for t in ("embeddings", "features", "negatives")}}
+        complete = {
+            "items": whole["items"] if not before["items"] else 0,
+            **{t: whole[t] for t in ("embeddings", "features", "negatives")},
+        }
         assert delta in (dict.fromkeys(before, 0), complete), f"trial {trial}: a partial import {delta}"
         if not out["killed"]:
             assert delta == complete, f"trial {trial} was not killed:\n{out['log']}"
@@ -428,12 +457,16 @@ def test_event_recording_killed_at_random_points_loses_nothing(server, tmp_path)
         if not db.exists():  # killed before the file was created
             continue
         check_gallery(db)
-        acks = [tuple(map(int, line.split())) for line in (tmp_path / "acks.log").read_text().splitlines()] \
-            if (tmp_path / "acks.log").exists() else []
+        acks = (
+            [tuple(map(int, line.split())) for line in (tmp_path / "acks.log").read_text().splitlines()]
+            if (tmp_path / "acks.log").exists()
+            else []
+        )
         acked = sum(1 for r, _ in acks if r == run)
         conn = sqlite3.connect(db)
-        rows = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE json_extract(data, '$.details.run') = ? "
-                            "ORDER BY id", [run]).fetchall()
+        rows = conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE json_extract(data, '$.details.run') = ? ORDER BY id", [run]
+        ).fetchall()
         events = [Event.from_row(r) for r in rows]
         seqs = [e.details["seq"] for e in events]
         # every event the caller was told about is there, whole, in order; at most the one in flight more
@@ -445,8 +478,10 @@ def test_event_recording_killed_at_random_points_loses_nothing(server, tmp_path)
             assert e == Event(**{**make_event(run, e.details["seq"]).__dict__, "id": e.id}), f"event {e.id} differs"
         recorded[run] = len(seqs)
         # every event has exactly one outbox row per sink; a row marked delivered was delivered
-        outbox = conn.execute("SELECT e.id, o.sink, o.attempts, o.delivered FROM events e "
-                              "LEFT JOIN outbox o ON o.event_id = e.id ORDER BY e.id, o.sink").fetchall()
+        outbox = conn.execute(
+            "SELECT e.id, o.sink, o.attempts, o.delivered FROM events e "
+            "LEFT JOIN outbox o ON o.event_id = e.id ORDER BY e.id, o.sink"
+        ).fetchall()
         conn.close()
         by_event: dict[int, list[str]] = {}
         for event_id, sink, attempts, delivered in outbox:

@@ -11,6 +11,7 @@
 - no secret reaches the logs: the daemon and the kiosk run with credentials in the webhook URL and
   headers, an MQTT password and a staff token, and none of them appears in their output or files.
 """
+
 from __future__ import annotations
 
 import ast
@@ -60,12 +61,33 @@ LISTENERS = {
     ("edge_retrieval/kiosk/server.py", "socket.bind"): "the kiosk's server: test_the_kiosk_processes_*",
     ("edge_retrieval/kiosk/server.py", "import uvicorn"): "the kiosk's server (on the socket bound above)",
     ("benchmarks/service_quality.py", "import http.server"): "the benchmark's webhook receiver: "
-                                                             "test_the_service_benchmark_receiver_is_loopback",
+    "test_the_service_benchmark_receiver_is_loopback",
 }
-_SERVER_MODULES = ("uvicorn", "http.server", "socketserver", "aiohttp", "flask", "fastapi", "hypercorn",
-                   "wsgiref", "xmlrpc.server", "asyncio.start_server")
-_SERVER_CALLS = ("bind", "listen", "serve_forever", "create_server", "start_server", "start_unix_server",
-                 "make_server", "HTTPServer", "ThreadingHTTPServer", "TCPServer", "ThreadingTCPServer")
+_SERVER_MODULES = (
+    "uvicorn",
+    "http.server",
+    "socketserver",
+    "aiohttp",
+    "flask",
+    "fastapi",
+    "hypercorn",
+    "wsgiref",
+    "xmlrpc.server",
+    "asyncio.start_server",
+)
+_SERVER_CALLS = (
+    "bind",
+    "listen",
+    "serve_forever",
+    "create_server",
+    "start_server",
+    "start_unix_server",
+    "make_server",
+    "HTTPServer",
+    "ThreadingHTTPServer",
+    "TCPServer",
+    "ThreadingTCPServer",
+)
 
 
 def python_files():
@@ -84,11 +106,19 @@ def test_every_listening_socket_is_known():
     for path in python_files():
         rel = str(path.relative_to(REPO))
         tree = ast.parse(path.read_text(encoding="utf-8"), rel)
-        enclosing = {child: node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                     for child in ast.walk(node)}  # (the innermost function wins: walked last)
+        enclosing = {
+            child: node
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for child in ast.walk(node)
+        }  # (the innermost function wins: walked last)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "bind" \
-                    and _local_only(enclosing.get(node)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "bind"
+                and _local_only(enclosing.get(node))
+            ):
                 continue
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -100,8 +130,9 @@ def test_every_listening_socket_is_known():
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
                 if name in _SERVER_CALLS:
                     found.add((rel, f"socket.{name}" if name in ("bind", "listen") else name))
-    assert found == set(LISTENERS), ("listening sockets changed: cover the new ones in this file and list them in "
-                                     f"LISTENERS; found {sorted(found)}")
+    assert found == set(LISTENERS), (
+        f"listening sockets changed: cover the new ones in this file and list them in LISTENERS; found {sorted(found)}"
+    )
 
 
 def test_the_service_benchmark_receiver_is_loopback():
@@ -165,6 +196,7 @@ def test_http_servers_default_to_loopback(monkeypatch, tmp_path):
 
 # -- the kiosk app: writes need the token -------------------------------------------------------------
 
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -205,11 +237,14 @@ REFUSED = [
     ("token in the query string", [], f"token={TOKEN}".encode(), 401),
     ("token in a cookie", [("cookie", f"kiosk_token={TOKEN}")], b"", 401),
     ("token in another header", [("x-kiosk-token", TOKEN), ("x-token", TOKEN)], b"", 401),
-    ("the token, from another site", [("authorization", f"Bearer {TOKEN}"), ("origin", "http://evil.example")],
-     b"", 403),
+    (
+        "the token, from another site",
+        [("authorization", f"Bearer {TOKEN}"), ("origin", "http://evil.example")],
+        b"",
+        403,
+    ),
     ("the token, from an opaque origin", [("authorization", f"Bearer {TOKEN}"), ("origin", "null")], b"", 403),
-    ("the token, cross-site fetch", [("authorization", f"Bearer {TOKEN}"), ("sec-fetch-site", "cross-site")],
-     b"", 403),
+    ("the token, cross-site fetch", [("authorization", f"Bearer {TOKEN}"), ("sec-fetch-site", "cross-site")], b"", 403),
 ]
 
 
@@ -249,8 +284,13 @@ def test_every_write_needs_the_token(kiosk, key):
         assert answer.status == status, f"{key} with {name}: {answer.status} {answer.body[:200]!r}"
         assert "error" in json.loads(answer.body), name
         assert gallery_state(kiosk) == before, f"{key} with {name} changed the gallery"
-    answer = call(app, key[0], path, headers=[*content, ("authorization", f"Bearer {TOKEN}"),
-                                              ("origin", "http://127.0.0.1:8080")], body=data)
+    answer = call(
+        app,
+        key[0],
+        path,
+        headers=[*content, ("authorization", f"Bearer {TOKEN}"), ("origin", "http://127.0.0.1:8080")],
+        body=data,
+    )
     assert answer.status == ok_status, answer.body[:300]
     assert gallery_state(kiosk) != before, f"{key} with the token changed nothing: the test checks nothing"
 
@@ -301,8 +341,13 @@ def test_the_token_is_compared_in_constant_time(kiosk, monkeypatch):
 
     monkeypatch.setattr(secrets, "compare_digest", spy)
     app = create_app(kiosk)
-    call(app, "PUT", "/api/settings", headers=[("authorization", "Bearer guess-0001"),
-                                               ("content-type", "application/json")], body=b"{}")
+    call(
+        app,
+        "PUT",
+        "/api/settings",
+        headers=[("authorization", "Bearer guess-0001"), ("content-type", "application/json")],
+        body=b"{}",
+    )
     call(app, "GET", "/admin", query="token=guess-0002")
     call(app, "GET", "/admin", headers=[("cookie", "kiosk_token=guess-0003")])
     guesses = {bytes(a) for a, _ in compared} | {bytes(b) for _, b in compared}
@@ -312,15 +357,23 @@ def test_the_token_is_compared_in_constant_time(kiosk, monkeypatch):
     source = Path(inspect.getsourcefile(Kiosk)).read_text(encoding="utf-8")
 
     def mentions_token(node) -> bool:
-        return any((isinstance(n, ast.Name) and "token" in n.id.lower())
-                   or (isinstance(n, ast.Attribute) and "token" in n.attr.lower())
-                   or (isinstance(n, ast.Constant) and n.value in ("token", "kiosk_token"))
-                   for n in ast.walk(node))
+        return any(
+            (isinstance(n, ast.Name) and "token" in n.id.lower())
+            or (isinstance(n, ast.Attribute) and "token" in n.attr.lower())
+            or (isinstance(n, ast.Constant) and n.value in ("token", "kiosk_token"))
+            for n in ast.walk(node)
+        )
 
-    unsafe = [ast.unparse(node) for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
-              and not all(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops) and mentions_token(node)
-              and not any(isinstance(c, ast.Call) and getattr(c.func, "id", "") == "len" for c in
-                          [node.left, *node.comparators])]
+    unsafe = [
+        ast.unparse(node)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Compare)
+        and not all(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops)
+        and mentions_token(node)
+        and not any(
+            isinstance(c, ast.Call) and getattr(c.func, "id", "") == "len" for c in [node.left, *node.comparators]
+        )
+    ]
     assert not unsafe, f"token compared without secrets.compare_digest: {unsafe}"
 
 
@@ -329,14 +382,22 @@ def test_a_loopback_server_answers_only_loopback_host_names(kiosk):
     app = create_app(kiosk, LOOPBACK_NAMES)
     for host in ("127.0.0.1:8080", "localhost:8080", "LOCALHOST", "[::1]:8080", "127.0.0.1"):
         assert call(app, "GET", "/api/state", host=host).status == 200, host
-    for host in ("evil.example:8080", "evil.example", "127.0.0.1.evil.example:8080", "localhost.evil:80",
-                 "", "[::2]:8080", "127.0.0.1:8080@evil"):
+    for host in (
+        "evil.example:8080",
+        "evil.example",
+        "127.0.0.1.evil.example:8080",
+        "localhost.evil:80",
+        "",
+        "[::2]:8080",
+        "127.0.0.1:8080@evil",
+    ):
         answer = call(app, "GET", "/api/frame.jpg", host=host)
         assert answer.status == 421 and not answer.error, host
     assert call(app, "GET", "/api/state", host=None).status == 421  # no Host header at all
 
 
 # -- no unsafe deserialisation, eval or shell ----------------------------------------------------------
+
 
 def unsafe_calls(source: str, filename: str = "<source>") -> list[str]:
     """Calls (and imports) in `source` that could run code from data or through a shell."""
@@ -377,17 +438,33 @@ def unsafe_calls(source: str, filename: str = "<source>") -> list[str]:
         name = dotted(node.func)
         if isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec") and node.func.id not in aliases:
             found.append(f"{where}: {node.func.id}()")
-        elif name.split(".")[0] in ("pickle", "dill", "shelve", "marshal", "cloudpickle", "joblib") or \
-                name in ("pandas.read_pickle", "numpy.load", "torch.load", "yaml.load", "yaml.load_all",
-                         "yaml.unsafe_load", "yaml.full_load", "os.system", "os.popen", "subprocess.getoutput",
-                         "subprocess.getstatusoutput", "asyncio.create_subprocess_shell", "pty.spawn"):
+        elif name.split(".")[0] in ("pickle", "dill", "shelve", "marshal", "cloudpickle", "joblib") or name in (
+            "pandas.read_pickle",
+            "numpy.load",
+            "torch.load",
+            "yaml.load",
+            "yaml.load_all",
+            "yaml.unsafe_load",
+            "yaml.full_load",
+            "os.system",
+            "os.popen",
+            "subprocess.getoutput",
+            "subprocess.getstatusoutput",
+            "asyncio.create_subprocess_shell",
+            "pty.spawn",
+        ):
             if name == "numpy.load" and not true(keyword(node, "allow_pickle")):
                 pass
-            elif name == "torch.load" and isinstance(keyword(node, "weights_only"), ast.Constant) \
-                    and keyword(node, "weights_only").value is True:
+            elif (
+                name == "torch.load"
+                and isinstance(keyword(node, "weights_only"), ast.Constant)
+                and keyword(node, "weights_only").value is True
+            ):
                 pass
-            elif name in ("yaml.load", "yaml.load_all") and dotted(keyword(node, "Loader") or ast.Constant(None)) \
-                    in ("yaml.SafeLoader", "yaml.CSafeLoader"):
+            elif name in ("yaml.load", "yaml.load_all") and dotted(keyword(node, "Loader") or ast.Constant(None)) in (
+                "yaml.SafeLoader",
+                "yaml.CSafeLoader",
+            ):
                 pass
             else:
                 found.append(f"{where}: {name}()")
@@ -397,20 +474,36 @@ def unsafe_calls(source: str, filename: str = "<source>") -> list[str]:
 
 
 BAD_SNIPPETS = [
-    "import pickle", "from pickle import loads", "import numpy as np\nnp.load('x', allow_pickle=True)",
-    "import numpy\nnumpy.load('x', allow_pickle=flag)", "from numpy import load\nload('x', allow_pickle=True)",
-    "import torch\ntorch.load('x')", "import torch\ntorch.load('x', weights_only=False)",
-    "import torch as t\nt.load('x', map_location='cpu')", "eval('1')", "exec('x = 1')",
-    "import yaml\nyaml.load(s)", "import yaml\nyaml.load(s, Loader=yaml.Loader)", "from yaml import unsafe_load\nunsafe_load(s)",
-    "import subprocess\nsubprocess.run('ls', shell=True)", "import subprocess as sp\nsp.Popen(cmd, shell=1)",
-    "import os\nos.system('ls')", "import os\nos.popen('ls')", "import pandas as pd\npd.read_pickle('x')",
-    "import joblib\njoblib.load('x')", "import asyncio\nasyncio.create_subprocess_shell('ls')",
+    "import pickle",
+    "from pickle import loads",
+    "import numpy as np\nnp.load('x', allow_pickle=True)",
+    "import numpy\nnumpy.load('x', allow_pickle=flag)",
+    "from numpy import load\nload('x', allow_pickle=True)",
+    "import torch\ntorch.load('x')",
+    "import torch\ntorch.load('x', weights_only=False)",
+    "import torch as t\nt.load('x', map_location='cpu')",
+    "eval('1')",
+    "exec('x = 1')",
+    "import yaml\nyaml.load(s)",
+    "import yaml\nyaml.load(s, Loader=yaml.Loader)",
+    "from yaml import unsafe_load\nunsafe_load(s)",
+    "import subprocess\nsubprocess.run('ls', shell=True)",
+    "import subprocess as sp\nsp.Popen(cmd, shell=1)",
+    "import os\nos.system('ls')",
+    "import os\nos.popen('ls')",
+    "import pandas as pd\npd.read_pickle('x')",
+    "import joblib\njoblib.load('x')",
+    "import asyncio\nasyncio.create_subprocess_shell('ls')",
 ]
 GOOD_SNIPPETS = [
-    "import numpy as np\nnp.load('x')", "import numpy as np\nnp.load('x', allow_pickle=False)",
-    "import torch\ntorch.load('x', map_location='cpu', weights_only=True)", "model.eval()",
-    "import yaml\nyaml.safe_load(s)", "import yaml\nyaml.load(s, Loader=yaml.SafeLoader)",
-    "import subprocess\nsubprocess.run(['ls'], shell=False)", "import subprocess\nsubprocess.Popen(['ls'])",
+    "import numpy as np\nnp.load('x')",
+    "import numpy as np\nnp.load('x', allow_pickle=False)",
+    "import torch\ntorch.load('x', map_location='cpu', weights_only=True)",
+    "model.eval()",
+    "import yaml\nyaml.safe_load(s)",
+    "import yaml\nyaml.load(s, Loader=yaml.SafeLoader)",
+    "import subprocess\nsubprocess.run(['ls'], shell=False)",
+    "import subprocess\nsubprocess.Popen(['ls'])",
 ]
 
 
@@ -424,16 +517,19 @@ def test_the_scanner_finds_what_it_must():
 def test_no_unsafe_deserialisation_eval_or_shell_in_the_code():
     files = list(python_files())
     assert len(files) > 20 and any(p.name == "command.py" for p in files)
-    found = [hit for path in files for hit in unsafe_calls(path.read_text(encoding="utf-8"),
-                                                           str(path.relative_to(REPO)))]
+    found = [
+        hit for path in files for hit in unsafe_calls(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
+    ]
     assert not found, "\n".join(found)
 
 
 def test_the_command_sink_runs_its_program_without_a_shell(tmp_path, monkeypatch):
     out = tmp_path / "out.txt"
     hostile = "$(touch pwned-1); `touch pwned-2` ; touch pwned-3 | touch pwned-4 && touch pwned-5 > pwned-6"
-    script = ("import os, sys; open(sys.argv[1], 'w').write(sys.argv[2] + '|' + "
-              "os.environ.get('EDGE_RETRIEVAL_KIOSK_TOKEN', 'no token'))")
+    script = (
+        "import os, sys; open(sys.argv[1], 'w').write(sys.argv[2] + '|' + "
+        "os.environ.get('EDGE_RETRIEVAL_KIOSK_TOKEN', 'no token'))"
+    )
     popen = []
     real = subprocess.Popen
 
@@ -448,7 +544,7 @@ def test_the_command_sink_runs_its_program_without_a_shell(tmp_path, monkeypatch
     sink.deliver({"event_id": 1, "kind": "match", "label": "$(touch pwned-7)"})
     assert out.read_text() == hostile + "|no token"  # the argument as given; the staff token not inherited
     assert not list(tmp_path.glob("pwned-*"))
-    (args, kwargs), = popen
+    ((args, kwargs),) = popen
     assert isinstance(args[0], list) and not kwargs.get("shell")
 
 
@@ -463,9 +559,12 @@ MAX_EXPOSURE = MEASURED_EXPOSURE + 0.2
 ACCEPTED = {
     "RootDirectory=/RootImage=",  # runs from the host's root (installed with pip)
     "SupplementaryGroups=",  # group video: the camera
-    "PrivateDevices=", "DeviceAllow=",  # the camera (/dev/video*)
-    "PrivateNetwork=", "IPAddressDeny=",  # the sinks (webhook, MQTT) and the kiosk page
-    "RestrictAddressFamilies=~AF_(INET|INET6)", "RestrictAddressFamilies=~AF_UNIX",  # network; sd_notify
+    "PrivateDevices=",
+    "DeviceAllow=",  # the camera (/dev/video*)
+    "PrivateNetwork=",
+    "IPAddressDeny=",  # the sinks (webhook, MQTT) and the kiosk page
+    "RestrictAddressFamilies=~AF_(INET|INET6)",
+    "RestrictAddressFamilies=~AF_UNIX",  # network; sd_notify
     "PrivateUsers=",  # would hide group video's ownership of the camera
     "ProcSubset=",  # LiteRT/cpuinfo read /proc/cpuinfo
     "MemoryDenyWriteExecute=",  # not verified with the ARM wheels of LiteRT and OpenCV
@@ -473,15 +572,21 @@ ACCEPTED = {
 }
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze absent (apt-get install systemd; listed in .ci/apt-packages.txt)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze absent (apt-get install systemd; listed in .ci/apt-packages.txt)",
+)
 @pytest.mark.parametrize("unit", ["edge-retrieval.service", "edge-retrieval-kiosk.service"])
 def test_systemd_units_keep_their_hardening(unit, tmp_path, record_property):
     exe = shutil.which("edge-retrieval") or sys.executable
     path = tmp_path / unit
     path.write_text((REPO / "systemd" / unit).read_text().replace("/usr/local/bin/edge-retrieval", exe))
-    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if result.returncode != 0 and "offline" in result.stderr.lower():
         pytest.skip(f"this systemd-analyze cannot score a unit file offline: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
@@ -564,8 +669,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     """A Mosquitto of our own on 127.0.0.1 (it takes any user and password), or a closed port without one."""
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK)
-                                           else None)
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
     port = free_port()
     if binary is None:
         yield port  # nobody listens: the sink logs "not connected", which must not name the password either
@@ -584,28 +688,42 @@ def scene(tmp_path_factory, embedder):
     folder = tmp_path_factory.mktemp("secrets-scene")
     clip = democlip.DemoClip(seed=0, sequence=("cat",)).write(folder / "clip.avi")
     with Gallery(folder / "gallery.db") as g:
-        g.add("cat", embedder.embed_files([photo("cat")]), model_sha256=embedder.sha256,
-              model_name=embedder.card.name, sources=[str(photo("cat"))])
+        g.add(
+            "cat",
+            embedder.embed_files([photo("cat")]),
+            model_sha256=embedder.sha256,
+            model_name=embedder.card.name,
+            sources=[str(photo("cat"))],
+        )
     return clip, folder / "gallery.db"
 
 
-COMMAND = ("import os, sys\n"
-           "marker = sys.argv[1]\n"
-           "sys.stdin.read()\n"
-           "if not os.path.exists(marker):\n"
-           "    open(marker, 'w').close()\n"
-           "    sys.stderr.write('refused; env token: ' + os.environ.get('EDGE_RETRIEVAL_KIOSK_TOKEN', '-') + '\\n')\n"
-           "    sys.exit(3)\n")
+COMMAND = (
+    "import os, sys\n"
+    "marker = sys.argv[1]\n"
+    "sys.stdin.read()\n"
+    "if not os.path.exists(marker):\n"
+    "    open(marker, 'w').close()\n"
+    "    sys.stderr.write('refused; env token: ' + os.environ.get('EDGE_RETRIEVAL_KIOSK_TOKEN', '-') + '\\n')\n"
+    "    sys.exit(3)\n"
+)
 
 
-def secret_config(folder: Path, clip: Path, gallery: Path, receiver_port: int, broker_port: int, *,
-                  kiosk_token: str = "", bearer: bool = False) -> Path:
+def secret_config(
+    folder: Path,
+    clip: Path,
+    gallery: Path,
+    receiver_port: int,
+    broker_port: int,
+    *,
+    kiosk_token: str = "",
+    bearer: bool = False,
+) -> Path:
     """A config whose sinks carry every kind of secret."""
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "gallery.db"
     shutil.copy(gallery, db)
-    url = (f"http://alice:{SECRETS['webhook password']}@127.0.0.1:{receiver_port}/hook?key="
-           f"{SECRETS['webhook query']}")
+    url = f"http://alice:{SECRETS['webhook password']}@127.0.0.1:{receiver_port}/hook?key={SECRETS['webhook query']}"
     headers = {"X-Api-Key": SECRETS["webhook header"]}
     if bearer:  # then the header wins over the URL's credentials
         headers["Authorization"] = f"Bearer {SECRETS['webhook bearer']}"
@@ -656,15 +774,24 @@ port = 0
 def spawn(args: list[str], folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path, Path]:
     out, err = folder / "stdout.txt", folder / "stderr.txt"
     with open(out, "wb") as o, open(err, "wb") as e:
-        process = subprocess.Popen([sys.executable, "-m", "edge_retrieval.cli", *args], cwd=folder, stdout=o,
-                                   stderr=e, stdin=subprocess.DEVNULL, env=env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_retrieval.cli", *args],
+            cwd=folder,
+            stdout=o,
+            stderr=e,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     return process, out, err
 
 
 def files_text(folder: Path) -> bytes:
     """Every file the process wrote in its folder (logs, the gallery and its WAL, snapshots), but the config."""
-    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*"))
-                    if p.is_file() and p.suffix != ".toml" and not p.name.endswith(".kiosk-token"))
+    return b"".join(
+        p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".toml" and not p.name.endswith(".kiosk-token")
+    )
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -676,8 +803,9 @@ def test_the_daemon_logs_no_secret(tmp_path, scene, receiver, broker):
     clip, gallery = scene
     folder = tmp_path / "daemon"
     config = secret_config(folder, clip, gallery, receiver.port, broker, kiosk_token=SECRETS["kiosk token (config)"])
-    process, out, err = spawn(["run", "--config", str(config)], folder,
-                              clean_env(EDGE_RETRIEVAL_KIOSK_TOKEN=SECRETS["kiosk token (env)"]))
+    process, out, err = spawn(
+        ["run", "--config", str(config)], folder, clean_env(EDGE_RETRIEVAL_KIOSK_TOKEN=SECRETS["kiosk token (env)"])
+    )
     sockets = []
     try:
         while process.poll() is None:
@@ -736,12 +864,22 @@ def test_the_kiosk_processes_listen_on_loopback_and_log_no_secret(tmp_path, scen
     """Two real `edge-retrieval kiosk` processes, run as systemd runs them (output not a terminal): one
     with the token configured (file and env) and sinks full of secrets, one with no token at all."""
     clip, gallery = scene
-    configured = secret_config(tmp_path / "configured", clip, gallery, receiver.port, broker,
-                               kiosk_token=SECRETS["kiosk token (config)"], bearer=True)
+    configured = secret_config(
+        tmp_path / "configured",
+        clip,
+        gallery,
+        receiver.port,
+        broker,
+        kiosk_token=SECRETS["kiosk token (config)"],
+        bearer=True,
+    )
     generated = secret_config(tmp_path / "generated", clip, gallery, free_port(), broker)
     runs = {
-        "configured": spawn(["kiosk", "--config", str(configured)], configured.parent,
-                            clean_env(EDGE_RETRIEVAL_KIOSK_TOKEN=SECRETS["kiosk token (env)"])),
+        "configured": spawn(
+            ["kiosk", "--config", str(configured)],
+            configured.parent,
+            clean_env(EDGE_RETRIEVAL_KIOSK_TOKEN=SECRETS["kiosk token (env)"]),
+        ),
         "generated": spawn(["kiosk", "--config", str(generated)], generated.parent, clean_env()),
     }
     try:
@@ -796,8 +934,11 @@ def test_the_kiosk_processes_listen_on_loopback_and_log_no_secret(tmp_path, scen
 
 def test_a_generated_token_is_kept_private_and_shown_only_on_a_terminal(tmp_path, embedder):
     shutil.copy(photo("cat"), tmp_path / "frame.jpg")
-    config = Config(source=SourceConfig(uri=str(tmp_path)), gallery=GalleryConfig(path=str(tmp_path / "g.db")),
-                    kiosk=KioskConfig(port=0))
+    config = Config(
+        source=SourceConfig(uri=str(tmp_path)),
+        gallery=GalleryConfig(path=str(tmp_path / "g.db")),
+        kiosk=KioskConfig(port=0),
+    )
     token_file = tmp_path / "g.db.kiosk-token"
 
     def opened() -> tuple[str, str, str]:
@@ -827,8 +968,7 @@ def test_a_generated_token_is_kept_private_and_shown_only_on_a_terminal(tmp_path
 def test_camera_url_credentials_stay_out_of_the_log_and_the_page(tmp_path, embedder):
     """rtsp://user:password@camera/...: the usual way to reach an IP camera. The URL names the source
     (in the log, events, sinks and the kiosk page) without its password and query values."""
-    uri = (f"rtsp://admin:{SECRETS['camera password']}@127.0.0.1:{free_port()}/live?token="
-           f"{SECRETS['camera query']}")
+    uri = f"rtsp://admin:{SECRETS['camera password']}@127.0.0.1:{free_port()}/live?token={SECRETS['camera query']}"
     process, out, err = spawn(["run", "--source", uri, "--gallery", str(tmp_path / "g.db")], tmp_path, clean_env())
     try:
         deadline = time.monotonic() + 30
@@ -845,8 +985,9 @@ def test_camera_url_credentials_stay_out_of_the_log_and_the_page(tmp_path, embed
     assert "rtsp://***@127.0.0.1" in log and not leaks(log), log[-3000:]
     assert not leaks(files_text(tmp_path))
 
-    config = Config(source=SourceConfig(uri=uri), gallery=GalleryConfig(path=str(tmp_path / "g.db")),
-                    kiosk=KioskConfig(token=TOKEN))
+    config = Config(
+        source=SourceConfig(uri=uri), gallery=GalleryConfig(path=str(tmp_path / "g.db")), kiosk=KioskConfig(token=TOKEN)
+    )
     with Kiosk(config) as k:  # the kiosk page shows the source's name to every visitor
         k.open()
         assert k.state()["source"].startswith("rtsp://***@127.0.0.1") and not leaks(json.dumps(k.state()))
@@ -854,8 +995,9 @@ def test_camera_url_credentials_stay_out_of_the_log_and_the_page(tmp_path, embed
 
 def test_webhook_errors_and_config_errors_name_no_credentials(tmp_path):
     secret_url = f"http://alice:{SECRETS['webhook password']}@127.0.0.1:{free_port()}/h?key={SECRETS['webhook query']}"
-    sink = WebhookSink(WebhookSinkConfig(url=secret_url, timeout_s=1.0,
-                                         headers={"Authorization": SECRETS["webhook bearer"]}))
+    sink = WebhookSink(
+        WebhookSinkConfig(url=secret_url, timeout_s=1.0, headers={"Authorization": SECRETS["webhook bearer"]})
+    )
     with pytest.raises(DeliveryError) as e:
         sink.deliver({"event_id": 1})
     assert "127.0.0.1" in str(e.value) and not leaks(str(e.value))

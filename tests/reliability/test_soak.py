@@ -3,6 +3,7 @@
 /proc: memory, file descriptors and threads must not grow, speed must not fall, SIGTERM must end
 it cleanly. ≈ 20 s here; 120 s with EDGE_RETRIEVAL_RELIABILITY=full; 10 minutes with
 `python benchmarks/soak.py` (benchmarks/README.md)."""
+
 from __future__ import annotations
 
 import sys
