@@ -1085,3 +1085,19 @@ def test_a_gallery_damaged_past_its_header_raises_a_typed_error_on_every_read(tm
             message == f"{path}: damaged gallery database (database disk image is malformed); check it "
             f"with: sqlite3 {path} 'PRAGMA integrity_check'"
         ), name
+
+
+@pytest.mark.parametrize("command", ["run", "kiosk"])
+def test_the_service_and_the_kiosk_refuse_a_damaged_gallery_in_one_line(tmp_path, base, command):
+    """A gallery damaged past its header: `run` and `kiosk` stop with the typed error's one line
+    (naming the file and the check to run), exit 1, no traceback, the file untouched."""
+    path = tmp_path / "gallery.db"
+    _bad_gallery(path, (base / "gallery.db").read_bytes(), "damaged-pages")
+    before = path.read_bytes()
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    shutil.copy(photo(ITEMS[0]), camera / "frame.jpg")
+    extra = ["--port", "0"] if command == "kiosk" else []
+    line = assert_refused(run(command, "--source", camera, "-g", path, *extra))
+    assert str(path) in line and "damaged gallery database" in line and "PRAGMA integrity_check" in line
+    assert path.read_bytes() == before
