@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ConfigError
-from .settings import join_key, from_dict, parse_assignment, set_path, setting, to_dict  # noqa: F401 (the config's API)
 from .settings import documented_keys as _documented_keys
+from .settings import from_dict, join_key, parse_assignment, set_path, setting, to_dict  # noqa: F401 (the config's API)
 from .settings import to_toml as _to_toml
 from .sinks import SinksConfig, SnapshotConfig, redact_url
 
