@@ -357,7 +357,7 @@ def info(as_json, gallery_path, model_path):
             "bytes": Path(model_path).stat().st_size,
             "input": [card.input_height, card.input_width],
             "output_kind": card.output_kind,
-            "dim": card.output_dim,
+            "dim": card.whitening.get("dim") or card.output_dim,  # what the gallery holds (after whitening)
             "validation": card.validation,
         }
     }
