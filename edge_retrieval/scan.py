@@ -22,7 +22,7 @@ Ties (equal float32 scores) go to the lower row. Scores agree with a float32
 `codes @ q * scale` reference to float32 rounding. Not thread-safe for an append during
 a search: the caller serializes them.
 
-Two-stage mode (`topk(..., shortlist=...)`) for large galleries: a first pass over 256
+Two-stage mode (`topk(..., shortlist=...)`, signs.py) for large galleries: a first pass over 256
 sign bits per row (centred, randomly rotated: Hamming distance by `np.bitwise_count`),
 then the exact int8 scores of the `shortlist` nearest rows. It is approximate: measure
 its recall (`benchmarks/scan.py` does) before relying on it.
@@ -36,8 +36,12 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .signs import SignIndex
 
 BLOCK_BYTES = 1 << 22  # float32 scratch per thread and block (L2 + a share of L3)
 SCORE_BYTES = 1 << 20  # scores buffered per thread before threshold selection
@@ -49,13 +53,9 @@ FLOAT_CACHE_CODES = 1 << 22  # up to n·d = 4M codes (16 MB) the matrix keeps a 
 TINY_CODES = 1 << 14  # up to n·d = 16k codes (64 rows of 256) a full sort beats the kernel's bookkeeping
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-SIGN_BITS = 256  # sign bits per row for the two-stage first pass
-SIGN_GROUP = 16  # bits per block of the block-diagonal random rotation
 SHORTLIST_FRACTION = 1 / 500  # default shortlist: 0.2 % of the rows ...
 SHORTLIST_MIN = 1000  # ... but at least this many (and at least 16·k)
 TWO_STAGE_MIN_ROWS = 1 << 15  # "auto" scans smaller matrices exactly (it is as fast, and exact)
-SIGN_SEED = 20240501  # the rotation is fixed: the same rows give the same bits
-HAMMING_BYTES = 1 << 18  # sign words per block of the Hamming pass
 HAMMING_MIN_ROWS = 1 << 18  # below this many rows the Hamming pass runs in one thread
 CHUNKS_PER_THREAD = 8  # row ranges per thread, taken one at a time (load balance) ...
 CHUNK_MIN_CODES = 1 << 20  # ... of at least this many codes each
@@ -89,7 +89,7 @@ class CodeMatrix:
         self._scales = np.empty(capacity, np.float32)
         self._keys = np.empty(capacity, np.int64)
         self.size = 0
-        self._signs: _SignIndex | None = None
+        self._signs: SignIndex | None = None
         self._f32: np.ndarray | None = None  # float32 copy of the rows of a small matrix
 
     @classmethod
@@ -302,8 +302,10 @@ class CodeMatrix:
     # -- two-stage mode -------------------------------------------------------------
     def enable_two_stage(self) -> None:
         """Compute (and from now on maintain on append) the sign bits of the two-stage mode."""
+        from .signs import SignIndex  # (signs.py builds on this module's helpers)
+
         if self._signs is None or self._signs.stale(self.size):
-            self._signs = _SignIndex(self)
+            self._signs = SignIndex(self)
 
     def _two_stage(self, q: np.ndarray, k: int, n_short: int, threads: int):
         self.enable_two_stage()
@@ -311,6 +313,8 @@ class CodeMatrix:
             return self._two_stage_locked(q, k, n_short, threads)
 
     def _two_stage_locked(self, q: np.ndarray, k: int, n_short: int, threads: int):
+        from .signs import nearest
+
         signs = self._signs
         qbits = signs.encode_queries(q)
         out_i = np.empty((len(q), k), np.int64)
@@ -320,7 +324,7 @@ class CodeMatrix:
         for j in range(len(q)):
             work = _Chunks(0, self.size, threads * CHUNKS_PER_THREAD, 64)
             counts = _parallel(lambda _: signs.hamming(self, qbits[j], dist, work), threads)  # noqa: B023 (runs now)
-            cand = _nearest(dist, np.sum(counts, axis=0), n_short)
+            cand = nearest(dist, np.sum(counts, axis=0), n_short)
             sub = CodeMatrix.wrap(self.rows(cand), self._scales[cand])
             i, s = sub._exact(q[j : j + 1], k, 0, len(cand), 1)
             out_i[j], out_s[j] = cand[i[0]], s[0]
@@ -516,116 +520,3 @@ def _blas_one_thread():
                 for lib, n in _blas_saved:
                     if n != 1:
                         lib.set_num_threads(n)
-
-
-# -- two-stage: sign bits ----------------------------------------------------------------
-class _SignIndex:
-    """SIGN_BITS sign bits per row: sign((x - mean) R) with R a fixed block-diagonal rotation.
-
-    Stored per segment as (words, rows) uint64 so the Hamming pass runs over contiguous
-    arrays. The mean is fitted once (from up to 65536 rows) and refitted while the
-    matrix is still small and has grown 4×.
-    """
-
-    FIT_ROWS = 1 << 16
-
-    def __init__(self, m: CodeMatrix):
-        d = m.dim
-        self.bits = min(SIGN_BITS, -(-d // 64) * 64)
-        self.words = self.bits // 64
-        self.live = min(self.bits, 248)  # ≤ 255 bits can differ: uint8 distances
-        self.groups = self.bits // SIGN_GROUP
-        self.group_in = -(-d // self.groups)  # input dims per group (zero padded)
-        rng = np.random.default_rng(SIGN_SEED)
-        rot = np.empty((self.groups, self.group_in, SIGN_GROUP), np.float32)
-        for g in range(self.groups):
-            basis = np.linalg.qr(rng.standard_normal((self.group_in, max(self.group_in, SIGN_GROUP))))[0]
-            rot[g] = (
-                basis[:, :SIGN_GROUP]
-                if basis.shape[1] >= SIGN_GROUP
-                else np.pad(basis, ((0, 0), (0, SIGN_GROUP - basis.shape[1])))
-            )
-        self.rot = rot
-        n = m.size
-        sample = np.linspace(0, n - 1, min(n, self.FIT_ROWS)).astype(np.int64) if n else np.zeros(0, np.int64)
-        if len(sample):
-            x = m.rows(sample).astype(np.float32) * m._scales[sample, None]
-            self.mean = x.mean(axis=0)
-        else:
-            self.mean = np.zeros(d, np.float32)
-        self.fitted = n
-        self.offset = self._project(self.mean[None])[0]  # (bits,)
-        self.segments = [np.empty((self.words, len(seg)), np.uint64) for seg in m._segments]
-        if n:
-            threads = THREADS if n >= HAMMING_MIN_ROWS else 1
-            work = _Chunks(0, n, threads * CHUNKS_PER_THREAD, 64)
-            with _blas_one_thread():
-                _parallel(lambda _: [self.encode_range(m, *ab) for ab in work], threads)
-
-    def stale(self, n: int) -> bool:
-        return self.fitted < self.FIT_ROWS and n >= 4 * max(self.fitted, 64)
-
-    def add_segment(self, rows: int) -> None:
-        self.segments.append(np.empty((self.words, rows), np.uint64))
-
-    def _project(self, x: np.ndarray) -> np.ndarray:
-        """(r, d) float32 → (r, bits) float32 block-diagonal rotation."""
-        r, d = x.shape
-        pad = self.groups * self.group_in - d
-        if pad:
-            x = np.pad(x, ((0, 0), (0, pad)))
-        y = np.matmul(x.reshape(r, self.groups, self.group_in).transpose(1, 0, 2), self.rot)
-        return y.transpose(1, 0, 2).reshape(r, self.bits)
-
-    def _pack(self, positive: np.ndarray) -> np.ndarray:
-        """(r, bits) bool → (words, r) uint64; bits past `live` are 0 (distances fit a uint8)."""
-        positive[:, self.live :] = False
-        packed = np.packbits(positive, axis=1, bitorder="little")
-        return np.ascontiguousarray(packed.view(np.uint64).T)
-
-    def encode_range(self, m: CodeMatrix, lo: int, hi: int) -> None:
-        step = max(64, BLOCK_BYTES // 2 // (4 * m.dim))
-        for seg, a, b, g in m._pieces(lo, hi):
-            words = self.segments[m._starts.index(g - a)]
-            for s in range(a, b, step):
-                e = min(s + step, b)
-                x = _scratch("codes_f32", (e - s, m.dim), np.float32)
-                np.copyto(x, seg[s:e], casting="unsafe")
-                y = self._project(x)
-                y *= m._scales[g - a + s : g - a + e, None]
-                words[:, s:e] = self._pack(y > self.offset)
-
-    def encode_queries(self, q: np.ndarray) -> np.ndarray:
-        return self._pack(self._project(q - self.mean) > 0).T.copy()  # (q, words)
-
-    def hamming(self, m: CodeMatrix, qbits: np.ndarray, dist: np.ndarray, ranges) -> np.ndarray:
-        """dist[lo:hi] = Hamming distances (uint8) to qbits over the ranges; their histogram (256,)."""
-        rows = max(64, HAMMING_BYTES // (8 * self.words))
-        x = _scratch("hamming_xor", (self.words, rows), np.uint64)
-        c = _scratch("hamming_count", (self.words, rows), np.uint8)
-        q = qbits[:, None]
-        hist = np.zeros(256, np.int64)
-        for lo, hi in ranges:
-            for _seg, a, b, g in m._pieces(lo, hi):
-                words = self.segments[m._starts.index(g - a)]
-                for s in range(a, b, rows):
-                    e = min(s + rows, b)
-                    r = e - s
-                    np.bitwise_xor(words[:, s:e], q, out=x[:, :r])
-                    np.bitwise_count(x[:, :r], out=c[:, :r])
-                    np.add.reduce(c[:, :r], axis=0, out=dist[g - a + s : g - a + e])
-            hist += np.bincount(dist[lo:hi], minlength=256)
-        return hist
-
-
-def _nearest(dist: np.ndarray, hist: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n smallest distances (ties at the cut: lower index first), ascending."""
-    radius = int(np.searchsorted(np.cumsum(hist), n))
-    inside = np.flatnonzero(dist <= radius)
-    if len(inside) > n:
-        at_edge = dist[inside] == radius
-        extra = n - int(np.count_nonzero(~at_edge))
-        keep = ~at_edge
-        keep[np.flatnonzero(at_edge)[:extra]] = True
-        inside = inside[keep]
-    return inside
