@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import secrets
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -19,15 +20,15 @@ import cv2
 import numpy as np
 
 from .. import demo as demo_data
-from .. import democlip
 from ..camera import kind_of, source_name
 from ..config import Config
 from ..embedder import Embedder
 from ..enroll import enroll
-from ..errors import ConfigError, EdgeRetrievalError, GalleryError
+from ..errors import EdgeRetrievalError, GalleryError
 from ..motion import crop_roi
 from ..preprocess import IMAGE_SUFFIXES
 from ..recognize import open_recognizer, ranking_json
+from ..service import parts
 from ..service.daemon import Daemon, FrameResult
 from ..storage.gallery import Gallery, Item
 from .errors import KioskError
@@ -115,33 +116,16 @@ class Kiosk:
     def open(self) -> "Kiosk":
         """Load the model and the gallery (preparing the demo clip and gallery with `demo`)."""
         config = self.config
-        self.embedder = Embedder(config.model.path or None, config.model.threads)
+        self.embedder = parts.embedder(config)
         self._owned.append(self.embedder)
         if self.demo:
-            import tempfile
-
             folder = tempfile.TemporaryDirectory(prefix="edge-retrieval-kiosk-demo-")
             self._owned.append(folder)
-            clip, db = democlip.prepare(self.embedder, folder.name, self.demo_seed)
-            config = replace(
-                config,
-                source=replace(config.source, uri=str(clip), name=config.source.name or "demo-clip"),
-                gallery=replace(config.gallery, path=str(db)),
-            )
-            log.info(
-                "built-in demo: clip %s (items %s; %s shown but not enrolled)",
-                clip,
-                ", ".join(democlip.SEQUENCE),
-                ", ".join(democlip.HELD_OUT),
-            )
+            config = parts.demo(config, self.embedder, folder.name, self.demo_seed)
         else:
-            for key, value in (("source.uri", config.source.uri), ("gallery.path", config.gallery.path)):
-                if not value:
-                    raise ConfigError(
-                        f"{key}: not set (set source.uri and gallery.path, or neither for the built-in demo)"
-                    )
+            parts.check_configured(config)
         self.config = config = kiosk_config(config)
-        self.gallery = Gallery(config.gallery.path)
+        self.gallery = parts.gallery(config)
         self._owned.append(self.gallery)
         self.gallery.check_model(self.embedder.sha256, self.embedder.card.name)
         if self.demo:

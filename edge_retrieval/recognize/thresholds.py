@@ -41,14 +41,8 @@ class Thresholds:
         return self._calibrated
 
     def for_item(self, item_id: int) -> float | None:
-        calibrated, per_item = self.calibrated()
-        if item_id in per_item:
-            return per_item[item_id]
-        if self.threshold is not None:
-            return self.threshold
-        if calibrated is not None:
-            return calibrated
-        return self.preset.threshold if self.model_name == TUNED_FOR else None
+        _, per_item = self.calibrated()
+        return per_item[item_id] if item_id in per_item else self.default()
 
     def default(self) -> float | None:
         """The global threshold in force (what the kiosk's staff page shows)."""

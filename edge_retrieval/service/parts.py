@@ -54,7 +54,7 @@ def check_configured(config: Config) -> None:
         )
 
 
-def demo(config: Config, embedder, folder: str, seed: int, stop: threading.Event) -> Config:
+def demo(config: Config, embedder, folder: str, seed: int, stop: threading.Event | None = None) -> Config:
     """The config with the built-in demo's clip and gallery (made in `folder`, or taken from the cache)."""
     clip, db = democlip.prepare(embedder, folder, seed, stop)
     log.info(
