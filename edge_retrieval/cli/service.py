@@ -172,7 +172,7 @@ def events():
     """The service's events and where each stands with every sink (delivered, pending, parked)."""
 
 
-def open_events(gallery_path):
+def event_log(gallery_path):
     from ..storage.events import EventLog
 
     Gallery(gallery_path, create=False).close()  # a missing file is an error, not a new gallery
@@ -186,7 +186,7 @@ def open_events(gallery_path):
 @gallery_option
 def events_list(parked, limit, as_json, gallery_path):
     """Recent events, newest first, with each sink's delivery: delivered, pending or parked (and the error)."""
-    with open_events(gallery_path) as log:
+    with event_log(gallery_path) as log:
         rows = log.deliveries(limit, parked=parked)
     for event, deliveries in rows:
         if as_json:
@@ -211,7 +211,7 @@ def events_retry(event_ids, every, gallery_path):
     30 s (the next service at its start)."""
     if bool(event_ids) == every:
         raise click.UsageError("give EVENT_ID... or --all")
-    with open_events(gallery_path) as log:
+    with event_log(gallery_path) as log:
         retried = log.retry(None if every else event_ids)
     for event_id, sink in retried:
         click.echo(f"event {event_id}: {sink} will be tried again")
