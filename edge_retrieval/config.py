@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ConfigError
+from .fleet import FleetConfig
 from .settings import documented_keys as _documented_keys
 from .settings import from_dict, join_key, parse_assignment, set_path, setting, to_dict  # noqa: F401 (the config's API)
 from .settings import to_toml as _to_toml
@@ -273,6 +274,7 @@ class Config:
     events: EventsConfig = setting(default_factory=EventsConfig, doc="How much event history is kept.")
     service: ServiceConfig = setting(default_factory=ServiceConfig, doc="The service's own reporting.")
     kiosk: KioskConfig = setting(default_factory=KioskConfig, doc="The kiosk web page (`edge-retrieval kiosk`).")
+    fleet: FleetConfig = setting(default_factory=FleetConfig, doc="Follow a watchlist published to a group of devices.")
 
 
 # -- loading ------------------------------------------------------------------
@@ -313,7 +315,7 @@ SECRET = "***"
 
 
 def redacted(config: Config) -> Config:
-    """The config with its secrets replaced by `SECRET`, for printing: the MQTT password, the
+    """The config with its secrets replaced by `SECRET`, for printing: the MQTT passwords, the
     kiosk token, webhook header values, and the credentials and query values of the source and
     webhook URLs (as logs show them). A command sink's argv is shown as it is."""
     replace = dataclasses.replace
@@ -331,7 +333,8 @@ def redacted(config: Config) -> Config:
     if sinks.mqtt is not None and sinks.mqtt.password:
         sinks = replace(sinks, mqtt=replace(sinks.mqtt, password=SECRET))
     kiosk = replace(config.kiosk, token=SECRET) if config.kiosk.token else config.kiosk
-    return replace(config, source=source, sinks=sinks, kiosk=kiosk)
+    fleet = replace(config.fleet, password=SECRET) if config.fleet.password else config.fleet  # (the key is in a file)
+    return replace(config, source=source, sinks=sinks, kiosk=kiosk, fleet=fleet)
 
 
 EXAMPLE_HEADER = """\

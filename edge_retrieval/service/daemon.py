@@ -169,6 +169,7 @@ class Daemon:
         self._owned: list[Any] = []  # closed in reverse order
         self.event_log = None
         self.dispatcher = None
+        self.fleet = None  # the fleet follower, when [fleet] group is set
         self.pipeline: Pipeline | None = None
         self.last_decision: Decision | None = None
         self.last_result: FrameResult | None = None
@@ -208,6 +209,8 @@ class Daemon:
                 "%s: the gallery is empty; enrol items with `edge-retrieval enroll` (no restart needed)", gallery.path
             )
         self._open_events()
+        if config.fleet.group:
+            self.fleet = self._own(parts.fleet(config, gallery, self._embedder))
         if self.recognizer is None:
             self.recognizer = self._own(parts.recognizer(config, self._embedder, gallery, self.metrics.stage))
         if self._source is None:
@@ -335,6 +338,8 @@ class Daemon:
             if now >= next_status:
                 next_status = now + service.status_interval
                 self.notifier.status(self.status_text(metrics))
+                if self.fleet is not None:
+                    self.fleet.fps = metrics.summary()["fps"]
                 if self.on_stats is not None:
                     self.on_stats(metrics)
             if service.log_interval and now >= next_log:

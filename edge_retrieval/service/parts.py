@@ -46,6 +46,15 @@ def sinks(config: Config) -> list:
     return build_sinks(config.sinks)
 
 
+def fleet(config: Config, gallery: Gallery, embedder):
+    """The fleet follower of `[fleet]`, started: it applies the group's versions to the gallery's file
+    over its own connection (the service's sees them at its next generation check)."""
+    from ..fleet.follower import Follower
+
+    card = getattr(embedder, "card", None)
+    return Follower(config.fleet, gallery.path, embedder.sha256, card.name if card else "").start()
+
+
 def check_configured(config: Config) -> None:
     missing = [k for k, v in (("source.uri", config.source.uri), ("gallery.path", config.gallery.path)) if not v]
     if missing:
