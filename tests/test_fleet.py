@@ -177,7 +177,10 @@ def test_a_publish_reaches_three_running_services_and_their_next_lookups_use_it(
     secret = key.read_text().strip()
     publish(fleet, watchlists["v1"], load_key(key))
     stop = threading.Event()
-    daemons = [Daemon(service_config(tmp_path, f"kiosk{i}", fleet, scene), stop=stop, notifier=Notifier(None), sinks=[]) for i in range(3)]
+    daemons = [
+        Daemon(service_config(tmp_path, f"kiosk{i}", fleet, scene), stop=stop, notifier=Notifier(None), sinks=[])
+        for i in range(3)
+    ]
     threads = [threading.Thread(target=d.run) for d in daemons]
     for t in threads:
         t.start()
@@ -328,8 +331,16 @@ def test_tampered_wrong_key_unsigned_older_oversized_and_other_model_versions_ar
 
         # signed, but the file is not a gallery: the import path refuses it inside the transaction
         junk = os.urandom(5000)
-        bad = sign({**head, "version": 7, "size": len(junk), "sha256": hashlib.sha256(junk).hexdigest(),
-                    "chunks": [hashlib.sha256(junk[:4096]).hexdigest(), hashlib.sha256(junk[4096:]).hexdigest()]}, good)
+        bad = sign(
+            {
+                **head,
+                "version": 7,
+                "size": len(junk),
+                "sha256": hashlib.sha256(junk).hexdigest(),
+                "chunks": [hashlib.sha256(junk[:4096]).hexdigest(), hashlib.sha256(junk[4096:]).hexdigest()],
+            },
+            good,
+        )
         listener.send(topics.chunk(7, 0), junk[:4096])
         listener.send(topics.chunk(7, 1), junk[4096:])
         listener.send(topics.head, json.dumps(bad).encode())

@@ -436,5 +436,4 @@ def demo(seed, preset, model_path, threads):
         click.echo(f"{hits}/{len(lookups)} right (preset {preset}, as `search`, the service and the kiosk answer)")
 
 
-from . import service  # noqa: E402, F401 (registers run, check-config, events and kiosk)
-from . import fleet  # noqa: E402, F401 (registers the fleet commands)
+from . import fleet, service  # noqa: E402, F401 (registers run, check-config, events, kiosk; fleet)
