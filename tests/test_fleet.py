@@ -135,6 +135,13 @@ def test_the_key_file_must_be_private_and_is_never_shown(tmp_path, key, broker, 
     )
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "--key-file" in result.output
     assert "chmod 600" in result.output
+    service = Config(
+        source=SourceConfig(uri=str(tmp_path)),
+        gallery=GalleryConfig(path=str(tmp_path / "g.db")),
+        fleet=config_for(broker, key),
+    )
+    with pytest.raises(ConfigError, match="chmod 600"):  # the service refuses to start
+        Daemon(service, notifier=Notifier(None), sinks=[]).run()
     short = tmp_path / "short.key"
     short.write_text("tiny")
     short.chmod(0o600)
@@ -425,7 +432,9 @@ def test_a_broker_restart_mid_publish_leaves_every_device_on_a_whole_version(tmp
         assert head["version"] == 2
         assert all(f.wait_for(2, DEADLINE_S) for f in followers)
         for f in followers:
-            assert labels(f.gallery_path) == {"rocket", "coins", "grass"} and f.last_error == ""
+            assert (
+                labels(f.gallery_path) == {"rocket", "coins", "grass"} and "version" not in f.last_error
+            )  # no refusal
     finally:
         for f in followers:
             f.close()

@@ -74,6 +74,9 @@ class Follower:
             config, f"edge-retrieval-fleet-{self.device}-{uuid.uuid4().hex[:8]}", (self.topics.availability, "offline")
         )
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = lambda client, userdata: self._fail_once(
+            f"broker {where(config)} does not answer; retrying (the gallery stays as it is meanwhile)"
+        )
         self._client.on_message = self._on_message
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -82,6 +85,13 @@ class Follower:
         applied = layer.applied(self._gallery)
         self.applied = applied if applied.get("group") == self.config.group else {}
         self.download.unlink(missing_ok=True)  # a download a previous run did not finish
+        log.info(
+            "fleet %s: following as %s on %s (version applied: %s)",
+            self.config.group,
+            self.device,
+            where(self.config),
+            self.applied.get("version", "none"),
+        )
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
         self._thread.start()
         try:
@@ -90,13 +100,6 @@ class Follower:
             self.close()
             raise ConfigError(f"fleet.host: {where(self.config)}: {one_line(e)}") from None
         self._client.loop_start()
-        log.info(
-            "fleet %s: following as %s on %s (version applied: %s)",
-            self.config.group,
-            self.device,
-            where(self.config),
-            self.applied.get("version", "none"),
-        )
         return self
 
     def close(self) -> None:
@@ -179,8 +182,8 @@ class Follower:
             self._refuse(str(e), said, head=None)
             return
         with self._lock:
-            if self._target is not None and self._target["signature"] == head["signature"]:
-                return
+            if head["signature"] in self._said or (self._target and self._target["signature"] == head["signature"]):
+                return  # refused once already (a bad chunk, a failed import), or downloading
             self._drop_target()
             try:
                 fd = os.open(self.download, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -222,7 +225,7 @@ class Follower:
                     self._client.unsubscribe(self.topics.chunk(head["version"], "+"))
                     self._wake.set()
         if refusal:
-            self._refuse(refusal, head["signature"] + "chunk", head=head)
+            self._refuse(refusal, head["signature"], head=head)
 
     def _drop_target(self) -> None:
         """Forget the download under way (the lock held)."""
