@@ -54,7 +54,10 @@ def _without_xnnpack_notice():
 
 
 def load_interpreter(model_path: str, num_threads: int):
-    """LiteRT's interpreter (ai-edge-litert), falling back to tflite-runtime, with its tensors allocated."""
+    """LiteRT's interpreter (ai-edge-litert), falling back to tflite-runtime, with its tensors allocated.
+
+    EDGE_RETRIEVAL_OP_RESOLVER=ref selects LiteRT's reference kernels (slow, plain C++): the
+    optimized ones crash under qemu's aarch64 emulation (tests/test_aarch64.py runs that way)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -62,9 +65,14 @@ def load_interpreter(model_path: str, num_threads: int):
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
             raise ModelError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime with numpy<2)") from None
+    options = {}
+    if os.environ.get("EDGE_RETRIEVAL_OP_RESOLVER", "").strip().lower() == "ref":
+        from ai_edge_litert.interpreter import OpResolverType
+
+        options["experimental_op_resolver_type"] = OpResolverType.BUILTIN_REF
     with _without_xnnpack_notice():
         try:
-            interp = Interpreter(model_path=model_path, num_threads=num_threads)
+            interp = Interpreter(model_path=model_path, num_threads=num_threads, **options)
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{model_path}: not a loadable TFLite model ({one_line(e)})") from None
         try:
