@@ -20,7 +20,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 requirements() {
     python - <<'EOF'
 import tomllib
-from packaging.requirements import Requirement
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # a bare interpreter: pip carries its own copy
+    from pip._vendor.packaging.requirements import Requirement
 
 env = {"platform_machine": "aarch64", "sys_platform": "linux", "platform_system": "Linux",
        "python_version": "3.11", "python_full_version": "3.11.2", "implementation_name": "cpython",
