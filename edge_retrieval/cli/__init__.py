@@ -437,3 +437,4 @@ def demo(seed, preset, model_path, threads):
 
 
 from . import service  # noqa: E402, F401 (registers run, check-config, events and kiosk)
+from . import doctor  # noqa: E402, F401 (registers doctor)
