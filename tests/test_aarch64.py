@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from edge_retrieval import Embedder, Gallery
 from edge_retrieval.demo import camera_view, photo
+from edge_retrieval.doctor import Report, check_card
 from edge_retrieval.enroll import enroll
 from edge_retrieval.preprocess import read_image
 from edge_retrieval.recognize import open_recognizer
@@ -51,7 +52,10 @@ with tempfile.TemporaryDirectory() as tmp, Embedder() as emb, Gallery(Path(tmp) 
     recognizer = open_recognizer(emb, gallery, "whole")
     views = [camera_view(read_image(photo(name)), np.random.default_rng(i)) for i, name in enumerate(queries)]
     rankings = [recognizer.recognize(view) for view in views]
+    report = Report()
+    check_card(report, emb)  # doctor's model check: the card's images against its recorded descriptors
     print(json.dumps({
+        "card": [report.checks[0].status, report.checks[0].detail],
         "machine": platform.machine(),
         "descriptors": emb.embed(views).tolist(),
         "answers": [r.label for r in rankings],
@@ -126,3 +130,4 @@ def test_enrol_and_search_on_emulated_aarch64_agree_with_x86(aarch64_root):
     assert arm["answers"] == x86_ref["answers"] == x86["answers"]
     assert arm["best"] == x86["best"]
     assert arm["answers"] == ["cat", "rocket", None], arm["answers"]  # the texture is unknown
+    assert arm["card"][0] == "ok", arm["card"][1]  # doctor's model check passes on aarch64

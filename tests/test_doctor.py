@@ -98,3 +98,27 @@ def test_a_model_that_disagrees_with_its_card_fails(embedder):
 
     check_card(report, Drifted())
     assert report.checks[-1].status == "fail" and "needs ≥ 0.98" in report.checks[-1].detail
+
+
+def test_32_bit_arm_is_refused_at_install_and_at_start(monkeypatch, tmp_path):
+    """pip: the runtime is required on armv7l, where it has no wheel; the CLI: one line at start."""
+    import importlib.util
+    import platform
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    litert = next(Requirement(d) for d in deps if d.startswith("ai-edge-litert"))
+    for machine in ("armv7l", "armv6l", "aarch64", "x86_64"):
+        assert litert.marker.evaluate({"platform_machine": machine}), machine
+
+    monkeypatch.setattr(platform, "machine", lambda: "armv7l")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # no runtime installed
+    result = CliRunner().invoke(cli, ["list", "-g", str(tmp_path / "g.db")])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: 32-bit ARM (armv7l, 32-bit Python) is not supported: LiteRT (ai-edge-litert) publishes no "
+        "32-bit ARM wheel; install Raspberry Pi OS 64-bit (Bookworm) and edge-retrieval there"
+    )
+    assert not (tmp_path / "g.db").exists()
