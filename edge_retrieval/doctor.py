@@ -132,24 +132,30 @@ def check_card(report: Report, embedder) -> None:
         report.add("model card", "warn", f"{name}: its card records no reference descriptors to compare with")
         return
     folder = Path(embedder.model_path).parent.parent
-    paths = [folder / image["name"] for image in ref["images"]]
-    for path, image in zip(paths, ref["images"]):
-        if not path.is_file() or sha256_file(path) != image["sha256"]:
+    try:  # a card is a file people edit: a malformed entry is a failed check, not a crash
+        paths = [folder / image["name"] for image in ref["images"]]
+        digests = [image["sha256"] for image in ref["images"]]
+        want = np.array([np.frombuffer(base64.b64decode(d), "<f2") for d in ref["descriptors"]], np.float32)
+        bar = float(ref["min_cosine"])
+    except (KeyError, TypeError, ValueError) as e:
+        report.add("model card", "fail", f"{name}: validation.{DEVICE_CHECK} is malformed ({type(e).__name__}: {e})")
+        return
+    for path, digest in zip(paths, digests):
+        if not path.is_file() or sha256_file(path) != digest:
             report.add("model card", "warn", f"{path}: check image missing or changed; agreement not measured")
             return
     got = embedder.embed_files(paths)
-    want = np.array([np.frombuffer(base64.b64decode(d), "<f2") for d in ref["descriptors"]], np.float32)
     if want.shape != got.shape:
         report.add("model card", "fail", f"{name}: descriptors of {got.shape[1]} dims, the card's {want.shape[1]}")
         return
     cosines = (got * want).sum(axis=1) / np.linalg.norm(want, axis=1)
     worst = float(cosines.min())
-    status = "ok" if worst >= ref["min_cosine"] else "fail"
+    status = "ok" if worst >= bar else "fail"
     report.add(
         "model card",
         status,
-        f"{name}: {len(paths)} check image(s), cosine to the card's ≥ {worst:.4f} (needs ≥ {ref['min_cosine']}; "
-        f"recorded on {ref['machine']})",
+        f"{name}: {len(paths)} check image(s), cosine to the card's ≥ {worst:.4f} (needs ≥ {bar:g}; "
+        f"recorded on {ref.get('machine', '?')})",
     )
 
 

@@ -122,3 +122,16 @@ def test_32_bit_arm_is_refused_at_install_and_at_start(monkeypatch, tmp_path):
         "32-bit ARM wheel; install Raspberry Pi OS 64-bit (Bookworm) and edge-retrieval there"
     )
     assert not (tmp_path / "g.db").exists()
+
+
+def test_a_malformed_card_check_is_a_failed_check_not_a_crash(embedder):
+    from dataclasses import replace
+
+    class Edited:  # the card's device_check hand-edited: its descriptors gone
+        model_path = embedder.model_path
+        card = replace(embedder.card, validation={DEVICE_CHECK: {"images": [{"name": "photos/cat.jpg"}]}})
+
+    report = Report()
+    check_card(report, Edited())
+    assert report.checks[-1].status == "fail"
+    assert "validation.device_check is malformed (KeyError" in report.checks[-1].detail
