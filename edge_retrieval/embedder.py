@@ -87,9 +87,8 @@ def load_interpreter(model_path: str, num_threads: int):
             ) from None
     options = {}
     if os.environ.get("EDGE_RETRIEVAL_OP_RESOLVER", "").strip().lower() == "ref":
-        from ai_edge_litert.interpreter import OpResolverType
-
-        options["experimental_op_resolver_type"] = OpResolverType.BUILTIN_REF
+        resolvers = sys.modules[Interpreter.__module__].OpResolverType  # (either runtime's module has it)
+        options["experimental_op_resolver_type"] = resolvers.BUILTIN_REF
     with _without_xnnpack_notice():
         try:
             interp = Interpreter(model_path=model_path, num_threads=num_threads, **options)
