@@ -53,18 +53,45 @@ def _without_xnnpack_notice():
                     os.write(2, rest)
 
 
+def unsupported_platform() -> str | None:
+    """The one-line reason this machine cannot run the model: 32-bit ARM (Raspberry Pi OS 32-bit,
+    also on a 64-bit kernel) without a TFLite runtime, since LiteRT publishes no wheel for it."""
+    import importlib.util
+    import platform
+    import struct
+
+    machine = platform.machine()
+    arm32 = machine.startswith("arm") or (machine == "aarch64" and struct.calcsize("P") == 4)
+    if not arm32 or any(importlib.util.find_spec(m) for m in ("ai_edge_litert", "tflite_runtime")):
+        return None
+    return (
+        f"32-bit ARM ({machine}, 32-bit Python) is not supported: LiteRT (ai-edge-litert) publishes no "
+        "32-bit ARM wheel; install Raspberry Pi OS 64-bit (Bookworm) and edge-retrieval there"
+    )
+
+
 def load_interpreter(model_path: str, num_threads: int):
-    """LiteRT's interpreter (ai-edge-litert), falling back to tflite-runtime, with its tensors allocated."""
+    """LiteRT's interpreter (ai-edge-litert), falling back to tflite-runtime, with its tensors allocated.
+
+    EDGE_RETRIEVAL_OP_RESOLVER=ref selects LiteRT's reference kernels (slow, plain C++): the
+    optimized ones crash under qemu's aarch64 emulation (tests/test_aarch64.py runs that way)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            raise ModelError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime with numpy<2)") from None
+            raise ModelError(
+                unsupported_platform()
+                or "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime with numpy<2)"
+            ) from None
+    options = {}
+    if os.environ.get("EDGE_RETRIEVAL_OP_RESOLVER", "").strip().lower() == "ref":
+        resolvers = sys.modules[Interpreter.__module__].OpResolverType  # (either runtime's module has it)
+        options["experimental_op_resolver_type"] = resolvers.BUILTIN_REF
     with _without_xnnpack_notice():
         try:
-            interp = Interpreter(model_path=model_path, num_threads=num_threads)
+            interp = Interpreter(model_path=model_path, num_threads=num_threads, **options)
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{model_path}: not a loadable TFLite model ({one_line(e)})") from None
         try:

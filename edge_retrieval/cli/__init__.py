@@ -12,7 +12,7 @@ import click
 import cv2
 
 from .. import demo as demo_data
-from ..embedder import Embedder
+from ..embedder import Embedder, unsupported_platform
 from ..enroll import enroll as enroll_pairs
 from ..enroll import enroll_negatives, list_images, plan
 from ..errors import EdgeRetrievalError
@@ -24,6 +24,9 @@ class Group(click.Group):
     """Turns the library's typed errors into one-line messages and exit code 1."""
 
     def invoke(self, ctx):
+        if problem := unsupported_platform():  # 32-bit ARM: refused at the start, not at the first model run
+            click.echo(f"Error: {problem}", err=True)
+            ctx.exit(1)
         try:
             return super().invoke(ctx)
         except EdgeRetrievalError as e:
@@ -436,4 +439,5 @@ def demo(seed, preset, model_path, threads):
         click.echo(f"{hits}/{len(lookups)} right (preset {preset}, as `search`, the service and the kiosk answer)")
 
 
-from . import fleet, service  # noqa: E402, F401 (registers run, check-config, events, kiosk; fleet)
+# registers run, check-config, events and kiosk; doctor; fleet
+from . import doctor, fleet, service  # noqa: E402, F401
