@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import EventError
 from ..quantize import dequantize
+from ..scan import _blas_one_thread  # a matrix-vector product needs no BLAS threads (they cost 5× under load)
 from .database import Database
 
 BLOCK_ROWS = 8192  # rows cast to float32 at a time: 8 MB of scratch for 256-d codes, not the whole matrix
@@ -98,16 +99,18 @@ class HistoryIndex:
         self.scales = _Column(np.float32)
         self.times = _Column(np.float64)
         self.matches = _Column(np.bool_)
-        self.labels = _Column(np.int32)  # codes into self._names (-1: no label)
+        self.labels = _Column(np.int32)  # codes into self._names
         self.sources = _Column(np.int32)
         self.alive = _Column(np.bool_)  # False: deleted here since the last load
         self.codes = _Column(np.int8, dim) if dim else None
-        self._names: dict[str, int] = {}
+        self._names: dict[str | None, int] = {}
 
-    def _code(self, name: str | None) -> int:
-        if name is None:
-            return -1
-        return self._names.setdefault(name, len(self._names))
+    def _codes(self, names: tuple) -> np.ndarray:
+        """Labels or sources as int codes (None is a name like any other: no filter asks for it)."""
+        known = self._names
+        for name in set(names) - known.keys():
+            known[name] = len(known)
+        return np.array([known[x] for x in names], np.int32)
 
     # -- keeping up with the file ------------------------------------------------------
     def refresh(self) -> None:
@@ -130,21 +133,22 @@ class HistoryIndex:
 
     def _append(self, rows: list) -> None:
         n = len(rows)
-        blob = b"".join(r[2] for r in rows)
-        dim = self.dim or len(rows[0][2])
+        ids, scales, vectors, times, kinds, labels, sources = zip(*rows)  # columns: one pass in C
+        blob = b"".join(vectors)
+        dim = self.dim or len(vectors[0])
         if len(blob) != n * dim:
             raise EventError(f"{self.path}: event descriptors of mixed lengths (expected {dim} bytes each)")
         if self.codes is None:
             self.dim, self.codes = dim, _Column(np.int8, dim)
         self.codes.extend(np.frombuffer(blob, np.int8).reshape(n, dim))
-        self.ids.extend(np.fromiter((r[0] for r in rows), np.int64, n))
-        self.scales.extend(np.fromiter((r[1] for r in rows), np.float32, n))
-        self.times.extend(np.fromiter((r[3] for r in rows), np.float64, n))
-        self.matches.extend(np.fromiter((r[4] == "match" for r in rows), np.bool_, n))
-        self.labels.extend(np.fromiter((self._code(r[5]) for r in rows), np.int32, n))
-        self.sources.extend(np.fromiter((self._code(r[6]) for r in rows), np.int32, n))
+        self.ids.extend(np.array(ids, np.int64))
+        self.scales.extend(np.array(scales, np.float32))
+        self.times.extend(np.array(times, np.float64))
+        self.matches.extend(np.array(kinds, object) == "match")
+        self.labels.extend(self._codes(labels))
+        self.sources.extend(self._codes(sources))
         self.alive.extend(np.ones(n, np.bool_))
-        self.last_id = int(rows[-1][0])
+        self.last_id = int(ids[-1])
 
     def forget(self, event_id: int, generation_before: int, generation_after: int) -> None:
         """An event this process deleted: dropped from the index without a reload, unless another
@@ -215,11 +219,12 @@ class HistoryIndex:
         codes, n = self.codes.data, self.ids.size
         out = np.empty(n, np.float32)
         scratch = np.empty((min(BLOCK_ROWS, n), self.dim), np.float32)
-        for lo in range(0, n, BLOCK_ROWS):
-            hi = min(n, lo + BLOCK_ROWS)
-            block = scratch[: hi - lo]
-            np.copyto(block, codes[lo:hi], casting="unsafe")
-            np.matmul(block, query, out=out[lo:hi])
+        with _blas_one_thread():
+            for lo in range(0, n, BLOCK_ROWS):
+                hi = min(n, lo + BLOCK_ROWS)
+                block = scratch[: hi - lo]
+                np.copyto(block, codes[lo:hi], casting="unsafe")
+                out[lo:hi] = block @ query
         out *= self.scales()
         return out
 
