@@ -96,7 +96,9 @@ def main() -> None:
     with Embedder(DEFAULT_MODEL) as emb:
         if not path.exists():
             seconds, _ = build(path, args.n, emb)
-            print(f"recorded {args.n} events in {seconds:.1f} s ({seconds / args.n * 1e6:.0f} µs each, one transaction)")
+            print(
+                f"recorded {args.n} events in {seconds:.1f} s ({seconds / args.n * 1e6:.0f} µs each, one transaction)"
+            )
         query = photo_descriptor(emb, read_image(photo("cat")))
     rows, worst = [], 0.0
 
@@ -141,7 +143,9 @@ def main() -> None:
         per_page = (time.perf_counter() - t) * 1000 / walked
         rows.append(f"{'page: all ' + str(walked) + ' pages walked, per page':<44} {per_page:8.2f} {'':>8}")
         worst = max(worst, per_page)
-        rows.append(f"{'index: load (once: a new process, a deletion)':<44} {load:8.2f} {'':>8}  {log.history.ids.size} descriptors")
+        rows.append(
+            f"{'index: load (once: a new process, a deletion)':<44} {load:8.2f} {'':>8}  {log.history.ids.size} descriptors"
+        )
         searches = {
             "search by example: all, top 50": lambda: log.similar(query, top_k=50),
             "search by example: label=cat": lambda: log.similar(query, top_k=50, label="cat"),

@@ -450,5 +450,4 @@ def demo(seed, preset, model_path, threads):
         click.echo(f"{hits}/{len(lookups)} right (preset {preset}, as `search`, the service and the kiosk answer)")
 
 
-from . import service  # noqa: E402, F401 (registers run, check-config, events and kiosk)
-from . import events  # noqa: E402, F401 (registers events list, search and export)
+from . import events, service  # noqa: E402, F401 (register run, check-config, kiosk, events list/search/export/retry)

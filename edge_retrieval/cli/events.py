@@ -147,7 +147,9 @@ def events_search(
     "--contact-sheet", required=True, type=click.Path(dir_okay=False), help="The JPEG to draw the thumbnails into."
 )
 @event_filters
-@click.option("--limit", "-n", default=50, show_default=True, type=click.IntRange(1, 2000), help="How many, newest first.")
+@click.option(
+    "--limit", "-n", default=50, show_default=True, type=click.IntRange(1, 2000), help="How many, newest first."
+)
 @gallery_option
 def events_export(contact_sheet, label, kind, source, since, until, limit, gallery_path):
     """Draw events' snapshots into one JPEG: a grid of thumbnails with label, score, time and camera.

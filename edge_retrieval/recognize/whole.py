@@ -16,7 +16,6 @@ from ..regions import Regions
 from . import Candidate, Preset, Ranking, Stage, no_stage
 from .thresholds import Negatives, Thresholds
 
-
 WHOLE_FRAME = np.array([[0, 0, 1, 1]], np.float32)  # the one region (frame fractions) the descriptor covers
 
 
