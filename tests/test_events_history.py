@@ -94,7 +94,9 @@ def test_an_events_file_of_the_first_step_is_migrated_with_its_events(tmp_path):
         assert [e.id for e, _ in log.similar(centre(0))] == [new]
         plan = " ".join(
             r[3]
-            for r in log.db.execute("EXPLAIN QUERY PLAN SELECT id FROM events WHERE label = 'cat' ORDER BY id DESC")
+            for r in log.db.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM events WHERE label = 'cat' AND time < 5 ORDER BY time DESC, id DESC"
+            )
         )
         assert "events_label" in plan and "TEMP B-TREE" not in plan  # a filtered page walks one index
 
@@ -123,6 +125,10 @@ def test_query_filters_and_keyset_paging(tmp_path):
             log.query(kind="maybe")
         detail = log.event(1)
         assert detail == log.query(before_id=2, limit=1)[0]
+        # newest by time (a clock set back records an older time later), and a cursor deleted meanwhile
+        late = log.record(event(-1, "cat"))
+        assert [e.id for e in log.query(label="cat", limit=100)][-2:] == [1, late]
+        assert log.delete(31) and [e.id for e in log.query(before_id=31, limit=2)] == [30, 29]
 
 
 def test_similar_ranks_by_cosine_filters_and_follows_other_processes(tmp_path):

@@ -8,6 +8,10 @@ count and an age too (`EventLog(max_count=, max_age_days=)`), except those a sin
 acknowledged yet. An event a sink refused for good (its outbox row parked, see `outbox.py`)
 is kept whatever the count, so it can be looked at and retried (`deliveries`, `retry`), but
 goes once older than max_age_days: a sink that refuses everything cannot fill the disk.
+
+For review, each event keeps the descriptor its decision rested on (`record(event, descriptor)`,
+history.py): `query` pages through the events newest first with filters, `similar`/`similar_to`
+rank them by example, `delete` removes one with its descriptor, outbox rows and snapshot.
 """
 
 from __future__ import annotations
@@ -59,8 +63,8 @@ MIGRATIONS = Migrations(
     CREATE INDEX events_time ON events(time);
     """,
         # 2: each event's descriptor (int8 as the gallery's vectors: history.py), a counter of deletions
-        #    (an in-memory index reloads when it moves), and indexes for the review's filters (each
-        #    ends in the rowid: a filtered page newest first is a walk down one index)
+        #    (an in-memory index reloads when it moves), and indexes for the review's filters: a page
+        #    (newest first: time, then id) with one filter and a time range is a walk down one index
         [
             """CREATE TABLE event_vectors (
             event_id INTEGER PRIMARY KEY REFERENCES events(id) ON DELETE CASCADE,
@@ -72,9 +76,9 @@ MIGRATIONS = Migrations(
             """CREATE TRIGGER events_deleted AFTER DELETE ON events BEGIN
             UPDATE event_state SET generation = generation + 1;
         END""",
-            "CREATE INDEX events_label ON events(label)",
-            "CREATE INDEX events_kind ON events(kind)",
-            "CREATE INDEX events_source ON events(source)",
+            "CREATE INDEX events_label ON events(label, time)",
+            "CREATE INDEX events_kind ON events(kind, time)",
+            "CREATE INDEX events_source ON events(source, time)",
         ],
     ],
 )
@@ -311,8 +315,9 @@ class EventLog:
         return [r[0] for r in deleted]
 
     def recent(self, n: int = 20) -> list[Event]:
-        """The last n events, newest first."""
-        return self.query(limit=n)
+        """The last n events recorded, the last first."""
+        rows = self.db.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", [n])
+        return [Event.from_row(r) for r in rows.fetchall()]
 
     def query(
         self,
@@ -326,20 +331,31 @@ class EventLog:
         limit: int = 50,
         parked: bool = False,
     ) -> list[Event]:
-        """Events newest first: those with this label, kind, source, since ≤ time < until (None:
-        any), older than `before_id` (the next page: the last id of this one), and with a parked
-        outbox row if `parked`. A page is a walk down one index (≈ 1 ms in 100,000 events)."""
+        """Events newest first (by time, then id): those with this label, kind, source, since ≤
+        time < until (None: any), listed after event `before_id` (the next page: the last id of
+        this one), and with a parked outbox row if `parked`. A page is a walk down one index
+        (< 1 ms in 100,000 events, whatever the filter and the depth)."""
         if kind is not None and kind not in KINDS:
             raise EventError(f"event kind must be one of {KINDS}, not {kind!r}")
         terms, args = Filters(label, kind, source, since, until).sql()
         if before_id is not None:
-            terms.append("id < ?")
-            args.append(int(before_id))
+            cursor = self.db.execute("SELECT time, id FROM events WHERE id = ?", [int(before_id)]).fetchone()
+            if cursor is not None:
+                terms.append("(time, id) < (?, ?)")
+            else:  # deleted meanwhile: go on from the event recorded before it (inclusive)
+                cursor = self.db.execute(
+                    "SELECT time, id FROM events WHERE id < ? ORDER BY id DESC LIMIT 1", [int(before_id)]
+                ).fetchone()
+                if cursor is None:
+                    return []
+                terms.append("(time, id) <= (?, ?)")
+            args += list(cursor)
         if parked:
             terms.append("id IN (SELECT event_id FROM outbox WHERE parked IS NOT NULL)")
         where = f"WHERE {' AND '.join(terms)}" if terms else ""
         rows = self.db.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY id DESC LIMIT ?", [*args, max(0, int(limit))]
+            f"SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY time DESC, id DESC LIMIT ?",
+            [*args, max(0, int(limit))],
         )
         return [Event.from_row(r) for r in rows.fetchall()]
 
