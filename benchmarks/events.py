@@ -6,7 +6,8 @@ enrolled descriptor plus noise (cosine ≈ 0.8 to it, as a camera's region is), 
 mix of items. Every event is recorded through `EventLog.record` (descriptor quantized as the
 daemon's are). Then, through `EventLog` itself, median and p90 of:
   * a page of 50: the first, a deep one (keyset: before an id 90 % down), one filtered by label,
-    by kind and camera, by a day's time range; and every page walked from the newest to the oldest,
+    by kind and camera, by a day's time range (the middle one, the oldest); and every page
+    walked from the newest to the oldest,
   * search by example: a real photo's descriptor (`photo_descriptor`), over all, by label, by a
     week, and `similar_to` an event; loading the index once (a new process's first search), and
     a search right after one more event was recorded (the index is extended, not reloaded).
@@ -124,6 +125,9 @@ def main() -> None:
             "page: one day in the middle": lambda: log.query(since=mid - 86400, until=mid, limit=50),
             "page: label=cat, one day in the middle": lambda: log.query(
                 label="cat", since=mid - 86400, until=mid, limit=50
+            ),
+            "page: label=cat, the oldest day": lambda: log.query(
+                label="cat", since=first, until=first + 86400, limit=50
             ),
         }
         for name, fn in pages.items():
