@@ -164,6 +164,12 @@ def expand_queries(paths) -> list[Path]:
     return out
 
 
+def numbered(path: str, q: int, n: int) -> Path:
+    """The output file of query q of n: PATH itself for one query, NAME-q.jpg for several."""
+    out = Path(path)
+    return out.with_name(f"{out.stem}-{q}{out.suffix or '.jpg'}") if n > 1 else out
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option(
@@ -186,11 +192,17 @@ def expand_queries(paths) -> list[Path]:
     type=click.Path(dir_okay=False),
     help="Draw where the item was found into this image (several queries: NAME-0.jpg, NAME-1.jpg, …).",
 )
+@click.option(
+    "--contact-sheet",
+    type=click.Path(dir_okay=False),
+    help="Draw the query and the enrolled photos of its top-k, with their scores, into this JPEG "
+    "(several queries: NAME-0.jpg, …).",
+)
 @preset_option
 @gallery_option
 @model_option
 @threads_option
-def search(images, top_k, as_json, explain, preset, gallery_path, model_path, threads):
+def search(images, top_k, as_json, explain, contact_sheet, preset, gallery_path, model_path, threads):
     """Look up one or many images (or folders of them): which item it is, or unknown.
 
     The same recognizer as the service and the kiosk: `matches` is the final ranking and its
@@ -201,6 +213,7 @@ def search(images, top_k, as_json, explain, preset, gallery_path, model_path, th
     Example:
         edge-retrieval search photo.jpg --json -g gallery.db
     """
+    from .. import contactsheet
     from ..explain import draw
     from ..preprocess import read_image
     from ..recognize import open_recognizer, ranking_json
@@ -214,11 +227,12 @@ def search(images, top_k, as_json, explain, preset, gallery_path, model_path, th
             frame = read_image(path)
             ranking = recognizer.recognize(frame)
             if explain:
-                out = Path(explain)
-                if len(queries) > 1:
-                    out = out.with_name(f"{out.stem}-{q}{out.suffix or '.jpg'}")
+                out = numbered(explain, q, len(queries))
                 if not cv2.imwrite(str(out), draw(frame, ranking)):
                     raise click.ClickException(f"{out}: cannot write the explanation image")
+            if contact_sheet:
+                tiles = contactsheet.ranking_tiles(frame, path.name, ranking, gallery, top_k)
+                contactsheet.write(numbered(contact_sheet, q, len(queries)), contactsheet.sheet(tiles))
             found = ranking_json(ranking, meta, top_k)
             if as_json:
                 click.echo(json.dumps({"query": str(path), **found}))
@@ -439,5 +453,5 @@ def demo(seed, preset, model_path, threads):
         click.echo(f"{hits}/{len(lookups)} right (preset {preset}, as `search`, the service and the kiosk answer)")
 
 
-# registers run, check-config, events and kiosk; doctor; fleet
-from . import doctor, fleet, service  # noqa: E402, F401
+# registers run, check-config, kiosk; events list/search/export/retry; doctor; fleet
+from . import doctor, events, fleet, service  # noqa: E402, F401

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 
 import click
 
@@ -169,7 +167,7 @@ def check_config(path, show):
 
 @cli.group()
 def events():
-    """The service's events and where each stands with every sink (delivered, pending, parked)."""
+    """The service's events: list, search by example, export as a contact sheet; retry deliveries."""
 
 
 def event_log(gallery_path):
@@ -177,29 +175,6 @@ def event_log(gallery_path):
 
     Gallery(gallery_path, create=False).close()  # a missing file is an error, not a new gallery
     return EventLog(gallery_path, [])
-
-
-@events.command("list")
-@click.option("--parked", is_flag=True, help="Only events a sink refused for good (parked until retried).")
-@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(1), help="How many, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event: its payload and \"deliveries\".")
-@gallery_option
-def events_list(parked, limit, as_json, gallery_path):
-    """Recent events, newest first, with each sink's delivery: delivered, pending or parked (and the error)."""
-    with event_log(gallery_path) as log:
-        rows = log.deliveries(limit, parked=parked)
-    for event, deliveries in rows:
-        if as_json:
-            click.echo(json.dumps({**event.payload(), "deliveries": [vars(d) for d in deliveries]}))
-            continue
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time))
-        states = ", ".join(
-            f"{d.sink} {d.state}" + (f" ({d.error})" if d.error and d.state != "delivered" else "") for d in deliveries
-        )
-        click.echo(
-            f"{event.id:>6}  {when}  {event.source}  {event.label or event.kind} {event.score:.2f}  "
-            f"{states or 'no sinks'}"
-        )
 
 
 @events.command("retry")

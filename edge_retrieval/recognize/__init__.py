@@ -82,11 +82,25 @@ class Ranking:
     match: Candidate | None = None  # candidates[0] when it passed, else None: unknown
     threshold: float | None = None  # the threshold applied to candidates[0] (None: no match possible)
     margin: float = math.inf  # candidates[0]'s score over the next different label's
-    regions: Regions | None = None  # the frame's descriptors (row 0: the whole frame), regional only
+    regions: Regions | None = None  # the frame's descriptors (row 0: the whole frame; whole: only it)
 
     @property
     def best(self) -> Candidate | None:
         return self.candidates[0] if self.candidates else None
+
+    @property
+    def descriptor(self) -> np.ndarray | None:
+        """The descriptor the verdict rests on, what an event stores for search by example: the
+        best candidate's region (the part of the frame that looked most like an item), else the
+        whole frame's; None if the recognizer kept none."""
+        if self.regions is None:
+            return None
+        best = self.best
+        if best is not None and best.region is not None:
+            rows = np.flatnonzero(np.all(self.regions.boxes == best.region, axis=1))
+            if len(rows):
+                return self.regions.vectors[rows[0]]
+        return self.regions.vectors[0]
 
     @property
     def label(self) -> str | None:

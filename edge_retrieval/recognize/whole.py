@@ -12,8 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..regions import Regions
 from . import Candidate, Preset, Ranking, Stage, no_stage
 from .thresholds import Negatives, Thresholds
+
+WHOLE_FRAME = np.array([[0, 0, 1, 1]], np.float32)  # the one region (frame fractions) the descriptor covers
 
 
 class WholeRecognizer:
@@ -41,7 +44,8 @@ class WholeRecognizer:
             if vetoed:
                 candidates = [replace(c, vetoed=True) if c.item_id in vetoed else c for c in candidates]
             match, threshold, margin = self.thresholds.verdict(candidates)
-        return Ranking(self.preset.name, candidates, match, threshold, margin)
+        whole = Regions(np.asarray(descriptor, np.float32).reshape(1, -1), WHOLE_FRAME)
+        return Ranking(self.preset.name, candidates, match, threshold, margin, whole)
 
     def close(self) -> None:
         pass

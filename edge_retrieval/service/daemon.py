@@ -39,6 +39,7 @@ REFRESH_INTERVAL = 0.25
 READ_TIMEOUT = 0.25  # the longest the loop waits for a frame before looking at the stop event
 STOP_TIMEOUT = 0.8  # what the sinks' dispatcher gets to finish when stopping (exit within 2 s)
 DRAIN_TIMEOUT = 5.0  # what the sinks get to deliver pending events when a file or folder ended
+MAX_POINTS = 64  # inlier points an event keeps for its detail view (≈ 600 bytes of JSON)
 IDLE_PING = 1.0  # seconds between watchdog pings while the source waits as designed (see _loop)
 
 
@@ -392,6 +393,7 @@ class Daemon:
             "votes": decision.votes,
             "window": decision.window,
             "threshold": decision.threshold,
+            **self._evidence(result),
             "frame": result.frame.index,
             "source_time": round(result.frame.time, 3),
         }
@@ -410,12 +412,26 @@ class Daemon:
         if self.config.snapshot.enabled:
             event = self._snapshot(result.frame.full(), event)
         try:
-            self.event_log.record(event)
+            self.event_log.record(event, result.ranking.descriptor)
         except EdgeRetrievalError as e:  # a broken database must not stop detection
             log.error("event not recorded: %s", e)
             return
         if self.dispatcher is not None:
             self.dispatcher.wake()
+
+    def _evidence(self, result: FrameResult) -> dict[str, Any]:
+        """The best candidate's cosine, inliers and (at most MAX_POINTS, frame pixels) inlier
+        points, for an event's detail view; nothing when it is not the decided label."""
+        best = result.ranking.best
+        if best is None or best.label != result.decision.label:
+            return {}
+        out: dict[str, Any] = {"cosine": round(float(best.cosine), 4), "inliers": int(best.inliers)}
+        if best.points is not None and len(best.points):
+            roi = self.pipeline.box(result.frame)
+            x0, y0 = roi[:2] if roi is not None else (0, 0)
+            points = np.asarray(best.points, np.float64)[:MAX_POINTS] + (x0, y0)
+            out["points"] = np.round(points).astype(int).tolist()
+        return out
 
     def _outline(self, result: FrameResult) -> tuple[tuple[float, float], ...] | None:
         """Where the recognizer found the matched item, in frame pixels: its verified outline,

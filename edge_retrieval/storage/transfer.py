@@ -66,7 +66,8 @@ ITEM_TABLES = {
     "features": ("item_id", "kind", "width", "height", "keypoints", "descriptors", "source", "created"),
     "negatives": ("item_id", "vector", "scale", "source", "created"),
 }
-LOCAL_TABLES = ("events", "outbox")  # the device's own history: the schema is exported, the rows are not
+# the device's own history (events.py, outbox.py): the schema is exported, the rows are not
+LOCAL_TABLES = ("events", "outbox", "event_vectors")
 # What an export's manifest covers (columns in the order they are hashed, rows in rowid order). The
 # packed vector blocks are not exported (older exports that hold them import as well: unread).
 EXPORT_TABLES = {
