@@ -265,7 +265,7 @@ def test_the_page_and_the_state_show_the_record_of_the_clip(clip_server):
 
 def test_state_is_pushed_and_the_live_view_streams(clip_server):
     conn = http.client.HTTPConnection("127.0.0.1", clip_server.port, timeout=10)
-    conn.request("GET", "/api/events")
+    conn.request("GET", "/api/state/stream")
     r = conn.getresponse()
     assert r.status == 200 and r.getheader("content-type").startswith("text/event-stream")
     lines = []

@@ -151,6 +151,28 @@ def check_write(request, token: str) -> None:
         raise KioskError("wrong staff token", 403)
 
 
+COOKIE = "kiosk_token"  # set by /admin?token= and /events?token= (HttpOnly, SameSite=Strict)
+
+
+def check_read(request, token: str) -> None:
+    """Reads of camera pictures (the events): same-origin only, and the staff token in the
+    Authorization header or the pages' cookie (an <img> cannot send a header)."""
+    check_origin(request)
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise KioskError("cross-site request refused", 403)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given = given.strip() if scheme.lower() == "bearer" else ""
+    given = given or request.cookies.get(COOKIE, "")
+    if not given:
+        raise KioskError(
+            "the events need the staff token: open /events?token=<token>, or send the header "
+            "'Authorization: Bearer <token>' (kiosk.token, or the <gallery>.kiosk-token file)",
+            401,
+        )
+    if not token_matches(given, token):
+        raise KioskError("wrong staff token", 403)
+
+
 def check_origin(request) -> None:
     """Requests that only read (a search): same-origin only."""
     origin = request.headers.get("origin")

@@ -16,7 +16,9 @@ from typing import Any
 from ..errors import BadImageError, EdgeRetrievalError, ModelMismatchError
 from .app import Kiosk
 from .errors import KioskError
-from .security import _Headers, check_origin, check_write
+from .events import Review
+from .events import routes as event_routes
+from .security import COOKIE, _Headers, check_origin, check_write
 from .uploads import read_body, read_json
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -47,7 +49,8 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
-    cookie = "kiosk_token"
+    cookie = COOKIE
+    review = Review(kiosk)
 
     class JSONResponse(_JSONResponse):
         """JSON the page can parse: a NaN or an infinity (metadata enrolled by other means) becomes null."""
@@ -88,11 +91,27 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
         page = page.replace("{{token}}", html.escape(kiosk.token, quote=True))
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
+    async def events_page(request: Request):
+        """The events page: the token in the link (once) sets the cookie its pictures are read with."""
+        given = request.query_params.get("token")
+        if given is not None:
+            if not kiosk.check_token(given):
+                return HTMLResponse(_refusal("The token in the link is wrong.", "Events"), 403)
+            response = RedirectResponse("/events", 303)
+            for path in ("/events", "/api/events"):
+                response.set_cookie(cookie, kiosk.token, httponly=True, samesite="strict", path=path)
+            return response
+        if not kiosk.check_token(request.cookies.get(cookie)):
+            return HTMLResponse(_refusal("The events page needs the token.", "Events", "/events"), 401)
+        page = (STATIC / "events.html").read_text(encoding="utf-8")
+        page = page.replace("{{token}}", html.escape(kiosk.token, quote=True))
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
     # -- state, pushed --
     async def api_state(request: Request):
         return JSONResponse(await run_in_threadpool(kiosk.state), headers={"Cache-Control": "no-store"})
 
-    async def api_events(request: Request):
+    async def api_stream(request: Request):
         async def stream():
             version, sent_at = None, 0.0
             yield "retry: 1000\n\n"
@@ -212,7 +231,9 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
             Route("/", index),
             Route("/admin", admin),
             Route("/api/state", api_state),
-            Route("/api/events", api_events),
+            Route("/events", events_page),
+            Route("/api/state/stream", api_stream),
+            *event_routes(kiosk, review, JSONResponse),
             Route("/api/video.mjpg", api_video),
             Route("/api/frame.jpg", api_frame),
             Route("/api/search", api_search, methods=["POST"]),
@@ -234,11 +255,11 @@ def create_app(kiosk: Kiosk, allowed_hosts: tuple[str, ...] = ()):
     return app
 
 
-def _refusal(reason: str) -> str:
+def _refusal(reason: str, title: str = "Staff page", path: str = "/admin") -> str:
     return (
-        "<!doctype html><html lang=en><meta charset=utf-8><title>Staff page</title>"
-        "<link rel=stylesheet href=/static/kiosk.css><body class=refusal><main><h1>Staff page</h1>"
-        f"<p>{html.escape(reason)}</p><p>Open <code>/admin?token=…</code> with the staff token: the one set "
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>{title}</title>"
+        f"<link rel=stylesheet href=/static/kiosk.css><body class=refusal><main><h1>{title}</h1>"
+        f"<p>{html.escape(reason)}</p><p>Open <code>{path}?token=…</code> with the staff token: the one set "
         "in the configuration, or the one kept in the <code>.kiosk-token</code> file beside the gallery "
         "(also shown when the kiosk is started on a terminal).</p></main></body></html>"
     )

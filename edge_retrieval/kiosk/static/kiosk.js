@@ -1,4 +1,4 @@
-// The kiosk page: the live view is an MJPEG <img>; the record comes pushed from /api/events (SSE).
+// The kiosk page: the live view is an MJPEG <img>; the record comes pushed from /api/state/stream (SSE).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -36,7 +36,7 @@ function show(state) {
 $("photo").addEventListener("error", () => { $("photo").hidden = true; });
 
 function connect() {
-  const events = new EventSource("/api/events");
+  const events = new EventSource("/api/state/stream");
   events.onopen = () => {
     $("connection").textContent = "";
     document.body.classList.remove("offline");
