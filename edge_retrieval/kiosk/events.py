@@ -212,7 +212,9 @@ def filters_of(query) -> dict[str, Any]:
     """label, kind, source, since, until (seconds since the epoch) from the query string."""
     unknown = sorted(set(query) - {"label", "kind", "source", "since", "until", "before", "limit", "top_k"})
     if unknown:
-        raise KioskError(f"{unknown[0]}: unknown parameter (known: label, kind, source, since, until, before, limit, top_k)")
+        raise KioskError(
+            f"{unknown[0]}: unknown parameter (known: label, kind, source, since, until, before, limit, top_k)"
+        )
     out: dict[str, Any] = {}
     for name in ("label", "source"):
         if query.get(name):
@@ -292,18 +294,21 @@ def routes(kiosk, review: Review, JSONResponse) -> list:
         data = await read_body(request, kiosk.max_upload)
         return JSONResponse(await run_in_threadpool(review.similar_photo, data, filters, top_k))
 
-    async def api_answer(request):
+    async def label_of(request) -> Any:
         check_write(request, kiosk.token)
         data = await read_json(request, kiosk.max_upload)
         unknown = sorted(set(data) - {"label"})
         if unknown:
             raise KioskError(f"{unknown[0]}: unknown field (known: label)")
-        if request.path_params["answer"] == "enrol":
-            result = await run_in_threadpool(review.enrol_crop, event_id(request), data.get("label"))
-            return JSONResponse(result, status_code=201)
-        if request.path_params["answer"] == "not":
-            return JSONResponse(await run_in_threadpool(review.not_item, event_id(request), data.get("label")))
-        raise KioskError("no such action (enrol, not)", 404)
+        return data.get("label")
+
+    async def api_enrol(request):
+        label = await label_of(request)
+        return JSONResponse(await run_in_threadpool(review.enrol_crop, event_id(request), label), status_code=201)
+
+    async def api_not(request):
+        label = await label_of(request)
+        return JSONResponse(await run_in_threadpool(review.not_item, event_id(request), label))
 
     return [
         Route("/api/events", api_list),
@@ -311,5 +316,6 @@ def routes(kiosk, review: Review, JSONResponse) -> list:
         Route("/api/events/{event_id:int}", api_event, methods=["GET", "DELETE"]),
         Route("/api/events/{event_id:int}/snapshot.jpg", api_snapshot),
         Route("/api/events/{event_id:int}/similar", api_similar),
-        Route("/api/events/{event_id:int}/{answer:str}", api_answer, methods=["POST"]),
+        Route("/api/events/{event_id:int}/enrol", api_enrol, methods=["POST"]),
+        Route("/api/events/{event_id:int}/not", api_not, methods=["POST"]),
     ]

@@ -167,13 +167,18 @@ def open_kiosk(folder: Path, embedder, token: str, **kiosk_settings):
 
 
 def gallery_state(kiosk) -> tuple:
-    """Everything a write could change: items (labels, metadata, photos), the threshold setting, photo files."""
+    """Everything a write could change: items (labels, metadata, photos, negatives), the threshold
+    setting, photo files, the events."""
     import json
 
     from edge_retrieval.storage.gallery import Gallery
 
     with Gallery(kiosk.config.gallery.path) as g:
         items = [(i.id, i.label, json.dumps(i.metadata, sort_keys=True), i.embeddings) for i in g.items()]
+        items.append(("negatives", len(g.negatives()[0])))
+        tables = {r[0] for r in g.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+        if "events" in tables:
+            items.append(("events", tuple(r[0] for r in g.db.execute("SELECT id FROM events ORDER BY id"))))
     settings = Path(kiosk.config.gallery.path + ".kiosk.json")
     photos = sorted(p.name for p in kiosk.photos.glob("*")) if kiosk.photos.exists() else []
     return items, settings.read_text() if settings.exists() else None, photos, kiosk.threshold

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -214,6 +215,22 @@ def victim(kiosk) -> int:
     return kiosk.enrol(f"victim-{secrets.token_hex(3)}", {"owner": "test"}, [JPEG])["item"]["id"]
 
 
+def victim_event(kiosk) -> int:
+    """A fresh event of the cat (snapshot and descriptor) for a write to change."""
+    import time
+
+    import cv2
+
+    from edge_retrieval.storage.events import Event, EventLog, write_snapshot
+
+    frame = cv2.imread(str(photo("cat")))
+    h, w = frame.shape[:2]
+    event = Event(time=time.time(), source="cam", kind="match", label="cat", score=1.5, box=(0, 0, w, h))
+    path = write_snapshot(frame, event, Path(kiosk.config.gallery.path).parent / "snapshots")
+    with EventLog(kiosk.config.gallery.path, []) as log:
+        return log.record(replace(event, snapshot=str(path)), kiosk.embedder.embed(frame)[0])
+
+
 # (method, route path) -> (path, JSON body, expected status) of a valid request, given an item id
 WRITES = {
     ("POST", "/api/items"): lambda i: ("/api/items", {"label": f"new-{i}", "images": [b64(JPEG)]}, 201),
@@ -221,8 +238,22 @@ WRITES = {
     ("DELETE", "/api/items/{item_id:int}"): lambda i: (f"/api/items/{i}", None, 200),
     ("PUT", "/api/settings"): lambda i: ("/api/settings", {"threshold": 0.42}, 200),
 }
+# the same for the events' writes, given an event id
+EVENT_WRITES = {
+    ("DELETE", "/api/events/{event_id:int}"): lambda e: (f"/api/events/{e}", None, 200),
+    ("POST", "/api/events/{event_id:int}/enrol"): lambda e: (f"/api/events/{e}/enrol", {"label": f"crop-{e}"}, 201),
+    ("POST", "/api/events/{event_id:int}/not"): lambda e: (f"/api/events/{e}/not", {"label": "coffee"}, 200),
+}
 # Requests other than GET that need no token: they read and never write (checked below).
 PUBLIC = {("POST", "/api/search")}
+# Reads of the events (camera pictures): the token in the header or the pages' cookie, never written.
+EVENT_READS = [
+    ("GET", "/api/events"),
+    ("GET", "/api/events/{e}"),
+    ("GET", "/api/events/{e}/snapshot.jpg"),
+    ("GET", "/api/events/{e}/similar"),
+    ("POST", "/api/events/search"),
+]
 
 # How a request may carry (or fail to carry) the token: (name, headers, query, expected status)
 REFUSED = [
@@ -268,13 +299,16 @@ def routes(app) -> dict[tuple[str, str], object]:
 def test_every_route_other_than_get_is_classified(kiosk):
     app = create_app(kiosk)
     found = {key for key, route in routes(app).items() if not key[1].startswith("/static")}
-    assert found == set(WRITES) | PUBLIC, "a new write route: add it to WRITES (token needed) or PUBLIC"
+    reads = {(m, p) for m, p in EVENT_READS if m != "GET"}
+    assert found == set(WRITES) | set(EVENT_WRITES) | PUBLIC | reads, (
+        "a new write route: add it to WRITES or EVENT_WRITES (token needed), PUBLIC or EVENT_READS"
+    )
 
 
-@pytest.mark.parametrize("key", sorted(WRITES), ids=lambda k: f"{k[0]} {k[1]}")
+@pytest.mark.parametrize("key", sorted(WRITES) + sorted(EVENT_WRITES), ids=lambda k: f"{k[0]} {k[1]}")
 def test_every_write_needs_the_token(kiosk, key):
     app = create_app(kiosk)
-    path, body, ok_status = WRITES[key](victim(kiosk))
+    path, body, ok_status = WRITES[key](victim(kiosk)) if key in WRITES else EVENT_WRITES[key](victim_event(kiosk))
     data = json.dumps(body).encode() if body is not None else b""
     content = [("content-type", "application/json")] if body is not None else []
     before = gallery_state(kiosk)
@@ -293,6 +327,30 @@ def test_every_write_needs_the_token(kiosk, key):
     )
     assert answer.status == ok_status, answer.body[:300]
     assert gallery_state(kiosk) != before, f"{key} with the token changed nothing: the test checks nothing"
+
+
+@pytest.mark.parametrize("key", EVENT_READS, ids=lambda k: f"{k[0]} {k[1]}")
+def test_every_event_read_needs_the_token(kiosk, key):
+    """The events are camera pictures: reading them needs the token as writing does (in the
+    Authorization header, or the cookie /events?token= sets for the page's <img>s), never from
+    another site; the visitors' kiosk page and state stay open."""
+    app = create_app(kiosk)
+    method, path = key[0], key[1].format(e=victim_event(kiosk))
+    body = photo("cat").read_bytes() if method == "POST" else b""
+    content = [("content-type", "image/jpeg")] if method == "POST" else []
+    before = gallery_state(kiosk)
+    for name, headers, query, status in REFUSED:
+        if name == "token in a cookie":
+            continue
+        answer = call(app, method, path, query=query, headers=[*content, *headers], body=body)
+        assert answer.status == status, f"{key} with {name}: {answer.status} {answer.body[:200]!r}"
+        assert "error" in json.loads(answer.body), name
+    for headers in ([("authorization", f"Bearer {TOKEN}")], [("cookie", f"kiosk_token={TOKEN}")]):
+        answer = call(app, method, path, headers=[*content, *headers], body=body)
+        assert answer.status == 200, answer.body[:300]
+    assert call(app, method, path, headers=[*content, ("cookie", "kiosk_token=" + TOKEN[:-1])], body=body).status == 403
+    assert gallery_state(kiosk) == before
+    assert call(app, "GET", "/").status == 200 and call(app, "GET", "/api/state").status == 200
 
 
 def test_public_posts_and_static_files_write_nothing(kiosk):

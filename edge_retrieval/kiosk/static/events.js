@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 const TOKEN = document.querySelector('meta[name="kiosk-token"]').content;
 const PAGE = 24;
 const POLL_MS = 2000; // the service may be another process: the page asks for the newest id
-const SVG = "http://www.w3.org/2000/svg";
+const SVG = document.getElementById("d-overlay").namespaceURI; // (no URL in the page: it is offline)
 
 const state = {
   filters: {},
