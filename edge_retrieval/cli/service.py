@@ -235,4 +235,5 @@ def kiosk(config_path, source, gallery_path, model_path, settings, demo, host, p
         server = Server(kiosk, config.kiosk.host, config.kiosk.port)
         click.echo(f"kiosk page:  {server.url}", err=True)
         click.echo(f"staff page:  {server.staff_address(show_token=sys.stderr.isatty())}", err=True)
+        click.echo(f"events page: {server.staff_address(sys.stderr.isatty(), 'events')}", err=True)
         server.run()

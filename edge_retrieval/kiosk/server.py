@@ -59,18 +59,18 @@ class Server:
     def admin_url(self) -> str:
         return f"{self.url}admin?token={self.kiosk.token}"
 
-    def staff_address(self, show_token: bool) -> str:
-        """The staff page's address for people: with the token only when `show_token` (a terminal,
-        not a log); otherwise where the token is."""
+    def staff_address(self, show_token: bool, page: str = "admin") -> str:
+        """The address of a staff page (`admin`, `events`) for people: with the token only when
+        `show_token` (a terminal, not a log); otherwise where the token is."""
         if show_token:
-            return self.admin_url
+            return f"{self.url}{page}?token={self.kiosk.token}"
         if self.kiosk.token_file is not None:
             where = f"the token is in {self.kiosk.token_file}"
         elif self.kiosk.token_generated:
             where = "no token file could be written: set kiosk.token or EDGE_RETRIEVAL_KIOSK_TOKEN"
         else:
             where = "the token is kiosk.token or EDGE_RETRIEVAL_KIOSK_TOKEN, as configured"
-        return f"{self.url}admin?token=<token> ({where})"
+        return f"{self.url}{page}?token=<token> ({where})"
 
     def run(self) -> None:
         # uvicorn re-raises the signal that stopped it once it is done: with these handlers in place
