@@ -417,3 +417,23 @@ def test_in_a_real_browser(server, recorded, browser, embedder):  # noqa: F811 (
     assert "newest: cat" in browser.find_element(By.ID, "live").text
     time.sleep(0.5)  # the new card's snapshot
     browser.save_screenshot(str(ARTIFACTS / "events-live.png"))
+
+    # pages: 24 a page, "Older" goes on from the last id shown, "Newer" comes back
+    newest = events(base)
+    with EventLog(recorded / "gallery.db", []) as log:
+        template = log.event(newest[0]["id"])
+        for n in range(26 - len(newest)):
+            log.record(replace(template, id=None, time=template.time + 1 + n))
+    everything = [e["id"] for e in events(base)]
+    assert len(everything) == 26
+    wait_for(lambda: [c[0] for c in _cards(browser)] == everything[:24], what="the first page")
+    loaded = _loaded(browser)
+    browser.find_element(By.ID, "older").click()
+    wait_for(lambda: _loaded(browser) != loaded, what="the second page")
+    assert [c[0] for c in _cards(browser)] == everything[24:]
+    assert browser.find_element(By.ID, "older").get_attribute("disabled") is not None
+    browser.save_screenshot(str(ARTIFACTS / "events-page-2.png"))
+    loaded = _loaded(browser)
+    browser.find_element(By.ID, "newer").click()
+    wait_for(lambda: _loaded(browser) != loaded, what="the first page again")
+    assert [c[0] for c in _cards(browser)] == everything[:24]
