@@ -302,7 +302,6 @@ def test_delete_takes_the_row_the_descriptor_and_the_snapshot(server, recorded):
     assert victim["id"] not in [r["id"] for r in similar]
     with Gallery(recorded / "gallery.db") as g:
         assert g.db.execute("SELECT count(*) FROM outbox WHERE event_id = ?", [victim["id"]]).fetchone()[0] == 0
-        assert g.db.execute("SELECT count(*) FROM event_vectors WHERE event_id = ?", [victim["id"]]).fetchone()[0] == 0
 
 
 # -- a real browser -----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ uvicorn. Every asset is served from `static/`: the pages work offline.
 
 The modules: `app` (`Kiosk`, the camera loop it runs), `screen` (`Screen`, `Shown`), `uploads` (request
 bodies and uploaded images), `security` (the token, origin and host checks, the headers), `web`
-(`create_app`), `server` (`bind`, `Server`), `errors` (`KioskError`).
+(`create_app`), `events` (`Review`: the events page's API over the recorded events), `server`
+(`bind`, `Server`), `errors` (`KioskError`).
 
 The staff token is never written to a log: a configured one is only compared, and a generated one
 is kept in `<gallery>.kiosk-token` (mode 600) and shown only on a terminal (`Server.staff_address`).

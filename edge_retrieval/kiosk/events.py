@@ -23,6 +23,7 @@ import numpy as np
 from ..enroll import enroll_negatives
 from ..errors import EventError, GalleryError
 from ..storage.events import KINDS, Event, EventLog, draw_event, photo_descriptor
+from .app import _slug, item_json
 from .errors import KioskError
 from .security import check_read, check_write
 from .uploads import decode_image, encode_jpeg, read_body, read_json
@@ -50,8 +51,6 @@ class Review:
 
     # -- reading ------------------------------------------------------------------------
     def event_json(self, event: Event, items: dict[int, Any]) -> dict[str, Any]:
-        from .app import item_json
-
         d = event.details
         item = items.get(event.item_id) if event.item_id is not None else None
         return {
@@ -166,8 +165,6 @@ class Review:
     def not_item(self, event_id: int, label: Any) -> dict[str, Any]:
         """Enrol the event's crop as a negative of `label` (`enroll --not`): it vetoes that item's
         matches on what looks like it and raises its calibrated threshold."""
-        from .app import _slug, item_json
-
         if label is None:
             with self.kiosk._lock:
                 label = self._event(event_id).label

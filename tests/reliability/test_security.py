@@ -176,8 +176,8 @@ def test_http_servers_default_to_loopback(monkeypatch, tmp_path):
             served.append(host)
             self.url = f"http://{host}:{port}/"
 
-        def staff_address(self, show_token):
-            return self.url + "admin"
+        def staff_address(self, show_token, page="admin"):
+            return self.url + page
 
         def run(self):
             pass
@@ -228,7 +228,7 @@ def victim_event(kiosk) -> int:
     event = Event(time=time.time(), source="cam", kind="match", label="cat", score=1.5, box=(0, 0, w, h))
     path = write_snapshot(frame, event, Path(kiosk.config.gallery.path).parent / "snapshots")
     with EventLog(kiosk.config.gallery.path, []) as log:
-        return log.record(replace(event, snapshot=str(path)), kiosk.embedder.embed(frame)[0])
+        return log.record(replace(event, snapshot=str(path)), descriptor=kiosk.embedder.embed(frame)[0])
 
 
 # (method, route path) -> (path, JSON body, expected status) of a valid request, given an item id
