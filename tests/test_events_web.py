@@ -318,6 +318,10 @@ def _cards(driver) -> list[tuple[int, str, str]]:
     ]
 
 
+def _text(driver, element_id: str) -> str:
+    return driver.execute_script(f"return document.getElementById('{element_id}').textContent")
+
+
 def _loaded(driver) -> str:
     return driver.execute_script("return document.body.dataset.loaded || ''")
 
@@ -383,6 +387,8 @@ def test_in_a_real_browser(server, recorded, browser, embedder):  # noqa: F811 (
     for word in ("Score", "Threshold", "Margin", "Votes", "3 of 5", "Inliers"):
         assert word in fields, fields
     assert "Enrolled photo of cat" in browser.find_element(By.ID, "d-photo-caption").text
+    browser.find_element(By.ID, "d-enrol").click()  # the label is the event's: one more photo of the cat
+    wait_for(lambda: "Enrolled this crop as cat" in _text(browser, "d-notice"), what="the enrolment")
     browser.save_screenshot(str(ARTIFACTS / "events-detail.png"))
 
     # "find similar", no filter: the cat's other event first, then the rest

@@ -34,7 +34,7 @@ async function api(method, url, body, type) {
 }
 
 function notify(text, kind = "ok") {
-  const notice = $("notice");
+  const notice = $("detail").open ? $("d-notice") : $("notice"); // (a modal dialog covers the page's)
   notice.textContent = text;
   notice.className = kind;
   notice.hidden = false;
@@ -226,6 +226,7 @@ async function showDetail(id) {
   $("d-enrol-label").value = event.label || "";
   $("d-not-label").value = event.label || "";
   $("d-delete").textContent = "Delete";
+  $("d-notice").hidden = true;
   $("d-similar").disabled = false;
   const dialog = $("detail");
   if (!dialog.open) dialog.showModal();
