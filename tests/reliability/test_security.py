@@ -63,6 +63,7 @@ LISTENERS = {
     ("edge_retrieval/kiosk/server.py", "import uvicorn"): "the kiosk's server (on the socket bound above)",
     ("benchmarks/service_quality.py", "import http.server"): "the benchmark's webhook receiver: "
     "test_the_service_benchmark_receiver_is_loopback",
+    ("benchmarks/fleet.py", "socket.bind"): "a free loopback port for the benchmark's own broker (closed at once)",
 }
 _SERVER_MODULES = (
     "uvicorn",
