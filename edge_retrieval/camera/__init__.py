@@ -1,4 +1,5 @@
-"""Frame sources: V4L2 devices, video files, stream URLs and folders of images.
+"""Frame sources: V4L2 devices, video files, stream URLs, programs writing Motion-JPEG
+(`exec:rpicam-vid … -o -`) and folders of images.
 
 Every source speaks the small `FrameSource` protocol: `read(timeout)` hands over the next
 `Frame` to process, or None when none is due within `timeout`; a finite source raises
@@ -11,7 +12,7 @@ A camera can hand over anything: `inspect_image` tells a frame to process from g
 (None, empty, tiny, wrong shape or dtype), converts grey and BGRA frames to BGR, and notes
 all-black and all-white ones.
 
-Live sources (devices, URLs, watched folders) always hand over their *newest* frame: a
+Live sources (devices, URLs, programs, watched folders) always hand over their *newest* frame: a
 `Grabber` thread drains the capture continuously and keeps only the latest frame, so latency
 never builds up however slow the processing is. `Reconnecting` wraps a live source and
 reopens it after a failure with a capped exponential backoff that waits on the stop event.
@@ -20,7 +21,8 @@ and give each frame its media time, so what follows (votes, cooldowns) does not 
 how fast the machine is.
 
 One idea a file: `base` (the `FrameSource` base, its errors, `open_capture`, `Pacer`), `frame`
-(`Frame`, `inspect_image`, Motion-JPEG packets), `files`, `folder` and `live` (the sources).
+(`Frame`, `inspect_image`, Motion-JPEG packets), `files`, `folder`, `live` (the sources) and
+`program` (a program's stdout as the capture a `LiveSource` reads).
 This file opens the source a config names and re-exports what the rest of the code imports.
 """
 
@@ -35,6 +37,7 @@ from .files import FileSource
 from .folder import FolderSource
 from .frame import DROPPED, NOTED, Frame, inspect_image
 from .live import MAX_STUCK, Backoff, LiveSource, Reconnecting
+from .program import ProgramCapture, program_argv
 
 __all__ = [
     "DROPPED",
@@ -47,6 +50,7 @@ __all__ = [
     "FrameSource",
     "LiveSource",
     "Pacer",
+    "ProgramCapture",
     "Reconnecting",
     "SourceEnded",
     "SourceError",
@@ -73,7 +77,7 @@ def open_source(
 ) -> FrameSource:
     """The source a `SourceConfig` describes. Live ones come wrapped in `Reconnecting`
     (and so open lazily, on the first read); files and folders open now (SourceError).
-    `decode_size`: see `FileSource`; for stream URLs, `LiveSource`. `yield_to`: see `FileSource`."""
+    `decode_size`: see `FileSource`; for stream URLs and programs, `LiveSource`. `yield_to`: see `FileSource`."""
     uri = config.uri.strip()
     if not uri:
         raise SourceError("no source configured (source.uri)")
@@ -94,9 +98,13 @@ def open_source(
             decode_size=decode_size,
             yield_to=yield_to,
         )
-    opener = open_fn or (lambda u: open_capture(u, config.width, config.height))
+    if kind == "program":
+        argv = program_argv(uri)  # a program that is not there is a set-up error, not a camera to wait for
+        opener = open_fn or (lambda u: ProgramCapture(argv, name))
+    else:
+        opener = open_fn or (lambda u: open_capture(u, config.width, config.height))
     # a device keeps OpenCV's own decoding: its V4L2 packet mode is untested here
-    packets = decode_size if kind == "url" else None
+    packets = decode_size if kind in ("url", "program") else None
     return Reconnecting(
         lambda: LiveSource(
             uri, fps=config.fps, read_timeout=config.read_timeout, name=name, open_fn=opener, decode_size=packets

@@ -37,6 +37,7 @@ class Grabber:
         self._stamp = 0.0
         self._seq = 0
         self._error: str | None = None
+        self._cap: Capture | None = None
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"grab {name}", daemon=True)
         self._thread.start()
@@ -48,7 +49,7 @@ class Grabber:
 
     def _run(self) -> None:
         try:
-            cap = self._open()
+            cap = self._cap = self._open()
         except SourceError as e:
             self._set_error(str(e))
             return
@@ -82,6 +83,9 @@ class Grabber:
 
     def close(self, timeout: float = 1.0) -> None:
         self._running = False
+        interrupt = getattr(self._cap, "interrupt", None)  # a program's pipe: ends a read blocked on it
+        if interrupt is not None:
+            interrupt()
         self._thread.join(timeout)  # a capture stuck in read() is left to its daemon thread
 
     @property

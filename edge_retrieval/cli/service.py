@@ -85,8 +85,8 @@ service_options = apply(
     click.option(
         "--demo",
         is_flag=True,
-        help="Play the built-in demo clip against the built-in demo gallery (also "
-        "the default when no source and no gallery are configured).",
+        help="Play the built-in demo clip (or the --source given) against the built-in demo "
+        "gallery (also the default when no source and no gallery are configured).",
     ),
 )
 
