@@ -28,8 +28,9 @@ class SourceConfig:
     uri: str = setting(
         "",
         "A V4L2 device index (\"0\") or path (/dev/video0), a video file, an rtsp://, "
-        "http(s):// or other stream URL, or a folder of images. Empty: none configured "
-        "(with no gallery either, `run` plays the built-in demo).",
+        "http(s):// or other stream URL, a folder of images, or exec:COMMAND, a program "
+        "writing Motion-JPEG to stdout (a Pi camera: exec:rpicam-vid -t 0 -n --codec mjpeg "
+        "-o -). Empty: none configured (with no gallery either, `run` plays the built-in demo).",
     )
     name: str = setting("", "The source's name in events and cooldown keys (default: the uri).")
     fps: float = setting(

@@ -58,7 +58,11 @@ service_options = apply(
         envvar="EDGE_RETRIEVAL_CONFIG",
         help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it.",
     ),
-    click.option("--source", "-s", help="V4L2 device index (0), video file, rtsp/http URL or image folder."),
+    click.option(
+        "--source",
+        "-s",
+        help="V4L2 device index (0), video file, rtsp/http URL, image folder or exec:PROGRAM writing Motion-JPEG.",
+    ),
     click.option(
         "--gallery",
         "-g",
