@@ -242,3 +242,22 @@ def test_the_demo_through_an_ffmpeg_pipe_alerts_each_enrolled_item(tmp_path):
     assert alerts == expected, "".join(lines)
     assert "from pipe" in "".join(lines) and "stopped:" in rest and proc.returncode == 0
     assert all(gone(int(pid)) for pid in ffmpeg.stdout.split())
+
+
+def test_a_silent_program_is_killed_and_started_again_after_the_read_timeout():
+    """A program that writes nothing (a camera stuck in its driver) holds the grabber in a read
+    on the pipe: the source kills it after `read_timeout` and starts a new one."""
+    pids = []
+
+    def opened(uri):
+        capture = ProgramCapture(program_argv(uri), "silent")
+        pids.append(capture.pid)
+        return capture
+
+    config = SourceConfig(uri="exec:sleep 300", read_timeout=0.5, reconnect_initial=0.1, reconnect_max=0.1)
+    with open_source(config, open_fn=opened) as source:
+        deadline = time.monotonic() + 10
+        while len(pids) < 2 and time.monotonic() < deadline:
+            assert source.read(0.2) is None
+        assert source.failures >= 1 and "no frame for" in source.last_error and not source.stuck
+    assert len(pids) >= 2 and all(gone(pid) for pid in pids)

@@ -49,12 +49,14 @@ class Grabber:
 
     def _run(self) -> None:
         try:
-            cap = self._cap = self._open()
+            cap = self._open()
         except SourceError as e:
             self._set_error(str(e))
             return
+        with self._cond:  # close() sees this capture (and interrupts it), or the loop sees close()
+            self._cap = cap
         try:
-            if self._decode_size:
+            if self._decode_size and self._running:
                 self.reduction = _reduction(cap, self._decode_size)  # before the first frame is handed over
             while self._running:
                 ok, image = cap.read()
@@ -82,8 +84,10 @@ class Grabber:
             raise SourceError(self._error or "capture failed")
 
     def close(self, timeout: float = 1.0) -> None:
-        self._running = False
-        interrupt = getattr(self._cap, "interrupt", None)  # a program's pipe: ends a read blocked on it
+        with self._cond:
+            self._running = False
+            cap = self._cap
+        interrupt = getattr(cap, "interrupt", None)  # a program's pipe: ends a read blocked on it
         if interrupt is not None:
             interrupt()
         self._thread.join(timeout)  # a capture stuck in read() is left to its daemon thread
