@@ -1,5 +1,7 @@
 """The program source (`exec:`): a real ffmpeg writing Motion-JPEG to its stdout, as rpicam-vid does on a Pi."""
 
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import shutil
@@ -261,3 +263,80 @@ def test_a_silent_program_is_killed_and_started_again_after_the_read_timeout():
             assert source.read(0.2) is None
         assert source.failures >= 1 and "no frame for" in source.last_error and not source.stuck
     assert len(pids) >= 2 and all(gone(pid) for pid in pids)
+
+
+# -- picamera2 (not importable here: a stand-in module with Picamera2's calls, no hardware) --------
+
+
+class StandInPicamera2:
+    """What camera/picamera.py calls of picamera2.Picamera2 (its manual's video configuration and
+    capture_array), handing over a photo at the size configured, at most `fps` a second."""
+
+    cameras = ["imx708"]
+    opened: list = []
+
+    def __init__(self, camera_num=0):
+        if camera_num >= len(self.cameras):
+            raise IndexError("list index out of range")  # what Picamera2 raises for a camera not there
+        self.num, self.calls, self.size, self.fps = camera_num, [], None, 30.0
+        StandInPicamera2.opened.append(self)
+
+    def create_video_configuration(self, main=None, controls=None):
+        return {"main": main, "controls": controls or {}}
+
+    def configure(self, config):
+        self.calls.append(("configure", config))
+        self.size, self.fps = config["main"]["size"], config["controls"].get("FrameRate", 30.0)
+
+    def start(self):
+        self.calls.append("start")
+
+    def capture_array(self, name="main"):
+        time.sleep(1 / self.fps)
+        return cv2.resize(cv2.imread(str(photo("cat"))), self.size, interpolation=cv2.INTER_AREA)
+
+    def stop(self):
+        self.calls.append("stop")
+
+    def close(self):
+        self.calls.append("close")
+
+
+@pytest.fixture
+def picamera2(monkeypatch):
+    import types
+
+    module = types.ModuleType("picamera2")
+    module.__spec__ = importlib.machinery.ModuleSpec("picamera2", None)
+    module.Picamera2 = StandInPicamera2
+    StandInPicamera2.opened = []
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    return StandInPicamera2
+
+
+def test_without_the_picamera2_module_a_picamera2_source_is_a_one_line_error():
+    if importlib.util.find_spec("picamera2") is not None:
+        pytest.skip("picamera2 is installed here")
+    with pytest.raises(SourceError, match="the picamera2 module is not installed"):
+        open_source(SourceConfig(uri="picamera2:0"))
+
+
+def test_a_picamera2_source_configures_the_camera_and_hands_over_its_frames(picamera2):
+    assert kind_of("picamera2") == kind_of("picamera2:1") == "picamera2"
+    config = SourceConfig(uri="picamera2:0", name="pi", width=320, height=240, fps=20)
+    with open_source(config) as source:
+        frames = read_frames(source, 3)
+    [camera] = picamera2.opened
+    assert camera.calls[0] == (
+        "configure",
+        {"main": {"size": (320, 240), "format": "RGB888"}, "controls": {"FrameRate": 20.0}},
+    )
+    assert camera.calls[1] == "start" and camera.calls[-2:] == ["stop", "close"]
+    assert [f.image.shape for f in frames] == [(240, 320, 3)] * 3
+    with pytest.raises(SourceError, match="must be a number"):
+        open_source(SourceConfig(uri="picamera2:front"))
+    with open_source(SourceConfig(uri="picamera2:1", reconnect_initial=5)) as missing:  # no second camera
+        deadline = time.monotonic() + 5
+        while not missing.failures and time.monotonic() < deadline:
+            missing.read(0.1)
+    assert missing.last_error == "picamera2:1: cannot start the camera (list index out of range)"

@@ -1,5 +1,5 @@
 """Frame sources: V4L2 devices, video files, stream URLs, programs writing Motion-JPEG
-(`exec:rpicam-vid … -o -`) and folders of images.
+(`exec:rpicam-vid … -o -`), Picamera2 cameras and folders of images.
 
 Every source speaks the small `FrameSource` protocol: `read(timeout)` hands over the next
 `Frame` to process, or None when none is due within `timeout`; a finite source raises
@@ -22,7 +22,7 @@ how fast the machine is.
 
 One idea a file: `base` (the `FrameSource` base, its errors, `open_capture`, `Pacer`), `frame`
 (`Frame`, `inspect_image`, Motion-JPEG packets), `files`, `folder`, `live` (the sources) and
-`program` (a program's stdout as the capture a `LiveSource` reads).
+`program` (a program's stdout as the capture a `LiveSource` reads; `picamera`, Picamera2's).
 This file opens the source a config names and re-exports what the rest of the code imports.
 """
 
@@ -37,6 +37,7 @@ from .files import FileSource
 from .folder import FolderSource
 from .frame import DROPPED, NOTED, Frame, inspect_image
 from .live import MAX_STUCK, Backoff, LiveSource, Reconnecting
+from .picamera import Picamera2Capture, camera_number
 from .program import ProgramCapture, program_argv
 
 __all__ = [
@@ -101,6 +102,9 @@ def open_source(
     if kind == "program":
         argv = program_argv(uri)  # a program that is not there is a set-up error, not a camera to wait for
         opener = open_fn or (lambda u: ProgramCapture(argv, name))
+    elif kind == "picamera2":
+        number = camera_number(uri)  # (so is a missing picamera2 module)
+        opener = open_fn or (lambda u: Picamera2Capture(number, config.width, config.height, config.fps))
     else:
         opener = open_fn or (lambda u: open_capture(u, config.width, config.height))
     # a device keeps OpenCV's own decoding: its V4L2 packet mode is untested here
