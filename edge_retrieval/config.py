@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .settings import documented_keys as _documented_keys
 from .settings import from_dict, join_key, parse_assignment, set_path, setting, to_dict  # noqa: F401 (the config's API)
 from .settings import to_toml as _to_toml
-from .sinks import SinksConfig, SnapshotConfig, redact_url
+from .sinks import SinksConfig, SnapshotConfig, redact_url, redact_urls
 
 # -- the sections -------------------------------------------------------------
 
@@ -319,7 +319,9 @@ def redacted(config: Config) -> Config:
     webhook URLs (as logs show them). A command sink's argv is shown as it is."""
     replace = dataclasses.replace
     source = config.source
-    if "://" in source.uri:  # a stream URL (camera.kind_of); devices, files and folders hold no secret
+    if source.uri.strip().startswith("exec:"):  # a command line may hold a stream URL
+        source = replace(source, uri=redact_urls(source.uri))
+    elif "://" in source.uri:  # a stream URL (camera.kind_of); devices, files and folders hold no secret
         source = replace(source, uri=redact_url(source.uri))
     sinks = config.sinks
     if sinks.webhook is not None:

@@ -340,3 +340,22 @@ def test_a_picamera2_source_configures_the_camera_and_hands_over_its_frames(pica
         while not missing.failures and time.monotonic() < deadline:
             missing.read(0.1)
     assert missing.last_error == "picamera2:1: cannot start the camera (list index out of range)"
+
+
+def test_a_camera_url_in_a_command_line_is_redacted_in_names_errors_and_stderr(caplog, tmp_path):
+    from edge_retrieval.camera import source_name
+    from edge_retrieval.config import Config, redacted
+
+    uri = f"exec:{FFMPEG} -rtsp_transport tcp -i rtsp://user:Cam-pass-1@127.0.0.1:1/s?token=Cam-tok-2 -f mjpeg -"
+    shown = f"exec:{FFMPEG} -rtsp_transport tcp -i rtsp://***@127.0.0.1:1/s?token=*** -f mjpeg -"
+    assert source_name(SourceConfig(uri=uri)) == shown
+    assert redacted(Config(source=SourceConfig(uri=uri))).source.uri == shown
+    if shutil.which("ffmpeg") is None:
+        return
+    caplog.set_level(logging.INFO)
+    with open_source(SourceConfig(uri=uri, reconnect_initial=5)) as source:  # ffmpeg names the URL it cannot open
+        deadline = time.monotonic() + 20
+        while not source.failures and time.monotonic() < deadline:
+            source.read(0.2)
+    assert "rtsp://***@127.0.0.1:1" in caplog.text + source.last_error
+    assert "Cam-pass-1" not in caplog.text + source.last_error and "Cam-tok-2" not in caplog.text

@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from ..sinks import redact_url
+from ..sinks import redact_url, redact_urls
 from .base import Capture, FrameSource, Pacer, SourceEnded, SourceError, kind_of, open_capture
 from .files import FileSource
 from .folder import FolderSource
@@ -64,9 +64,9 @@ __all__ = [
 
 def source_name(config) -> str:
     """What logs, events, STATUS and the kiosk page call a `SourceConfig`'s source: its `name`,
-    else its URI, a stream URL without its password and query values."""
-    uri = config.uri.strip()
-    return config.name or (redact_url(uri) if kind_of(uri) == "url" else uri)
+    else its URI, a stream URL (also one in an `exec:` command line) without its password and query values."""
+    uri, kind = config.uri.strip(), kind_of(config.uri)
+    return config.name or (redact_url(uri) if kind == "url" else redact_urls(uri) if kind == "program" else uri)
 
 
 def open_source(

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from .. import preprocess
+from ..sinks import redact_urls
 from .base import SourceError
 from .frame import _decode_reduced
 
@@ -42,11 +43,11 @@ def program_argv(uri: str) -> list[str]:
     try:
         argv = shlex.split(uri.strip()[len(PREFIX) :])
     except ValueError as e:
-        raise SourceError(f"{uri}: cannot split the command line ({e})") from None
+        raise SourceError(f"{redact_urls(uri)}: cannot split the command line ({e})") from None
     if not argv:
         raise SourceError(f"{uri!r} names no program (exec:PROGRAM ARGUMENTS…)")
     if shutil.which(argv[0]) is None:
-        raise SourceError(f"{argv[0]}: program not found (source {uri.strip()[:80]})")
+        raise SourceError(f"{argv[0]}: program not found (source {redact_urls(uri.strip())[:80]})")
     return argv
 
 
@@ -145,7 +146,7 @@ class ProgramCapture:
 
     def _log_stderr(self) -> None:
         for line in iter(lambda: self._proc.stderr.readline(STDERR_LINE), b""):
-            text = line.decode("utf-8", "replace").strip()
+            text = redact_urls(line.decode("utf-8", "replace").strip())  # a camera URL's password
             if text:
                 self.last_line = text
                 log.info("%s: %s", self.name, text)
