@@ -51,6 +51,7 @@ __all__ = [
     "FrameSource",
     "LiveSource",
     "Pacer",
+    "Picamera2Capture",
     "ProgramCapture",
     "Reconnecting",
     "SourceEnded",
@@ -58,6 +59,7 @@ __all__ = [
     "inspect_image",
     "kind_of",
     "open_source",
+    "program_argv",
     "source_name",
 ]
 
