@@ -17,7 +17,7 @@ from .fleet import FleetConfig
 from .settings import documented_keys as _documented_keys
 from .settings import from_dict, join_key, parse_assignment, set_path, setting, to_dict  # noqa: F401 (the config's API)
 from .settings import to_toml as _to_toml
-from .sinks import SinksConfig, SnapshotConfig, redact_url
+from .sinks import SinksConfig, SnapshotConfig, redact_url, redact_urls
 
 # -- the sections -------------------------------------------------------------
 
@@ -29,8 +29,9 @@ class SourceConfig:
     uri: str = setting(
         "",
         "A V4L2 device index (\"0\") or path (/dev/video0), a video file, an rtsp://, "
-        "http(s):// or other stream URL, or a folder of images. Empty: none configured "
-        "(with no gallery either, `run` plays the built-in demo).",
+        "http(s):// or other stream URL, a folder of images, or exec:COMMAND, a program "
+        "writing Motion-JPEG to stdout (a Pi camera: exec:rpicam-vid -t 0 -n --codec mjpeg "
+        "-o -). Empty: none configured (with no gallery either, `run` plays the built-in demo).",
     )
     name: str = setting("", "The source's name in events and cooldown keys (default: the uri).")
     fps: float = setting(
@@ -320,7 +321,9 @@ def redacted(config: Config) -> Config:
     webhook URLs (as logs show them). A command sink's argv is shown as it is."""
     replace = dataclasses.replace
     source = config.source
-    if "://" in source.uri:  # a stream URL (camera.kind_of); devices, files and folders hold no secret
+    if source.uri.strip().startswith("exec:"):  # a command line may hold a stream URL
+        source = replace(source, uri=redact_urls(source.uri))
+    elif "://" in source.uri:  # a stream URL (camera.kind_of); devices, files and folders hold no secret
         source = replace(source, uri=redact_url(source.uri))
     sinks = config.sinks
     if sinks.webhook is not None:

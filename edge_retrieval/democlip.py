@@ -212,12 +212,13 @@ def clip_path(seed: int = 0, folder: str | Path | None = None, stop=None) -> Pat
     raise OSError(f"cannot write the demo clip {name} to {folder or cache_dir()} nor the temp folder")
 
 
-def prepare(embedder, folder: str | Path, seed: int = 0, stop=None) -> tuple[Path, Path]:
-    """(clip, gallery): the cached clip, and a gallery in `folder` holding the enrolled demo photos."""
+def prepare(embedder, folder: str | Path, seed: int = 0, stop=None, with_clip: bool = True) -> tuple[Path | None, Path]:
+    """(clip, gallery): the cached clip (None unless `with_clip`), and a gallery in `folder` holding
+    the enrolled demo photos."""
     from .enroll import enroll
     from .storage.gallery import Gallery
 
-    clip = clip_path(seed, stop=stop)
+    clip = clip_path(seed, stop=stop) if with_clip else None
     db = Path(folder) / "demo-gallery.db"
     with Gallery(db) as gallery:
         if not gallery.count()[0]:

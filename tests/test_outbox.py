@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 from test_sinks import Receiver, free_port, wait_until
 
@@ -253,3 +254,30 @@ def test_a_commands_permanent_exit_code_parks_that_event_across_restarts_until_r
         with Dispatcher(db, [sink()], **_FAST) as dispatcher:  # the next service sends it
             assert wait_until(lambda: delivered() == ids[1:] + ids[:1])
             assert wait_until(lambda: dispatcher.pending() == dispatcher.parked() == 0)
+
+
+def test_two_services_on_one_gallery_file_each_deliver_their_own_sources_events(tmp_path):
+    """Two cameras' services (systemd/edge-retrieval@.service) share the file and a sink name: each
+    dispatcher takes only its own source's rows, so the door's events wait for the door's webhook
+    (down at first) and never go to the front's; nothing is delivered twice."""
+    front, door = Receiver(), Receiver(status=503)
+    db = tmp_path / "gallery.db"
+    with (
+        EventLog(db, ["webhook"]) as log,
+        Dispatcher(db, [webhook(front.url)], source="front", **_FAST) as a,
+        Dispatcher(db, [webhook(door.url)], source="door", **_FAST) as b,
+    ):
+        ids = {}
+        for i in range(6):
+            source = ("front", "door")[i % 2]
+            ids.setdefault(source, []).append(log.record(replace(event(i), source=source)))
+            a.wake()
+            b.wake()
+        assert wait_until(lambda: a.pending() == 0) and front.ids() == ids["front"]
+        assert wait_until(lambda: attempts(log, "webhook") >= 3 + 3)  # the door's rows refused a few times
+        assert b.pending() == 3 and a.pending() == 0 and front.ids() == ids["front"]
+        door.status = 200
+        assert wait_until(lambda: b.pending() == 0)
+        assert door.ids() == ids["door"] and front.ids() == ids["front"]
+    front.close()
+    door.close()

@@ -13,6 +13,7 @@ import pytest
 from edge_retrieval.service.systemd import Notifier, socket_address, watchdog_seconds
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "edge-retrieval.service"
+TEMPLATE = UNIT.with_name("edge-retrieval@.service")  # one service per camera
 
 
 def test_messages_reach_a_path_socket(notify_socket):
@@ -52,10 +53,10 @@ def test_watchdog_seconds():
     assert watchdog_seconds({}) is None
 
 
-def unit():
+def unit(path=UNIT):
     parser = configparser.ConfigParser(strict=False, interpolation=None, empty_lines_in_values=False)
     parser.optionxform = str
-    parser.read_string(UNIT.read_text())
+    parser.read_string(path.read_text())
     return parser
 
 
@@ -76,15 +77,37 @@ def test_unit_file_declares_notify_watchdog_restart_and_hardening():
     assert u["Install"]["WantedBy"] == "multi-user.target"
 
 
+def test_the_template_unit_runs_one_config_per_camera_as_the_single_unit_runs_its_one():
+    """edge-retrieval@<camera>: /etc/edge-retrieval/<camera>.toml, everything else as edge-retrieval.service
+    but the devices of a Pi camera; installed from the wheel."""
+    single, template = unit()["Service"], unit(TEMPLATE)["Service"]
+    assert template["ExecStart"] == "/usr/local/bin/edge-retrieval run --config /etc/edge-retrieval/%i.toml"
+    differ = {key for key in set(single) | set(template) if single.get(key) != template.get(key)}
+    assert differ == {"ExecStart", "DeviceAllow"}  # (the parser keeps the last DeviceAllow)
+    lines = TEMPLATE.read_text().splitlines()
+    assert "DeviceAllow=char-video4linux rw" in lines and "DeviceAllow=char-media rw" in lines
+    header = "\n".join(line for line in lines if line.startswith("#"))
+    assert "pip install edge_retrieval-" in header and ".whl" in header and "pip install -e" not in header
+    assert "systemctl enable --now edge-retrieval@" in header
+
+
 @pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze absent (apt-get install systemd; listed in .ci/apt-packages.txt)",
 )
-def test_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize(
+    "source, name",
+    [
+        (UNIT, "edge-retrieval.service"),
+        (TEMPLATE, "edge-retrieval@.service"),
+        (TEMPLATE, "edge-retrieval@front.service"),
+    ],
+)
+def test_systemd_analyze_verify(tmp_path, source, name):
     exe = shutil.which("edge-retrieval") or sys.executable
-    text = UNIT.read_text().replace("/usr/local/bin/edge-retrieval", exe)  # verify checks the binary exists
-    path = tmp_path / "edge-retrieval.service"
+    text = source.read_text().replace("/usr/local/bin/edge-retrieval", exe)  # verify checks the binary exists
+    path = tmp_path / name
     path.write_text(text)
     result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "edge-retrieval.service" not in result.stderr, result.stderr
+    assert name.split("@")[0] not in result.stderr, result.stderr

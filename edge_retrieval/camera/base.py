@@ -67,8 +67,12 @@ class Capture(Protocol):
 
 
 def kind_of(uri: str) -> str:
-    """ "device", "url", "folder" or "file"."""
+    """ "device", "program" (exec:COMMAND, program.py), "picamera2" (picamera.py), "url", "folder" or "file"."""
     uri = uri.strip()
+    if uri.startswith("exec:"):
+        return "program"
+    if uri == "picamera2" or uri.startswith("picamera2:"):
+        return "picamera2"
     if uri.isdigit() or uri.startswith("/dev/video"):
         return "device"
     if uri.lower().startswith(STREAM_SCHEMES) or "://" in uri:

@@ -112,10 +112,15 @@ def _detail(image: np.ndarray) -> str:
 # -- Motion-JPEG packets ----------------------------------------------------
 
 # As FFmpeg decodes a video's JPEGs: an EXIF orientation in a packet is not applied (so the
-# header's size is the image's)
+# header's size is the image's). 1: full size (a program's packets when no smaller size is asked)
 _REDUCED_FLAGS = {
     f: flag | cv2.IMREAD_IGNORE_ORIENTATION
-    for f, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))
+    for f, flag in (
+        (1, cv2.IMREAD_COLOR),
+        (2, cv2.IMREAD_REDUCED_COLOR_2),
+        (4, cv2.IMREAD_REDUCED_COLOR_4),
+        (8, cv2.IMREAD_REDUCED_COLOR_8),
+    )
 }
 
 

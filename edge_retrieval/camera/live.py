@@ -37,6 +37,7 @@ class Grabber:
         self._stamp = 0.0
         self._seq = 0
         self._error: str | None = None
+        self._cap: Capture | None = None
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"grab {name}", daemon=True)
         self._thread.start()
@@ -52,8 +53,10 @@ class Grabber:
         except SourceError as e:
             self._set_error(str(e))
             return
+        with self._cond:  # close() sees this capture (and interrupts it), or the loop sees close()
+            self._cap = cap
         try:
-            if self._decode_size:
+            if self._decode_size and self._running:
                 self.reduction = _reduction(cap, self._decode_size)  # before the first frame is handed over
             while self._running:
                 ok, image = cap.read()
@@ -81,7 +84,12 @@ class Grabber:
             raise SourceError(self._error or "capture failed")
 
     def close(self, timeout: float = 1.0) -> None:
-        self._running = False
+        with self._cond:
+            self._running = False
+            cap = self._cap
+        interrupt = getattr(cap, "interrupt", None)  # a program's pipe: ends a read blocked on it
+        if interrupt is not None:
+            interrupt()
         self._thread.join(timeout)  # a capture stuck in read() is left to its daemon thread
 
     @property

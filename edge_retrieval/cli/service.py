@@ -56,7 +56,11 @@ service_options = apply(
         envvar="EDGE_RETRIEVAL_CONFIG",
         help="TOML config file (env EDGE_RETRIEVAL_CONFIG); the flags below override it.",
     ),
-    click.option("--source", "-s", help="V4L2 device index (0), video file, rtsp/http URL or image folder."),
+    click.option(
+        "--source",
+        "-s",
+        help="V4L2 device index (0), video file, rtsp/http URL, image folder or exec:PROGRAM writing Motion-JPEG.",
+    ),
     click.option(
         "--gallery",
         "-g",
@@ -83,8 +87,8 @@ service_options = apply(
     click.option(
         "--demo",
         is_flag=True,
-        help="Play the built-in demo clip against the built-in demo gallery (also "
-        "the default when no source and no gallery are configured).",
+        help="Play the built-in demo clip (or the --source given) against the built-in demo "
+        "gallery (also the default when no source and no gallery are configured).",
     ),
 )
 

@@ -209,7 +209,6 @@ class Daemon:
             log.warning(
                 "%s: the gallery is empty; enrol items with `edge-retrieval enroll` (no restart needed)", gallery.path
             )
-        self._open_events()
         if config.fleet.group:
             self.fleet = self._own(parts.fleet(config, gallery, self._embedder))
         if self.recognizer is None:
@@ -219,6 +218,7 @@ class Daemon:
                 parts.source(config, self.stop, self._embedder, self.recognizer, full_frames=self.full_frames)
             )
         source_name = getattr(self._source, "name", None) or config.source.name or config.source.uri or "camera"
+        self._open_events(source_name)
         self.pipeline = Pipeline(
             self.recognizer,
             gallery,
@@ -238,7 +238,9 @@ class Daemon:
             self.recognizer.preset.name,
         )
 
-    def _open_events(self) -> None:
+    def _open_events(self, source: str) -> None:
+        """The event log and the dispatcher delivering this source's events (one service of
+        several may share the gallery file: each delivers its own camera's events)."""
         from ..storage.events import EventLog
         from ..storage.outbox import Dispatcher
 
@@ -256,7 +258,7 @@ class Daemon:
             )
         )
         if sinks:
-            self.dispatcher = Dispatcher(self._gallery.db, sinks).start()
+            self.dispatcher = Dispatcher(self._gallery.db, sinks, source=source).start()
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> RunSummary:

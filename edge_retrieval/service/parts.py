@@ -64,8 +64,13 @@ def check_configured(config: Config) -> None:
 
 
 def demo(config: Config, embedder, folder: str, seed: int, stop: threading.Event | None = None) -> Config:
-    """The config with the built-in demo's clip and gallery (made in `folder`, or taken from the cache)."""
-    clip, db = democlip.prepare(embedder, folder, seed, stop)
+    """The config with the built-in demo's gallery (made in `folder`) and clip (from the cache),
+    or the source configured: the demo gallery in front of a real camera (or an `exec:` program
+    playing the clip)."""
+    clip, db = democlip.prepare(embedder, folder, seed, stop, with_clip=not config.source.uri)
+    if clip is None:
+        log.info("built-in demo gallery %s; source %s", db, config.source.name or config.source.uri)
+        return replace(config, gallery=replace(config.gallery, path=str(db)))
     log.info(
         "built-in demo: clip %s (items %s; %s shown but not enrolled), gallery %s",
         clip,

@@ -192,6 +192,14 @@ def redact_url(url: str) -> str:
         return "<an unparsable URL>"
 
 
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def redact_urls(text: str) -> str:
+    """`text` (an `exec:` command line, a program's stderr line) with each URL in it redacted."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+
+
 def build_sinks(config: SinksConfig) -> list[Sink]:
     """The configured sinks, in a fixed order (stdout, webhook, command, mqtt). Raises ConfigError."""
     sinks: list[Sink] = []
@@ -230,4 +238,5 @@ __all__ = [
     "WebhookSinkConfig",
     "build_sinks",
     "redact_url",
+    "redact_urls",
 ]

@@ -60,7 +60,7 @@ _NEXT_ROW = (
     "SELECT o.id, o.attempts, o.next_try, "
     + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
     + " FROM outbox o JOIN events e ON e.id = o.event_id"
-    " WHERE o.sink = ? AND o.delivered IS NULL AND o.parked IS NULL ORDER BY o.event_id, o.id LIMIT 1"
+    " WHERE o.sink = ? AND o.delivered IS NULL AND o.parked IS NULL{source} ORDER BY o.event_id, o.id LIMIT 1"
 )
 
 
@@ -97,7 +97,7 @@ class _Worker(threading.Thread):
 
     def step(self, conn: sqlite3.Connection) -> None:
         self.wake.clear()  # before looking, so a wake() after the look is not lost
-        row = conn.execute(_NEXT_ROW, [self.sink.name]).fetchone()
+        row = conn.execute(self.d.next_row, [self.sink.name, *self.d.sources]).fetchone()
         if row is None:
             self.wake.wait(self.d.idle_s)
             return
@@ -154,6 +154,10 @@ class _Worker(threading.Thread):
 class Dispatcher:
     """Delivers the outbox of one gallery file to `sinks` in the background; owns (closes) the sinks.
 
+    `source`: deliver only the events of this source. Services of several cameras share one
+    gallery file (systemd/edge-retrieval@.service), and each delivers its own camera's events to
+    its own sinks: a sink name ("webhook") alone would let every service take every camera's rows.
+
     >>> with Dispatcher(gallery.db, sinks) as dispatcher:   # or a path; start() ... stop()
     ...     log.record(event); dispatcher.wake()
     """
@@ -163,6 +167,7 @@ class Dispatcher:
         db: Database | str | Path,
         sinks: Sequence[Sink],
         *,
+        source: str | None = None,
         retry_base_s: float = 1.0,
         retry_max_s: float = 300.0,
         idle_s: float = 30.0,
@@ -177,6 +182,8 @@ class Dispatcher:
         if own:
             db.close()
         self.sinks = list(sinks)
+        self.sources = () if source is None else (source,)
+        self.next_row = _NEXT_ROW.format(source=" AND e.source = ?" if self.sources else "")
         self.retry_base_s, self.retry_max_s, self.idle_s = retry_base_s, retry_max_s, idle_s
         self._stopping = threading.Event()
         self._workers: list[_Worker] = []
@@ -220,7 +227,7 @@ class Dispatcher:
         return not any(w.is_alive() for w in self._workers)
 
     def pending(self, sink: str | None = None) -> int:
-        """Undelivered outbox rows of this dispatcher's sinks (or of one sink), parked ones left out."""
+        """Undelivered outbox rows of this dispatcher's sinks (or of one sink) and source, parked ones left out."""
         return self._count("delivered IS NULL AND parked IS NULL", sink)
 
     def parked(self) -> int:
@@ -239,7 +246,10 @@ class Dispatcher:
         conn = connect(self.path)
         try:
             marks = ", ".join("?" * len(names))
-            return conn.execute(f"SELECT count(*) FROM outbox WHERE {where} AND sink IN ({marks})", names).fetchone()[0]
+            if self.sources:
+                where += " AND event_id IN (SELECT id FROM events WHERE source = ?)"
+            sql = f"SELECT count(*) FROM outbox WHERE {where} AND sink IN ({marks})"
+            return conn.execute(sql, [*self.sources, *names]).fetchone()[0]
         finally:
             conn.close()
 

@@ -635,7 +635,7 @@ ACCEPTED = {
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze absent (apt-get install systemd; listed in .ci/apt-packages.txt)",
 )
-@pytest.mark.parametrize("unit", ["edge-retrieval.service", "edge-retrieval-kiosk.service"])
+@pytest.mark.parametrize("unit", ["edge-retrieval.service", "edge-retrieval-kiosk.service", "edge-retrieval@.service"])
 def test_systemd_units_keep_their_hardening(unit, tmp_path, record_property):
     exe = shutil.which("edge-retrieval") or sys.executable
     path = tmp_path / unit
