@@ -1,10 +1,11 @@
 """MobileFaceNet rebuilt in PyTorch from the npm package's float .tflite (its tensors, its graph).
 
 The package's MobileFaceNet.tflite (a TF1 export: opcodes in `deprecated_builtin_code`, batch 2,
-no SignatureDef) spells each PReLU as relu(x) + c·(x − |x|) with c = α/2. Quantizing that chain
-op by op costs accuracy (float-vs-int8 cosine 0.95 here), so the graph is read back into torch —
-convolutions with their folded batch norm, one nn.PReLU per chain, residual adds — and handed
-to the project's own litert-torch + ai-edge-quantizer path like MobileNetV2.
+no SignatureDef) spells each PReLU as relu(x) + c·(x − |x|) with c = α/2. Quantized as it is (once
+given a signature, batch 1 and current opcodes) its float-vs-int8 cosine is 0.95, so the graph is
+read back into torch — convolutions with their folded batch norm, one PReLU module per chain,
+residual adds — rescaled by `equalize`, and handed to the project's own litert-torch +
+ai-edge-quantizer path like MobileNetV2.
 
 The walk is generic over what the file holds (CONV_2D, DEPTHWISE_CONV_2D, the PReLU chain,
 ADD, RESHAPE) and refuses anything else by name, so a different file fails loudly.
