@@ -63,6 +63,8 @@ class ModelCard:
     # learned PCA-whitening applied after pooling: {"file": "<beside the model>.npz", "dim", "sha256",
     # "source", "reproduce"}; empty = none (descriptors are the pooled channels)
     whitening: dict[str, Any] = field(default_factory=dict)
+    # face embedders: the landmark template a face is warped to before embedding ({"size", "points", ...})
+    alignment: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Every field of the right type and range: a card is read from a file that may be damaged or
@@ -101,6 +103,7 @@ class ModelCard:
             "validation",
             "converter",
             "whitening",
+            "alignment",
         ):
             if not isinstance(getattr(self, name), dict):
                 raise wrong(name, "a JSON object")
