@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from ..descriptors import l2_normalize
@@ -126,8 +125,3 @@ class FaceEmbedder:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def blur(crop: np.ndarray) -> float:
-    """Sharpness of an aligned crop: the variance of its Laplacian (low: blurred)."""
-    return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
