@@ -20,9 +20,11 @@ from edge_retrieval.errors import BadImageError, ModelMismatchError
 from edge_retrieval.faces.align import TEMPLATE, align, similarity
 from edge_retrieval.faces.detect import Detector
 from edge_retrieval.faces.embed import pixel_table
-from edge_retrieval.faces.enroll import FaceEnrollError, enroll_faces, face_of
+from edge_retrieval.faces.enroll import FaceEnrollError, enroll_faces, face_of, nose_position
 from edge_retrieval.recognize.faces import open_face_recognizer
 from edge_retrieval.storage.gallery import Gallery
+
+pytestmark = pytest.mark.shared_data  # (the pure geometry tests below need no data; they are few)
 
 FACES = Path(os.environ.get("EDGE_RETRIEVAL_DATA") or SHARED_DATA) / "faces"
 ENROLLED = {"id00": ["img1.jpg", "img2.jpg", "img4.jpg"], "id01": ["img26.jpg", "img27.jpg", "img28.jpg"]}
@@ -88,6 +90,14 @@ def test_pixel_table_quantizes_as_the_model_says():
     assert float_in[0] == pytest.approx(-127.5 / 128) and float_in.dtype == np.float32
     int8_in = pixel_table("(x - 127.5) / 128", TensorQuantization(1 / 128, 0, np.dtype(np.int8)))
     assert int8_in[0] == -128 and int8_in[255] == 127 and int8_in.dtype == np.int8
+
+
+def test_nose_position_tells_profile_from_frontal():
+    frontal = TEMPLATE.copy()
+    assert nose_position(frontal) == pytest.approx(0.5, abs=0.02)
+    turned = frontal.copy()
+    turned[2, 0] = frontal[0, 0] - 3  # the nose beyond the left eye: a head in profile
+    assert nose_position(turned) < 0
 
 
 def test_enroll_search_and_unknown(tmp_path, people):
