@@ -1,8 +1,9 @@
 """A face's 5 landmarks → a 112×112 crop in the ArcFace template's pose (what the embedder expects).
 
 The similarity transform (rotation, uniform scale, translation) that maps the landmarks onto the
-template best in the least-squares sense (Umeyama's, as `cv2.estimateAffinePartial2D` with
-LMEDS gives it for five exact points), applied with one `cv2.warpAffine`.
+template best in the least-squares sense (Umeyama's closed form, as insightface's
+`norm_crop` computes it; no outlier rejection: five points, all trusted), applied with one
+`cv2.warpAffine` (a large face is halved first so the warp does not alias).
 """
 
 from __future__ import annotations
