@@ -18,6 +18,8 @@ from ..enroll import enroll_negatives, list_images, plan
 from ..errors import EdgeRetrievalError
 from ..modelcard import DEFAULT_MODEL
 from ..storage.gallery import Gallery
+from . import faces as faces_cli
+from .faces import FACES_HELP
 
 
 class Group(click.Group):
@@ -130,14 +132,22 @@ def progress(items):
     metavar="LABEL",
     help="Enrol the images as negatives of item LABEL (\"this is NOT LABEL\"): they veto its matches.",
 )
+@click.option("--faces", is_flag=True, help=FACES_HELP + " Each photo must show exactly one face.")
 @gallery_option
 @model_option
 @threads_option
-def enroll(paths, label, meta, skip_bad, augment, not_item, gallery_path, model_path, threads):
+def enroll(paths, label, meta, skip_bad, augment, not_item, faces, gallery_path, model_path, threads):
     """Enrol image files or folders (sub-folder names become labels).
 
     Warns (on stderr) about tiny, blurry or dark photos and photos nearly identical to
-    another item's."""
+    another item's.
+
+    \b
+    Example (people: a folder per person):
+        edge-retrieval enroll --faces -g people.db people/"""
+    if faces:
+        args = (paths, label, parse_meta(meta), skip_bad, not_item, gallery_path, model_path, threads, progress)
+        return faces_cli.enroll(*args)
     if not_item:
         with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
             n = enroll_negatives(gallery, emb, not_item, [p for _, p in plan(paths, not_item)])
@@ -198,11 +208,12 @@ def numbered(path: str, q: int, n: int) -> Path:
     help="Draw the query and the enrolled photos of its top-k, with their scores, into this JPEG "
     "(several queries: NAME-0.jpg, …).",
 )
+@click.option("--faces", is_flag=True, help=FACES_HELP + " JSON adds faces: [{box, match, score}].")
 @preset_option
 @gallery_option
 @model_option
 @threads_option
-def search(images, top_k, as_json, explain, contact_sheet, preset, gallery_path, model_path, threads):
+def search(images, top_k, as_json, explain, contact_sheet, faces, preset, gallery_path, model_path, threads):
     """Look up one or many images (or folders of them): which item it is, or unknown.
 
     The same recognizer as the service and the kiosk: `matches` is the final ranking and its
@@ -219,6 +230,8 @@ def search(images, top_k, as_json, explain, contact_sheet, preset, gallery_path,
     from ..recognize import open_recognizer, ranking_json
 
     queries = expand_queries(images)
+    if faces:
+        return faces_cli.search(queries, top_k, as_json, gallery_path, model_path, threads)
     with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
         gallery.check_model(emb.sha256, emb.card.name)
         recognizer = open_recognizer(emb, gallery, preset)
@@ -262,25 +275,29 @@ def search(images, top_k, as_json, explain, contact_sheet, preset, gallery_path,
 )
 @click.option("--dry-run", is_flag=True, help="Report, but do not store the thresholds.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--faces", is_flag=True, help=FACES_HELP + " Needs --negatives: photos of people not enrolled.")
 @preset_option
 @gallery_option
 @model_option
 @threads_option
-def calibrate(positives, negatives, fpir, dry_run, as_json, preset, gallery_path, model_path, threads):
+def calibrate(positives, negatives, fpir, dry_run, as_json, faces, preset, gallery_path, model_path, threads):
     """Set the thresholds that say "unknown" for a target false-alarm rate, and report the expected detection rate."""
     from .. import calibrate as cal
     from ..preprocess import read_image
     from ..recognize import open_recognizer
 
-    with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
-        gallery.check_model(emb.sha256, emb.card.name)
-        recognizer = open_recognizer(emb, gallery, preset)
-        pos = cal.labelled_frames(Path(positives)) if positives else []
-        neg = [read_image(p) for p in list_images(Path(negatives))] if negatives else None
-        result = cal.calibrate(recognizer, pos, neg, fpir=fpir, progress=progress)
-        if not dry_run:
-            cal.store(recognizer, result)
-        recognizer.close()
+    if faces:
+        result = faces_cli.calibrate(positives, negatives, fpir, dry_run, gallery_path, model_path, threads, progress)
+    else:
+        with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
+            gallery.check_model(emb.sha256, emb.card.name)
+            recognizer = open_recognizer(emb, gallery, preset)
+            pos = cal.labelled_frames(Path(positives)) if positives else []
+            neg = [read_image(p) for p in list_images(Path(negatives))] if negatives else None
+            result = cal.calibrate(recognizer, pos, neg, fpir=fpir, progress=progress)
+            if not dry_run:
+                cal.store(recognizer, result)
+            recognizer.close()
     if as_json:
         click.echo(json.dumps(result.report()))
         return

@@ -7,9 +7,11 @@ the one place scores become answers. Votes over frames and cooldowns are the dec
 layer's (decide.py).
 
 Implementations: `whole.WholeRecognizer` (the whole-frame descriptor: the fastest, for items
-that fill the frame) and `regional.RegionalRecognizer` (R-MAC regions, ORB votes over the
-gallery's local features, geometric verification: items anywhere in a cluttered scene).
-A `Preset` names one of them with its settings and its score scale.
+that fill the frame), `regional.RegionalRecognizer` (R-MAC regions, ORB votes over the
+gallery's local features, geometric verification: items anywhere in a cluttered scene) and
+`faces.FaceRecognizer` (people: each face found, aligned and matched against a people
+gallery; `open_face_recognizer`). A `Preset` names one of them with its settings and its
+score scale.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Preset:
     levels: int = 3  # R-MAC grid levels of the query's regions
     query_features: int = verify_mod.QUERY_FEATURES
     voted: int = 0  # the most voted items added to the shortlist (verify only)
+    tuned_for: str = TUNED_FOR  # the model `threshold` was measured with (another's scores mean something else)
 
 
 # whole: the built-in demo clip's whole-frame scores (benchmarks/thresholds.py): items >= 0.486,
@@ -53,6 +56,9 @@ PRESETS = {
     "quick": Preset("quick", threshold=0.620, verify=True, voted=3, query_features=1000),
     "fast": Preset("fast", threshold=0.60),
     "whole": Preset("whole", threshold=0.35, margin=0.2, regional=False),
+    # people (recognize/faces.py): cosine of a face to a person's best enrolment face; the threshold
+    # is FPIR 1 % on the tune fold's camera views of ../shared/data/faces (benchmarks/faces.py)
+    "faces": Preset("faces", threshold=0.349, regional=False, tuned_for="mobilefacenet_112_float"),
 }
 DEFAULT_PRESET = "default"
 
@@ -74,6 +80,21 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Face:
+    """One face in the frame (the faces preset) and who it is: its own ranking and verdict."""
+
+    box: np.ndarray  # x0, y0, x1, y1 pixels
+    landmarks: np.ndarray  # (5, 2) pixels: eyes, nose, mouth corners
+    candidates: list[Candidate] = field(default_factory=list)  # people, best first
+    match: Candidate | None = None
+    threshold: float | None = None
+
+    @property
+    def score(self) -> float:
+        return self.candidates[0].score if self.candidates else -math.inf
+
+
+@dataclass(frozen=True)
 class Ranking:
     """A frame's answer: the ranked candidates (best first, final scores) and the verdict."""
 
@@ -83,6 +104,7 @@ class Ranking:
     threshold: float | None = None  # the threshold applied to candidates[0] (None: no match possible)
     margin: float = math.inf  # candidates[0]'s score over the next different label's
     regions: Regions | None = None  # the frame's descriptors (row 0: the whole frame; whole: only it)
+    faces: list[Face] | None = None  # every face found, best score first (the faces preset only)
 
     @property
     def best(self) -> Candidate | None:
@@ -144,6 +166,8 @@ def open_recognizer(
     from .whole import WholeRecognizer
 
     preset = PRESETS[preset] if isinstance(preset, str) else preset
+    if preset.name == "faces":
+        raise ValueError("the faces preset needs the face models: recognize.faces.open_face_recognizer")
     card = getattr(embedder, "card", None)  # (test fakes have none)
     thresholds = Thresholds(gallery, preset, card.name if card else "", threshold=threshold, margin=margin)
     cls = RegionalRecognizer if preset.regional else WholeRecognizer
@@ -158,7 +182,7 @@ def ranking_json(ranking: Ranking, metadata: dict[int, dict], k: int | None = No
         return round(float(x), 4) if x is not None and math.isfinite(x) else None
 
     best = ranking.best
-    return {
+    out = {
         "match": ranking.label,
         "score": num(ranking.score),
         "threshold": num(ranking.threshold),
@@ -179,3 +203,13 @@ def ranking_json(ranking: Ranking, metadata: dict[int, dict], k: int | None = No
             for c in ranking.candidates[:k]
         ],
     }
+    if ranking.faces is not None:
+        out["faces"] = [
+            {
+                "box": [int(round(float(v))) for v in f.box],
+                "match": f.match.label if f.match is not None else None,
+                "score": num(f.score),
+            }
+            for f in ranking.faces
+        ]
+    return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from . import TUNED_FOR, Candidate, Preset
+from . import Candidate, Preset
 
 
 class Thresholds:
@@ -51,7 +51,7 @@ class Thresholds:
             return self.threshold
         if calibrated is not None:
             return calibrated
-        return self.preset.threshold if self.model_name == TUNED_FOR else None
+        return self.preset.threshold if self.model_name == self.preset.tuned_for else None
 
     def verdict(self, candidates: list[Candidate]) -> tuple[Candidate | None, float | None, float]:
         """(the match or None, the threshold applied, the margin) for candidates ranked best first."""
