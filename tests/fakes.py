@@ -165,3 +165,13 @@ class NotifyListener:
         self._stop.set()
         self._thread.join(1)
         self.sock.close()
+
+
+def read_frames(source, n: int, seconds: float = 20.0) -> list:
+    """Up to n frames a source gives within `seconds`."""
+    frames, deadline = [], time.monotonic() + seconds
+    while len(frames) < n and time.monotonic() < deadline:
+        frame = source.read(0.2)
+        if frame is not None:
+            frames.append(frame)
+    return frames

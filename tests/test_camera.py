@@ -6,7 +6,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from fakes import FakeCapture, fake_frame
+from fakes import FakeCapture, fake_frame, read_frames
 
 from edge_retrieval.camera import (
     Backoff,
@@ -397,15 +397,6 @@ class MjpegServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def read_frames(source, n: int, seconds: float = 20.0) -> list:
-    frames, deadline = [], time.monotonic() + seconds
-    while len(frames) < n and time.monotonic() < deadline:
-        frame = source.read(0.2)
-        if frame is not None:
-            frames.append(frame)
-    return frames
 
 
 def test_an_http_mjpeg_camera_decodes_only_what_it_hands_over_at_the_size_asked(tmp_path):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from artifacts import artifacts
-from test_kiosk import TOKEN, api, browser, request, tiny_png, wait_for  # noqa: F401 (browser: a fixture)
+from test_kiosk import BAD_UPLOADS, TOKEN, api, browser, request, tiny_png, wait_for  # noqa: F401 (browser: a fixture)
 
 from edge_retrieval import democlip
 from edge_retrieval.config import Config, DecisionConfig, GalleryConfig, KioskConfig, SourceConfig
@@ -223,17 +223,7 @@ def test_similar_events_rank_the_same_item_first(server):
     assert status == 200 and data["results"] and {r["kind"] for r in data["results"]} == {"unknown"}
 
 
-@pytest.mark.parametrize(
-    "body, status, words",
-    [
-        (b"", 400, "empty"),
-        (b"not an image at all", 415, "not a JPEG, PNG, WebP or BMP"),
-        (photo("cat").read_bytes()[:300], 400, "cannot be decoded"),
-        (tiny_png(20_000, 20_000), 413, "megapixels"),
-        (b"\xff\xd8\xff" + b"\x00" * 1_100_000, 413, "limit of 1 MB"),
-    ],
-    ids=["empty", "not-an-image", "truncated", "too-many-pixels", "too-large"],
-)
+@BAD_UPLOADS
 def test_bad_uploads_get_clear_4xx_errors(server, body, status, words):
     code, data = api(base_of(server), "POST", "/api/events/search", body, token=TOKEN, content_type="image/jpeg")
     assert code == status and words in data["error"]

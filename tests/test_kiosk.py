@@ -330,7 +330,8 @@ def test_the_kiosk_and_search_give_the_same_answer_ranking_and_scores(clip_serve
         assert (cli_answer["match"] is not None) == (name != "gravel"), (name, cli_answer)
 
 
-@pytest.mark.parametrize(
+# (body, status, words in the error) of uploads every upload route refuses (the kiosk's and the events page's)
+BAD_UPLOADS = pytest.mark.parametrize(
     "body, status, words",
     [
         (b"", 400, "empty"),
@@ -341,6 +342,9 @@ def test_the_kiosk_and_search_give_the_same_answer_ranking_and_scores(clip_serve
     ],
     ids=["empty", "not-an-image", "truncated", "too-many-pixels", "too-large"],
 )
+
+
+@BAD_UPLOADS
 def test_bad_images_get_clear_4xx_errors(clip_server, body, status, words):
     code, result = api(clip_server.url.rstrip("/"), "POST", "/api/search", body, content_type="image/jpeg")
     assert code == status and words in result["error"]

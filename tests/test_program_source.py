@@ -13,6 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from fakes import read_frames
 
 from edge_retrieval import democlip
 from edge_retrieval.camera import ProgramCapture, Reconnecting, SourceError, kind_of, open_source, program_argv
@@ -34,15 +35,6 @@ def jpeg(name: str, size=(640, 480), quality=90) -> bytes:
 
 def mean_difference(a, b) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
-
-
-def read_frames(source, n: int, seconds: float = 20.0) -> list:
-    frames, deadline = [], time.monotonic() + seconds
-    while len(frames) < n and time.monotonic() < deadline:
-        frame = source.read(0.2)
-        if frame is not None:
-            frames.append(frame)
-    return frames
 
 
 def gone(pid: int) -> bool:
