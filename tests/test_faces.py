@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED_DATA
 
 from edge_retrieval.cli import cli
 from edge_retrieval.demo import photo
@@ -26,6 +25,9 @@ from edge_retrieval.storage.gallery import Gallery
 
 pytestmark = pytest.mark.shared_data  # (the pure geometry tests below need no data; they are few)
 
+SHARED_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data"
+)  # (not from conftest: tests/reliability has one too)
 FACES = Path(os.environ.get("EDGE_RETRIEVAL_DATA") or SHARED_DATA) / "faces"
 ENROLLED = {"id00": ["img1.jpg", "img2.jpg", "img4.jpg"], "id01": ["img26.jpg", "img27.jpg", "img28.jpg"]}
 HELD_OUT = {"img7.jpg": "id00", "img44.jpg": "id01"}  # other photos of the enrolled people
