@@ -23,7 +23,7 @@ import numpy as np
 from ..camera import DROPPED, NOTED, Frame, FrameSource, SourceEnded, SourceError, inspect_image
 from ..config import Config
 from ..decide import Decider, Decision
-from ..errors import EdgeRetrievalError
+from ..errors import ConfigError, EdgeRetrievalError
 from ..motion import Motion, MotionGate, crop_roi
 from ..recognize import Ranking, Recognizer
 from ..storage.gallery import Gallery
@@ -43,18 +43,67 @@ MAX_POINTS = 64  # inlier points an event keeps for its detail view (≈ 600 byt
 IDLE_PING = 1.0  # seconds between watchdog pings while the source waits as designed (see _loop)
 
 
+ITEMS, PEOPLE = "items", "people"  # what a watch looks for: an event's details.watch
+
+
 @dataclass(frozen=True)
 class FrameResult:
+    """One watch's view of a frame (the first watch's; `others`: the other watches' on the same frame)."""
+
     frame: Frame
     motion: Motion
     embedded: bool  # the recognizer ran on this frame (else the last ranking voted again)
     ranking: Ranking
     decision: Decision | None  # the alert this frame completed
     confirmed: Decision | None = None  # what M of the last N frames agree on now, cooling down or not
+    watch: str = ITEMS
+    others: tuple["FrameResult", ...] = ()
+
+    @property
+    def all(self) -> tuple["FrameResult", ...]:
+        return (self, *self.others)
+
+
+class Watch:
+    """What the camera is watched for, items or people: a recognizer over its gallery, a decider of
+    its own (votes and cooldowns), and its last ranking, which votes again while nothing moves."""
+
+    def __init__(self, kind: str, recognizer: Recognizer, gallery: Gallery, decider: Decider):
+        self.kind, self.recognizer, self.gallery, self.decider = kind, recognizer, gallery, decider
+        gallery.refresh_interval = REFRESH_INTERVAL
+        self.ranking: Ranking | None = None
+        self._ranked_at = -1  # the gallery generation the ranking saw
+        self._generation = -1
+        self._items: dict[int, dict] = {}
+
+    def items(self) -> dict[int, dict]:
+        """The gallery's item metadata, reloaded when the gallery changes."""
+        generation = self.gallery.seen_generation  # (the search just asked SQLite, or recently did)
+        if generation != self._generation:
+            self._items = {item.id: item.metadata for item in self.gallery.items()}
+            self._generation = generation
+            log.debug("%s gallery (re)loaded: %d item(s)", self.kind, len(self._items))
+        return self._items
+
+    def stale(self) -> bool:
+        self.gallery.matrix()  # asks SQLite whether the gallery changed, at most every REFRESH_INTERVAL
+        return self.ranking is None or self.gallery.seen_generation != self._ranked_at
+
+    def process(self, frame: Frame, image: np.ndarray, motion: Motion, boxes: list, embed: bool, source: str, stage):
+        if embed:
+            self.ranking = self.recognizer.recognize(image, boxes)
+            self._ranked_at = self.gallery.seen_generation
+        # items: "unknown" is a scene that moved with nothing recognised; people: a face seen, no one identified
+        moving = bool(self.ranking.faces) if self.kind == PEOPLE else motion.reason == "motion"
+        with stage("decide"):
+            decision = self.decider.update(source, self.ranking, frame.time, moving=moving)
+            self.items()
+        return FrameResult(frame, motion, embed, self.ranking, decision, self.decider.confirmed(source), self.kind)
 
 
 class Pipeline:
-    """One frame's journey: ROI → motion gate → recognizer → decision."""
+    """One frame's journey: ROI → motion gate → each watch's recognizer → its decision. The first
+    watch is (recognizer, gallery, decider); `also`: more on the same frames (people beside items)."""
 
     def __init__(
         self,
@@ -66,24 +115,35 @@ class Pipeline:
         roi=None,
         metrics: Metrics | None = None,
         source: str = "camera",
+        watch: str = ITEMS,
+        also: tuple[Watch, ...] = (),
     ):
-        self.recognizer, self.gallery, self.decider, self.gate = recognizer, gallery, decider, gate
-        self.roi, self.source = roi, source
+        self.watches = [Watch(watch, recognizer, gallery, decider), *also]
+        self.gate, self.roi, self.source = gate, roi, source
         self.metrics = metrics or Metrics()
-        gallery.refresh_interval = REFRESH_INTERVAL
-        self.ranking: Ranking | None = None
-        self._ranked_at = -1  # the gallery generation the ranking saw
-        self._generation = -1
-        self._items: dict[int, dict] = {}
 
-    # -- the gallery's item metadata, reloaded when the gallery changes ----------------
+    # the first watch's parts (the kiosk's screen and the tests look at them)
+    @property
+    def recognizer(self) -> Recognizer:
+        return self.watches[0].recognizer
+
+    @property
+    def gallery(self) -> Gallery:
+        return self.watches[0].gallery
+
+    @property
+    def decider(self) -> Decider:
+        return self.watches[0].decider
+
+    @property
+    def ranking(self) -> Ranking | None:
+        return self.watches[0].ranking
+
     def items(self) -> dict[int, dict]:
-        generation = self.gallery.seen_generation  # (the search just asked SQLite, or recently did)
-        if generation != self._generation:
-            self._items = {item.id: item.metadata for item in self.gallery.items()}
-            self._generation = generation
-            log.debug("gallery (re)loaded: %d item(s)", len(self._items))
-        return self._items
+        return self.watches[0].items()
+
+    def watch(self, kind: str) -> Watch:
+        return next(w for w in self.watches if w.kind == kind)
 
     def box(self, frame: Frame) -> tuple[float, float, float, float] | None:
         """The ROI in frame pixels (x0, y0, x1, y1), None for the whole frame."""
@@ -93,23 +153,22 @@ class Pipeline:
         return (self.roi.x * w, self.roi.y * h, (self.roi.x + self.roi.width) * w, (self.roi.y + self.roi.height) * h)
 
     def process(self, frame: Frame) -> FrameResult:
+        """The motion gate once; then each watch recognises the frame if it changed (or its gallery
+        did), else its last ranking votes again: an empty, still hallway costs no detection."""
         stage = self.metrics.stage
         image = crop_roi(frame.image, self.roi)
         with stage("motion"):
             motion = self.gate.check(image, frame.time)
-            self.gallery.matrix()  # asks SQLite whether the gallery changed, at most every REFRESH_INTERVAL
-        embedded = motion.changed or self.ranking is None or self.gallery.seen_generation != self._ranked_at
-        if embedded:
-            boxes = []
-            if motion.reason == "motion" and motion.box is not None:
-                x, y, w, h = motion.box
-                boxes.append((x, y, x + w, y + h))
-            self.ranking = self.recognizer.recognize(image, boxes)
-            self._ranked_at = self.gallery.seen_generation
-        with stage("decide"):
-            decision = self.decider.update(self.source, self.ranking, frame.time, moving=motion.reason == "motion")
-            self.items()
-        return FrameResult(frame, motion, embedded, self.ranking, decision, self.decider.confirmed(self.source))
+            stale = [w.stale() for w in self.watches]
+        boxes = []
+        if motion.reason == "motion" and motion.box is not None:
+            x, y, w, h = motion.box
+            boxes.append((x, y, x + w, y + h))
+        results = [
+            w.process(frame, image, motion, boxes, motion.changed or is_stale, self.source, stage)
+            for w, is_stale in zip(self.watches, stale)
+        ]
+        return replace(results[0], others=tuple(results[1:]))
 
 
 @dataclass
@@ -121,13 +180,30 @@ class RunSummary:
     metrics: Metrics | None = None
 
 
-def describe_decision(d: Decision) -> str:
+def describe_decision(d: Decision, watch: str = ITEMS) -> str:
     margin = f"{d.margin:.3f}" if math.isfinite(d.margin) else "-"
-    what = d.label if d.kind == "match" else "unknown object"
+    if watch == PEOPLE:
+        what = f"person {d.label}" if d.kind == "match" else "unknown person"
+    else:
+        what = d.label if d.kind == "match" else "unknown object"
     return (
         f"alert: {what} (score {d.score:.3f}, margin {margin}, votes {d.votes}/{d.window}) "
         f"at {d.time:.1f} s from {d.source}"
     )
+
+
+def blur_boxes(image: np.ndarray, boxes) -> None:
+    """Blur these boxes (x0, y0, x1, y1 pixels, a little enlarged) of a BGR image in place, beyond recognition."""
+    import cv2
+
+    h, w = image.shape[:2]
+    for x0, y0, x1, y1 in boxes:
+        pad = 0.15 * max(x1 - x0, y1 - y0)
+        a, b = max(0, int(x0 - pad)), max(0, int(y0 - pad))
+        c, d = min(w, int(x1 + pad) + 1), min(h, int(y1 + pad) + 1)
+        if c > a and d > b:
+            k = max(3, (max(c - a, d - b) // 4) | 1)  # an odd kernel a quarter of the face: no features survive
+            image[b:d, a:c] = cv2.GaussianBlur(image[b:d, a:c], (k, k), 0)
 
 
 class Daemon:
@@ -185,9 +261,12 @@ class Daemon:
         return thing
 
     def open(self) -> None:
-        """Load the model and the gallery, start the sinks and open the source."""
+        """Load the models and the galleries, start the sinks and open the source. Items are
+        watched with a gallery (or the demo's), people with `[people] gallery`, or both: the
+        first watch's gallery file also stores the events."""
         config = self.config
-        if self._embedder is None:
+        items = bool(config.gallery.path) or self.demo or self._gallery is not None or self.recognizer is not None
+        if items and self._embedder is None:
             self._embedder = self._own(parts.embedder(config))
         card = getattr(self._embedder, "card", None)
         if self.demo:
@@ -199,43 +278,58 @@ class Daemon:
         elif self._source is None and self._gallery is None:
             parts.check_configured(config)
         self.config = config
-        if self._gallery is None:
-            self._gallery = self._own(parts.gallery(config))
-        gallery = self._gallery
-        if card is not None:
-            gallery.check_model(self._embedder.sha256, card.name)
-        items, embeddings = gallery.count()
-        if not items:
-            log.warning(
-                "%s: the gallery is empty; enrol items with `edge-retrieval enroll` (no restart needed)", gallery.path
-            )
-        if config.fleet.group:
-            self.fleet = self._own(parts.fleet(config, gallery, self._embedder))
-        if self.recognizer is None:
-            self.recognizer = self._own(parts.recognizer(config, self._embedder, gallery, self.metrics.stage))
+        decision = config.decision
+        watches = []
+        if items:
+            if self._gallery is None:
+                self._gallery = self._own(parts.gallery(config))
+            if card is not None:
+                self._gallery.check_model(self._embedder.sha256, card.name)
+            if config.fleet.group:
+                self.fleet = self._own(parts.fleet(config, self._gallery, self._embedder))
+            if self.recognizer is None:
+                self.recognizer = self._own(parts.recognizer(config, self._embedder, self._gallery, self.metrics.stage))
+            watches.append(Watch(ITEMS, self.recognizer, self._gallery, Decider.from_config(decision)))
+        elif config.fleet.group:
+            raise ConfigError("fleet.group: a fleet shares an items watchlist; set gallery.path too")
+        if config.people.gallery:
+            people, faces, decider = parts.people(config, lambda name: self.metrics.stage(f"face {name}"))
+            self._own(people)
+            watches.append(Watch(PEOPLE, self._own(faces), people, decider))
+        for w in watches:
+            if not w.gallery.count()[0]:
+                enrol = "edge-retrieval enroll" + (" --faces" if w.kind == PEOPLE else "")
+                log.warning("%s: the gallery is empty; enrol with `%s` (no restart needed)", w.gallery.path, enrol)
+        first = watches[0]
+        self._gallery, self.recognizer = first.gallery, first.recognizer
         if self._source is None:
             self._source = self._own(
-                parts.source(config, self.stop, self._embedder, self.recognizer, full_frames=self.full_frames)
+                parts.source(
+                    config, self.stop, self._embedder, self.recognizer if items else None, full_frames=self.full_frames
+                )
             )
         source_name = getattr(self._source, "name", None) or config.source.name or config.source.uri or "camera"
         self._open_events(source_name)
         self.pipeline = Pipeline(
-            self.recognizer,
-            gallery,
-            Decider.from_config(config.decision),
+            first.recognizer,
+            first.gallery,
+            first.decider,
             MotionGate.from_config(config.motion),
             roi=config.roi,
             source=source_name,
             metrics=self.metrics,
+            watch=first.kind,
+            also=tuple(watches[1:]),
         )
         log.info(
-            "model %s, gallery %s (%d item(s), %d embedding(s)), source %s, preset %s",
-            card.name if card else type(self._embedder).__name__,
-            gallery.path,
-            items,
-            embeddings,
+            "watching %s on %s; %s",
+            " and ".join(w.kind for w in watches),
             source_name,
-            self.recognizer.preset.name,
+            "; ".join(
+                f"{w.kind}: gallery {w.gallery.path} ({w.gallery.count()[0]} {w.kind}), preset {w.recognizer.preset.name}"
+                + (f", model {card.name}" if w.kind == ITEMS and card else "")
+                for w in watches
+            ),
         )
 
     def _open_events(self, source: str) -> None:
@@ -328,13 +422,15 @@ class Daemon:
             result = self.last_result = pipeline.process(frame)
             if self.on_frame is not None:
                 self.on_frame(result)
-            if result.decision is not None:
-                with metrics.stage("emit"):
-                    self._emit(result)
-                summary.decisions.append(result.decision)
-            metrics.frame_done(result.embedded, latency=time.monotonic() - frame.captured)
+            for watched in result.all:  # items, people: each watch's alert of this frame
+                if watched.decision is not None:
+                    with metrics.stage("emit"):
+                        self._emit(watched, result)
+                    summary.decisions.append(watched.decision)
+            embedded = any(r.embedded for r in result.all)
+            metrics.frame_done(embedded, latency=time.monotonic() - frame.captured)
             summary.frames += 1
-            summary.embedded += result.embedded
+            summary.embedded += embedded
             last_ping = time.monotonic()
             self.notifier.watchdog()
             now = self.clock()
@@ -379,18 +475,22 @@ class Daemon:
         trouble = "; ".join(filter(None, [metrics.trouble(), f"{parked} event(s) parked" if parked else ""]))
         return text + (f"; {trouble}" if trouble else "")
 
-    def _emit(self, result: FrameResult) -> None:
+    def _emit(self, result: FrameResult, frame_result: FrameResult) -> None:
+        """Record one watch's alert (`result`) as an event; `frame_result`: every watch's view of the frame."""
         decision = result.decision
         self.last_decision, self._last_decision_at = decision, self.clock()
-        log.info("%s", describe_decision(decision))
+        log.info("%s", describe_decision(decision, result.watch))
         if self.on_decision is not None:
             self.on_decision(decision, result)
         if self.event_log is None:
             return
         from ..storage.events import Event
 
-        metadata = self.pipeline.items().get(decision.item_id, {}) if decision.item_id is not None else {}
+        items = self.pipeline.watch(result.watch).items()
+        metadata = items.get(decision.item_id, {}) if decision.item_id is not None else {}
+        people = result.watch == PEOPLE
         details = {
+            "watch": result.watch,
             "margin": decision.margin if math.isfinite(decision.margin) else None,
             "votes": decision.votes,
             "window": decision.window,
@@ -407,19 +507,48 @@ class Daemon:
             label=decision.label,
             item_id=decision.item_id,
             metadata=metadata,
-            box=self.pipeline.box(result.frame),
-            polygon=self._outline(result),
+            box=self._face_box(result) if people else self.pipeline.box(result.frame),
+            polygon=None if people else self._outline(result),
             details=details,
         )
-        if self.config.snapshot.enabled:
-            event = self._snapshot(result.frame.full(), event)
+        snapshot = self.config.snapshot
+        if snapshot.enabled and (snapshot.keep == "all" or decision.kind == "match"):
+            event = self._snapshot(result.frame.full(), event, self._strangers(frame_result))
+        # a person's event keeps no descriptor: the history searches one model's descriptors (items')
+        descriptor = None if people else result.ranking.descriptor
         try:
-            self.event_log.record(event, result.ranking.descriptor)
+            self.event_log.record(event, descriptor)
         except EdgeRetrievalError as e:  # a broken database must not stop detection
             log.error("event not recorded: %s", e)
             return
         if self.dispatcher is not None:
             self.dispatcher.wake()
+
+    def _face_box(self, result: FrameResult) -> tuple[float, float, float, float] | None:
+        """The box (frame pixels) of the face the decision is about: the decided person's best face,
+        or for "unknown" the best face no one was identified in."""
+        label = result.decision.label
+        faces = [f for f in result.ranking.faces or () if (f.match.label if f.match is not None else None) == label]
+        if not faces:
+            return None
+        roi = self.pipeline.box(result.frame)
+        x0, y0 = roi[:2] if roi is not None else (0, 0)
+        bx0, by0, bx1, by1 = (float(v) for v in faces[0].box)
+        return (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0)
+
+    def _strangers(self, frame_result: FrameResult) -> list[tuple[float, float, float, float]]:
+        """With `snapshot.keep = "matches"`: the boxes (frame pixels) of the faces no one was
+        identified in, blurred in a match's snapshot; none otherwise."""
+        if self.config.snapshot.keep != "matches":
+            return []
+        roi = self.pipeline.box(frame_result.frame)
+        x0, y0 = roi[:2] if roi is not None else (0, 0)
+        return [
+            (float(f.box[0]) + x0, float(f.box[1]) + y0, float(f.box[2]) + x0, float(f.box[3]) + y0)
+            for r in frame_result.all
+            for f in r.ranking.faces or ()
+            if f.match is None
+        ]
 
     def _evidence(self, result: FrameResult) -> dict[str, Any]:
         """The best candidate's cosine, inliers and (at most MAX_POINTS, frame pixels) inlier
@@ -450,12 +579,20 @@ class Daemon:
         xs, ys = (x0 + rx0 * (x1 - x0), x0 + rx1 * (x1 - x0)), (y0 + ry0 * (y1 - y0), y0 + ry1 * (y1 - y0))
         return ((xs[0], ys[0]), (xs[1], ys[0]), (xs[1], ys[1]), (xs[0], ys[1]))
 
-    def _snapshot(self, image: np.ndarray, event):
+    def _snapshot(self, image: np.ndarray, event, blur: list | None = None):
         """The event with its snapshot saved; a snapshot that cannot be written (a full disk) loses
         the picture, never the alert: one warning when it starts failing, a count in STATUS and
         stats (`snapshots not saved`), one line when it works again."""
         try:
-            path = self.event_log.save_snapshot(image, event, self.config.snapshot)
+            draw = None
+            if blur:
+                from ..storage.events import draw_event
+
+                def draw(picture, drawn):
+                    blur_boxes(picture, blur)
+                    draw_event(picture, drawn)
+
+            path = self.event_log.save_snapshot(image, event, self.config.snapshot, draw)
         except EdgeRetrievalError as e:
             self.metrics.counts[SNAPSHOT_LOST] += 1
             if self._snapshots_failing_since is None:
