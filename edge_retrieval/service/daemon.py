@@ -192,8 +192,11 @@ def describe_decision(d: Decision, watch: str = ITEMS) -> str:
     )
 
 
-def blur_boxes(image: np.ndarray, boxes) -> None:
-    """Blur these boxes (x0, y0, x1, y1 pixels, a little enlarged) of a BGR image in place, beyond recognition."""
+MOSAIC = 8  # cells across a hidden face: no identity (nor a face, to a detector) survives
+
+
+def hide_faces(image: np.ndarray, boxes) -> None:
+    """Pixelate these boxes (x0, y0, x1, y1 pixels, a little enlarged) of a BGR image in place."""
     import cv2
 
     h, w = image.shape[:2]
@@ -201,9 +204,11 @@ def blur_boxes(image: np.ndarray, boxes) -> None:
         pad = 0.15 * max(x1 - x0, y1 - y0)
         a, b = max(0, int(x0 - pad)), max(0, int(y0 - pad))
         c, d = min(w, int(x1 + pad) + 1), min(h, int(y1 + pad) + 1)
-        if c > a and d > b:
-            k = max(3, (max(c - a, d - b) // 4) | 1)  # an odd kernel a quarter of the face: no features survive
-            image[b:d, a:c] = cv2.GaussianBlur(image[b:d, a:c], (k, k), 0)
+        if c - a < 2 or d - b < 2:
+            continue
+        cells = (MOSAIC, max(1, round(MOSAIC * (d - b) / (c - a))))
+        small = cv2.resize(image[b:d, a:c], cells, interpolation=cv2.INTER_AREA)
+        image[b:d, a:c] = cv2.resize(small, (c - a, d - b), interpolation=cv2.INTER_NEAREST)
 
 
 class Daemon:
@@ -538,7 +543,7 @@ class Daemon:
 
     def _strangers(self, frame_result: FrameResult) -> list[tuple[float, float, float, float]]:
         """With `snapshot.keep = "matches"`: the boxes (frame pixels) of the faces no one was
-        identified in, blurred in a match's snapshot; none otherwise."""
+        identified in, pixelated in a match's snapshot; none otherwise."""
         if self.config.snapshot.keep != "matches":
             return []
         roi = self.pipeline.box(frame_result.frame)
@@ -579,19 +584,17 @@ class Daemon:
         xs, ys = (x0 + rx0 * (x1 - x0), x0 + rx1 * (x1 - x0)), (y0 + ry0 * (y1 - y0), y0 + ry1 * (y1 - y0))
         return ((xs[0], ys[0]), (xs[1], ys[0]), (xs[1], ys[1]), (xs[0], ys[1]))
 
-    def _snapshot(self, image: np.ndarray, event, blur: list | None = None):
-        """The event with its snapshot saved; a snapshot that cannot be written (a full disk) loses
-        the picture, never the alert: one warning when it starts failing, a count in STATUS and
-        stats (`snapshots not saved`), one line when it works again."""
+    def _snapshot(self, image: np.ndarray, event, hidden=()):
+        """The event with its snapshot saved (`hidden`: face boxes pixelated first); a snapshot that
+        cannot be written (a full disk) loses the picture, never the alert: one warning when it
+        starts failing, a count in STATUS and stats (`snapshots not saved`), one line when it works again."""
+        from ..storage.events import draw_event
+
+        def draw(picture, drawn):
+            hide_faces(picture, hidden)
+            draw_event(picture, drawn)
+
         try:
-            draw = None
-            if blur:
-                from ..storage.events import draw_event
-
-                def draw(picture, drawn):
-                    blur_boxes(picture, blur)
-                    draw_event(picture, drawn)
-
             path = self.event_log.save_snapshot(image, event, self.config.snapshot, draw)
         except EdgeRetrievalError as e:
             self.metrics.counts[SNAPSHOT_LOST] += 1

@@ -59,7 +59,9 @@ def people(config: Config, stage: Stage = no_stage):
     return people, recognizer, decider
 
 
-def source(config: Config, stop: threading.Event, embedder, recognizer: Recognizer | None, *, full_frames: bool = False):
+def source(
+    config: Config, stop: threading.Event, embedder, recognizer: Recognizer | None, *, full_frames: bool = False
+):
     """The frame source. The whole-frame recognizer needs frames no larger than the model's input
     (a Motion-JPEG packet is then decoded smaller, and a snapshot decodes it again at full size);
     the regional ones, faces and the kiosk's view take full frames."""

@@ -171,7 +171,7 @@ class SnapshotConfig:
         default="all",
         metadata={
             "doc": "which events keep a snapshot: all, or matches (no frame of an unknown person or item is "
-            "kept; watching people, faces no one was identified in are blurred in a match's)",
+            "kept; watching people, faces no one was identified in are pixelated in a match's)",
             "choices": ("all", "matches"),
         },
     )
