@@ -207,7 +207,8 @@ class PeopleConfig:
     )
     min_face: int = setting(40, "Smallest face looked for, in pixels wide (smaller: slower, less sure).", min=20)
     unknown: bool = setting(
-        False, "Also raise \"unknown\" events (label null): a face was seen in M of the last N frames, no one identified."
+        False,
+        "Also raise \"unknown\" events (label null): a face was seen in M of the last N frames, no one identified.",
     )
     unknown_cooldown: float = setting(
         60.0, "Seconds an unknown-person event waits after the last frame confirming one, before another.", min=0

@@ -270,7 +270,8 @@ class Daemon:
         watched with a gallery (or the demo's), people with `[people] gallery`, or both: the
         first watch's gallery file also stores the events."""
         config = self.config
-        items = bool(config.gallery.path) or self.demo or self._gallery is not None or self.recognizer is not None
+        given = bool(config.gallery.path) or self.demo or self._gallery is not None or self.recognizer is not None
+        items = given or not config.people.gallery  # (no gallery at all: check_configured says so)
         if items and self._embedder is None:
             self._embedder = self._own(parts.embedder(config))
         card = getattr(self._embedder, "card", None)
