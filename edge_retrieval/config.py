@@ -188,6 +188,34 @@ class DecisionConfig:
 
 
 @dataclass(frozen=True)
+class PeopleConfig:
+    """Watch for people on the same camera: each face found, aligned and identified against a
+    people gallery. Votes and the per-person cooldown are [decision]'s."""
+
+    gallery: str = setting(
+        "",
+        "The people gallery SQLite file (`edge-retrieval enroll --faces -g people.db DIR`); empty = "
+        "people are not watched. With [gallery] path empty, only people are watched (events are then "
+        "stored in this file); with both, items and people on the same frames, behind one motion gate.",
+    )
+    threshold: Optional[float] = setting(
+        None,
+        "Cosine a face must reach to be taken for an enrolled person (absent: the gallery's, set by "
+        "`edge-retrieval calibrate --faces`, else the faces preset's).",
+        min=-1,
+        max=1,
+    )
+    min_face: int = setting(40, "Smallest face looked for, in pixels wide (smaller: slower, less sure).", min=20)
+    unknown: bool = setting(
+        False,
+        "Also raise \"unknown\" events (label null): a face was seen in M of the last N frames, no one identified.",
+    )
+    unknown_cooldown: float = setting(
+        60.0, "Seconds an unknown-person event waits after the last frame confirming one, before another.", min=0
+    )
+
+
+@dataclass(frozen=True)
 class EventsConfig:
     """The event history in the gallery file (one row per decision, ≈ 430 bytes with three sinks)."""
 
@@ -270,6 +298,7 @@ class Config:
     roi: Optional[RoiConfig] = setting(None, "Only look at this part of the frame (absent = the whole frame).")
     motion: MotionConfig = setting(default_factory=MotionConfig, doc="The motion gate.")
     decision: DecisionConfig = setting(default_factory=DecisionConfig, doc="When a match becomes an alert.")
+    people: PeopleConfig = setting(default_factory=PeopleConfig, doc="Watch for people (faces) too, or instead.")
     sinks: SinksConfig = setting(default_factory=SinksConfig, doc="Where events go.")
     snapshot: SnapshotConfig = setting(default_factory=SnapshotConfig, doc="Snapshots saved with events.")
     events: EventsConfig = setting(default_factory=EventsConfig, doc="How much event history is kept.")

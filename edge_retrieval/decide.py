@@ -51,11 +51,21 @@ class _SourceState:
 class Decider:
     """Turns per-frame rankings into decisions, per source."""
 
-    def __init__(self, *, m: int = 3, n: int = 5, cooldown: float = 30.0, unknown: bool = False):
+    def __init__(
+        self,
+        *,
+        m: int = 3,
+        n: int = 5,
+        cooldown: float = 30.0,
+        unknown: bool = False,
+        unknown_cooldown: float | None = None,
+    ):
+        """`unknown_cooldown`: the cooldown of "unknown" (None: `cooldown`, as a label's)."""
         if not 1 <= m <= n:
             raise ValueError(f"votes: need 1 <= m <= n, got m={m}, n={n}")
         self.m, self.n = m, n
         self.cooldown, self.unknown = cooldown, unknown
+        self.unknown_cooldown = cooldown if unknown_cooldown is None else unknown_cooldown
         self._sources: dict[str, _SourceState] = {}
         self._confirmed: dict[str, Decision | None] = {}
 
@@ -99,7 +109,7 @@ class Decider:
         if kind == UNKNOWN and not self.unknown:
             return None
         until = state.cooldown_until.get(key)
-        state.cooldown_until[key] = t + self.cooldown
+        state.cooldown_until[key] = t + (self.unknown_cooldown if kind == UNKNOWN else self.cooldown)
         if until is not None and t < until:
             return None
         return decision

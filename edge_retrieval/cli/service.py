@@ -33,7 +33,7 @@ def service_config(config_path, settings, demo: bool, flags: dict):
     overrides = dict(parse_assignment(text) for text in settings)
     overrides.update({key: value for key, value in flags.items() if value is not None})
     config = load_config(config_path, overrides)
-    return config, demo or (not config.source.uri and not config.gallery.path)
+    return config, demo or (not config.source.uri and not config.gallery.path and not config.people.gallery)
 
 
 def apply(*decorators):

@@ -1,10 +1,9 @@
 """The service loop: frames from a source through the pipeline to decisions and events.
 
-`Pipeline.process(frame)` is one frame's whole journey (ROI → motion gate → model →
-gallery scan → decision) and has no threads, timers or signals: tests call it directly.
-`Daemon` only wires the parts together: it opens them, reads frames until the stop event
-is set or a file ends, drops garbage frames (`camera.inspect_image`), records decisions as
-events for the sinks, and speaks sd_notify (READY once loaded, WATCHDOG after every frame
+`Pipeline.process(frame)` (pipeline.py) is one frame's whole journey (ROI → motion gate →
+each watch's recognizer → decision). `Daemon` only wires the parts together: it opens them,
+reads frames until the stop event is set or a file ends, drops garbage frames
+(`camera.inspect_image`), records decisions as events for the sinks, and speaks sd_notify (READY once loaded, WATCHDOG after every frame
 handled and while a source waits as designed, never while the loop is stuck; STATUS, STOPPING).
 """
 
@@ -20,96 +19,24 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..camera import DROPPED, NOTED, Frame, FrameSource, SourceEnded, SourceError, inspect_image
+from ..camera import DROPPED, NOTED, FrameSource, SourceEnded, SourceError, inspect_image
 from ..config import Config
 from ..decide import Decider, Decision
-from ..errors import EdgeRetrievalError
-from ..motion import Motion, MotionGate, crop_roi
-from ..recognize import Ranking, Recognizer
+from ..errors import ConfigError, EdgeRetrievalError
+from ..motion import MotionGate
+from ..recognize import Recognizer
 from ..storage.gallery import Gallery
 from . import parts
 from .metrics import SNAPSHOT_LOST, Metrics
+from .pipeline import ITEMS, PEOPLE, FrameResult, Pipeline, Watch  # noqa: F401 (FrameResult, Pipeline: the API)
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
-# How often the frame loop asks the gallery whether an enrol/remove changed it: a change shows
-# within this (the brief: within a second), and the frames in between skip a SQLite query.
-REFRESH_INTERVAL = 0.25
-
 READ_TIMEOUT = 0.25  # the longest the loop waits for a frame before looking at the stop event
 STOP_TIMEOUT = 0.8  # what the sinks' dispatcher gets to finish when stopping (exit within 2 s)
 DRAIN_TIMEOUT = 5.0  # what the sinks get to deliver pending events when a file or folder ended
 MAX_POINTS = 64  # inlier points an event keeps for its detail view (≈ 600 bytes of JSON)
 IDLE_PING = 1.0  # seconds between watchdog pings while the source waits as designed (see _loop)
-
-
-@dataclass(frozen=True)
-class FrameResult:
-    frame: Frame
-    motion: Motion
-    embedded: bool  # the recognizer ran on this frame (else the last ranking voted again)
-    ranking: Ranking
-    decision: Decision | None  # the alert this frame completed
-    confirmed: Decision | None = None  # what M of the last N frames agree on now, cooling down or not
-
-
-class Pipeline:
-    """One frame's journey: ROI → motion gate → recognizer → decision."""
-
-    def __init__(
-        self,
-        recognizer: Recognizer,
-        gallery: Gallery,
-        decider: Decider,
-        gate: MotionGate,
-        *,
-        roi=None,
-        metrics: Metrics | None = None,
-        source: str = "camera",
-    ):
-        self.recognizer, self.gallery, self.decider, self.gate = recognizer, gallery, decider, gate
-        self.roi, self.source = roi, source
-        self.metrics = metrics or Metrics()
-        gallery.refresh_interval = REFRESH_INTERVAL
-        self.ranking: Ranking | None = None
-        self._ranked_at = -1  # the gallery generation the ranking saw
-        self._generation = -1
-        self._items: dict[int, dict] = {}
-
-    # -- the gallery's item metadata, reloaded when the gallery changes ----------------
-    def items(self) -> dict[int, dict]:
-        generation = self.gallery.seen_generation  # (the search just asked SQLite, or recently did)
-        if generation != self._generation:
-            self._items = {item.id: item.metadata for item in self.gallery.items()}
-            self._generation = generation
-            log.debug("gallery (re)loaded: %d item(s)", len(self._items))
-        return self._items
-
-    def box(self, frame: Frame) -> tuple[float, float, float, float] | None:
-        """The ROI in frame pixels (x0, y0, x1, y1), None for the whole frame."""
-        if self.roi is None:
-            return None
-        w, h = frame.size
-        return (self.roi.x * w, self.roi.y * h, (self.roi.x + self.roi.width) * w, (self.roi.y + self.roi.height) * h)
-
-    def process(self, frame: Frame) -> FrameResult:
-        stage = self.metrics.stage
-        image = crop_roi(frame.image, self.roi)
-        with stage("motion"):
-            motion = self.gate.check(image, frame.time)
-            self.gallery.matrix()  # asks SQLite whether the gallery changed, at most every REFRESH_INTERVAL
-        embedded = motion.changed or self.ranking is None or self.gallery.seen_generation != self._ranked_at
-        if embedded:
-            boxes = []
-            if motion.reason == "motion" and motion.box is not None:
-                x, y, w, h = motion.box
-                boxes.append((x, y, x + w, y + h))
-            self.ranking = self.recognizer.recognize(image, boxes)
-            self._ranked_at = self.gallery.seen_generation
-        with stage("decide"):
-            decision = self.decider.update(self.source, self.ranking, frame.time, moving=motion.reason == "motion")
-            self.items()
-        return FrameResult(frame, motion, embedded, self.ranking, decision, self.decider.confirmed(self.source))
 
 
 @dataclass
@@ -121,13 +48,35 @@ class RunSummary:
     metrics: Metrics | None = None
 
 
-def describe_decision(d: Decision) -> str:
+def describe_decision(d: Decision, watch: str = ITEMS) -> str:
     margin = f"{d.margin:.3f}" if math.isfinite(d.margin) else "-"
-    what = d.label if d.kind == "match" else "unknown object"
+    if watch == PEOPLE:
+        what = f"person {d.label}" if d.kind == "match" else "unknown person"
+    else:
+        what = d.label if d.kind == "match" else "unknown object"
     return (
         f"alert: {what} (score {d.score:.3f}, margin {margin}, votes {d.votes}/{d.window}) "
         f"at {d.time:.1f} s from {d.source}"
     )
+
+
+MOSAIC = 8  # cells across a hidden face: no identity (nor a face, to a detector) survives
+
+
+def hide_faces(image: np.ndarray, boxes) -> None:
+    """Pixelate these boxes (x0, y0, x1, y1 pixels, a little enlarged) of a BGR image in place."""
+    import cv2
+
+    h, w = image.shape[:2]
+    for x0, y0, x1, y1 in boxes:
+        pad = 0.15 * max(x1 - x0, y1 - y0)
+        a, b = max(0, int(x0 - pad)), max(0, int(y0 - pad))
+        c, d = min(w, int(x1 + pad) + 1), min(h, int(y1 + pad) + 1)
+        if c - a < 2 or d - b < 2:
+            continue
+        cells = (MOSAIC, max(1, round(MOSAIC * (d - b) / (c - a))))
+        small = cv2.resize(image[b:d, a:c], cells, interpolation=cv2.INTER_AREA)
+        image[b:d, a:c] = cv2.resize(small, (c - a, d - b), interpolation=cv2.INTER_NEAREST)
 
 
 class Daemon:
@@ -185,9 +134,13 @@ class Daemon:
         return thing
 
     def open(self) -> None:
-        """Load the model and the gallery, start the sinks and open the source."""
+        """Load the models and the galleries, start the sinks and open the source. Items are
+        watched with a gallery (or the demo's), people with `[people] gallery`, or both: the
+        first watch's gallery file also stores the events."""
         config = self.config
-        if self._embedder is None:
+        given = bool(config.gallery.path) or self.demo or self._gallery is not None or self.recognizer is not None
+        items = given or not config.people.gallery  # (no gallery at all: check_configured says so)
+        if items and self._embedder is None:
             self._embedder = self._own(parts.embedder(config))
         card = getattr(self._embedder, "card", None)
         if self.demo:
@@ -199,43 +152,58 @@ class Daemon:
         elif self._source is None and self._gallery is None:
             parts.check_configured(config)
         self.config = config
-        if self._gallery is None:
-            self._gallery = self._own(parts.gallery(config))
-        gallery = self._gallery
-        if card is not None:
-            gallery.check_model(self._embedder.sha256, card.name)
-        items, embeddings = gallery.count()
-        if not items:
-            log.warning(
-                "%s: the gallery is empty; enrol items with `edge-retrieval enroll` (no restart needed)", gallery.path
-            )
-        if config.fleet.group:
-            self.fleet = self._own(parts.fleet(config, gallery, self._embedder))
-        if self.recognizer is None:
-            self.recognizer = self._own(parts.recognizer(config, self._embedder, gallery, self.metrics.stage))
+        decision = config.decision
+        watches = []
+        if items:
+            if self._gallery is None:
+                self._gallery = self._own(parts.gallery(config))
+            if card is not None:
+                self._gallery.check_model(self._embedder.sha256, card.name)
+            if config.fleet.group:
+                self.fleet = self._own(parts.fleet(config, self._gallery, self._embedder))
+            if self.recognizer is None:
+                self.recognizer = self._own(parts.recognizer(config, self._embedder, self._gallery, self.metrics.stage))
+            watches.append(Watch(ITEMS, self.recognizer, self._gallery, Decider.from_config(decision)))
+        elif config.fleet.group:
+            raise ConfigError("fleet.group: a fleet shares an items watchlist; set gallery.path too")
+        if config.people.gallery:
+            people, faces, decider = parts.people(config, lambda name: self.metrics.stage(f"face {name}"))
+            self._own(people)
+            watches.append(Watch(PEOPLE, self._own(faces), people, decider))
+        for w in watches:
+            if not w.gallery.count()[0]:
+                enrol = "edge-retrieval enroll" + (" --faces" if w.kind == PEOPLE else "")
+                log.warning("%s: the gallery is empty; enrol with `%s` (no restart needed)", w.gallery.path, enrol)
+        first = watches[0]
+        self._gallery, self.recognizer = first.gallery, first.recognizer
         if self._source is None:
             self._source = self._own(
-                parts.source(config, self.stop, self._embedder, self.recognizer, full_frames=self.full_frames)
+                parts.source(
+                    config, self.stop, self._embedder, self.recognizer if items else None, full_frames=self.full_frames
+                )
             )
         source_name = getattr(self._source, "name", None) or config.source.name or config.source.uri or "camera"
         self._open_events(source_name)
         self.pipeline = Pipeline(
-            self.recognizer,
-            gallery,
-            Decider.from_config(config.decision),
+            first.recognizer,
+            first.gallery,
+            first.decider,
             MotionGate.from_config(config.motion),
             roi=config.roi,
             source=source_name,
             metrics=self.metrics,
+            watch=first.kind,
+            also=tuple(watches[1:]),
         )
         log.info(
-            "model %s, gallery %s (%d item(s), %d embedding(s)), source %s, preset %s",
-            card.name if card else type(self._embedder).__name__,
-            gallery.path,
-            items,
-            embeddings,
+            "watching %s on %s; %s",
+            " and ".join(w.kind for w in watches),
             source_name,
-            self.recognizer.preset.name,
+            "; ".join(
+                f"{w.kind}: gallery {w.gallery.path} ({w.gallery.count()[0]} {w.kind}), preset {w.recognizer.preset.name}"
+                + (f", model {card.name}" if w.kind == ITEMS and card else "")
+                for w in watches
+            ),
         )
 
     def _open_events(self, source: str) -> None:
@@ -328,13 +296,15 @@ class Daemon:
             result = self.last_result = pipeline.process(frame)
             if self.on_frame is not None:
                 self.on_frame(result)
-            if result.decision is not None:
-                with metrics.stage("emit"):
-                    self._emit(result)
-                summary.decisions.append(result.decision)
-            metrics.frame_done(result.embedded, latency=time.monotonic() - frame.captured)
+            for watched in result.all:  # items, people: each watch's alert of this frame
+                if watched.decision is not None:
+                    with metrics.stage("emit"):
+                        self._emit(watched, result)
+                    summary.decisions.append(watched.decision)
+            embedded = any(r.embedded for r in result.all)
+            metrics.frame_done(embedded, latency=time.monotonic() - frame.captured)
             summary.frames += 1
-            summary.embedded += result.embedded
+            summary.embedded += embedded
             last_ping = time.monotonic()
             self.notifier.watchdog()
             now = self.clock()
@@ -379,18 +349,22 @@ class Daemon:
         trouble = "; ".join(filter(None, [metrics.trouble(), f"{parked} event(s) parked" if parked else ""]))
         return text + (f"; {trouble}" if trouble else "")
 
-    def _emit(self, result: FrameResult) -> None:
+    def _emit(self, result: FrameResult, frame_result: FrameResult) -> None:
+        """Record one watch's alert (`result`) as an event; `frame_result`: every watch's view of the frame."""
         decision = result.decision
         self.last_decision, self._last_decision_at = decision, self.clock()
-        log.info("%s", describe_decision(decision))
+        log.info("%s", describe_decision(decision, result.watch))
         if self.on_decision is not None:
             self.on_decision(decision, result)
         if self.event_log is None:
             return
         from ..storage.events import Event
 
-        metadata = self.pipeline.items().get(decision.item_id, {}) if decision.item_id is not None else {}
+        items = self.pipeline.watch(result.watch).items()
+        metadata = items.get(decision.item_id, {}) if decision.item_id is not None else {}
+        people = result.watch == PEOPLE
         details = {
+            "watch": result.watch,
             "margin": decision.margin if math.isfinite(decision.margin) else None,
             "votes": decision.votes,
             "window": decision.window,
@@ -407,19 +381,48 @@ class Daemon:
             label=decision.label,
             item_id=decision.item_id,
             metadata=metadata,
-            box=self.pipeline.box(result.frame),
-            polygon=self._outline(result),
+            box=self._face_box(result) if people else self.pipeline.box(result.frame),
+            polygon=None if people else self._outline(result),
             details=details,
         )
-        if self.config.snapshot.enabled:
-            event = self._snapshot(result.frame.full(), event)
+        snapshot = self.config.snapshot
+        if snapshot.enabled and (snapshot.keep == "all" or decision.kind == "match"):
+            event = self._snapshot(result.frame.full(), event, self._strangers(frame_result))
+        # a person's event keeps no descriptor: the history searches one model's descriptors (items')
+        descriptor = None if people else result.ranking.descriptor
         try:
-            self.event_log.record(event, result.ranking.descriptor)
+            self.event_log.record(event, descriptor)
         except EdgeRetrievalError as e:  # a broken database must not stop detection
             log.error("event not recorded: %s", e)
             return
         if self.dispatcher is not None:
             self.dispatcher.wake()
+
+    def _face_box(self, result: FrameResult) -> tuple[float, float, float, float] | None:
+        """The box (frame pixels) of the face the decision is about: the decided person's best face,
+        or for "unknown" the best face no one was identified in."""
+        label = result.decision.label
+        faces = [f for f in result.ranking.faces or () if (f.match.label if f.match is not None else None) == label]
+        if not faces:
+            return None
+        roi = self.pipeline.box(result.frame)
+        x0, y0 = roi[:2] if roi is not None else (0, 0)
+        bx0, by0, bx1, by1 = (float(v) for v in faces[0].box)
+        return (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0)
+
+    def _strangers(self, frame_result: FrameResult) -> list[tuple[float, float, float, float]]:
+        """With `snapshot.keep = "matches"`: the boxes (frame pixels) of the faces no one was
+        identified in, pixelated in a match's snapshot; none otherwise."""
+        if self.config.snapshot.keep != "matches":
+            return []
+        roi = self.pipeline.box(frame_result.frame)
+        x0, y0 = roi[:2] if roi is not None else (0, 0)
+        return [
+            (float(f.box[0]) + x0, float(f.box[1]) + y0, float(f.box[2]) + x0, float(f.box[3]) + y0)
+            for r in frame_result.all
+            for f in r.ranking.faces or ()
+            if f.match is None
+        ]
 
     def _evidence(self, result: FrameResult) -> dict[str, Any]:
         """The best candidate's cosine, inliers and (at most MAX_POINTS, frame pixels) inlier
@@ -450,12 +453,18 @@ class Daemon:
         xs, ys = (x0 + rx0 * (x1 - x0), x0 + rx1 * (x1 - x0)), (y0 + ry0 * (y1 - y0), y0 + ry1 * (y1 - y0))
         return ((xs[0], ys[0]), (xs[1], ys[0]), (xs[1], ys[1]), (xs[0], ys[1]))
 
-    def _snapshot(self, image: np.ndarray, event):
-        """The event with its snapshot saved; a snapshot that cannot be written (a full disk) loses
-        the picture, never the alert: one warning when it starts failing, a count in STATUS and
-        stats (`snapshots not saved`), one line when it works again."""
+    def _snapshot(self, image: np.ndarray, event, hidden=()):
+        """The event with its snapshot saved (`hidden`: face boxes pixelated first); a snapshot that
+        cannot be written (a full disk) loses the picture, never the alert: one warning when it
+        starts failing, a count in STATUS and stats (`snapshots not saved`), one line when it works again."""
+        from ..storage.events import draw_event
+
+        def draw(picture, drawn):
+            hide_faces(picture, hidden)
+            draw_event(picture, drawn)
+
         try:
-            path = self.event_log.save_snapshot(image, event, self.config.snapshot)
+            path = self.event_log.save_snapshot(image, event, self.config.snapshot, draw)
         except EdgeRetrievalError as e:
             self.metrics.counts[SNAPSHOT_LOST] += 1
             if self._snapshots_failing_since is None:

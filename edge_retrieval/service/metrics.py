@@ -19,9 +19,23 @@ import numpy as np
 
 # The order stages happen in a frame ("wait" replaces "capture" for live sources, whose frames
 # are decoded in the grabber thread: it is the time spent waiting for the next frame; with a
-# search preset (decision.preset) "identify" replaces preprocess … scan).
-STAGES = ("capture", "wait", "motion", "preprocess", "invoke", "pool", "scan", "identify", "decide", "emit")
-MODEL_STAGES = ("invoke", "identify")  # a frame with one of these was embedded
+# search preset (decision.preset) "identify" replaces preprocess … scan; "face …": the people watch's).
+STAGES = (
+    "capture",
+    "wait",
+    "motion",
+    "preprocess",
+    "invoke",
+    "pool",
+    "scan",
+    "identify",
+    "face detect",
+    "face embed",
+    "face scan",
+    "decide",
+    "emit",
+)
+MODEL_STAGES = ("invoke", "identify", "face detect")  # a frame with one of these was embedded
 WORK_STAGES = tuple(s for s in STAGES if s != "wait")
 SNAPSHOT_LOST = "snapshots not saved"  # a count in `Metrics.counts` (a full disk, say)
 

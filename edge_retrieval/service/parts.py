@@ -10,8 +10,9 @@ from dataclasses import replace
 from .. import democlip
 from ..camera import open_source
 from ..config import Config
+from ..decide import Decider
 from ..embedder import Embedder
-from ..errors import ConfigError
+from ..errors import ConfigError, EdgeRetrievalError
 from ..recognize import Recognizer, Stage, no_stage, open_recognizer
 from ..storage.gallery import Gallery
 
@@ -31,11 +32,40 @@ def recognizer(config: Config, embedder, gallery, stage: Stage = no_stage) -> Re
     return open_recognizer(embedder, gallery, d.preset, threshold=d.threshold, margin=d.margin, stage=stage)
 
 
-def source(config: Config, stop: threading.Event, embedder, recognizer: Recognizer, *, full_frames: bool = False):
+def people(config: Config, stage: Stage = no_stage):
+    """(the people gallery, its face recognizer, its decider) of `[people]`; the decider votes and
+    cools down per person as [decision] says, "unknown" with [people]'s own cooldown. A gallery
+    that cannot be opened is a ConfigError naming the field."""
+    from ..recognize.faces import open_face_recognizer
+
+    p, d = config.people, config.decision
+    try:
+        people = Gallery(p.gallery, create=False)
+    except EdgeRetrievalError as e:
+        raise ConfigError(f"people.gallery: {e}") from None
+    try:
+        recognizer = open_face_recognizer(
+            people, threshold=p.threshold, threads=config.model.threads, stage=stage, min_face=p.min_face
+        )
+    except EdgeRetrievalError as e:
+        people.close()
+        raise ConfigError(f"people.gallery: {e}") from None
+    except BaseException:
+        people.close()
+        raise
+    decider = Decider(
+        m=d.votes.m, n=d.votes.n, cooldown=d.cooldown, unknown=p.unknown, unknown_cooldown=p.unknown_cooldown
+    )
+    return people, recognizer, decider
+
+
+def source(
+    config: Config, stop: threading.Event, embedder, recognizer: Recognizer | None, *, full_frames: bool = False
+):
     """The frame source. The whole-frame recognizer needs frames no larger than the model's input
     (a Motion-JPEG packet is then decoded smaller, and a snapshot decodes it again at full size);
-    the regional ones and the kiosk's view take full frames."""
-    small = not recognizer.preset.regional and not full_frames
+    the regional ones, faces and the kiosk's view take full frames."""
+    small = recognizer is not None and not recognizer.preset.regional and not config.people.gallery and not full_frames
     size = getattr(embedder, "input_size", None) if small else None
     return open_source(config.source, stop, decode_size=size, yield_to=getattr(embedder, "idle", None))
 
@@ -56,10 +86,12 @@ def fleet(config: Config, gallery: Gallery, embedder):
 
 
 def check_configured(config: Config) -> None:
-    missing = [k for k, v in (("source.uri", config.source.uri), ("gallery.path", config.gallery.path)) if not v]
+    watched = config.gallery.path or config.people.gallery  # items, people or both
+    missing = [k for k, v in (("source.uri", config.source.uri), ("gallery.path", watched)) if not v]
     if missing:
         raise ConfigError(
-            f"{missing[0]}: not set (set both source.uri and gallery.path, or neither for the built-in demo)"
+            f"{missing[0]}: not set (set source.uri and gallery.path or people.gallery, or neither for the "
+            "built-in demo)"
         )
 
 

@@ -167,6 +167,14 @@ class SnapshotConfig:
         default=30.0, metadata={"doc": "delete snapshots older than this; 0 = no limit", "min": 0}
     )
     jpeg_quality: int = field(default=85, metadata={"doc": "JPEG quality, 1-100", "min": 1, "max": 100})
+    keep: str = field(
+        default="all",
+        metadata={
+            "doc": "which events keep a snapshot: all, or matches (no frame of an unknown person or item is "
+            "kept; watching people, faces no one was identified in are pixelated in a match's)",
+            "choices": ("all", "matches"),
+        },
+    )
 
 
 def _latin1(text: str) -> bool:
