@@ -3,6 +3,9 @@ would add to the `default` preset on the capture simulation (benchmarks/captures
 
     python benchmarks/projection.py --split tune            # the table of variants (tune only)
     python benchmarks/projection.py --split test --misses   # the misses of today's recognizer, by kind
+    python benchmarks/projection.py --split tune --fast 20 --local-views  # extra gallery ORB views, FAST thresholds
+    python benchmarks/projection.py --split tune --fast 20 --detectors    # SIFT on the unverified candidates
+    python benchmarks/projection.py --split tune --fast-cost              # what FAST 12 costs a frame
 
 The first run of a split caches to /tmp (`--cache`) what the default preset computes per frame
 and does not depend on a projection: the frame's region descriptors, its ORB votes per item and
@@ -94,7 +97,7 @@ def build_cache(split: str, path: Path) -> None:
             vecs.append(regions.vectors)
             boxes.append(regions.boxes)
             offsets.append(offsets[-1] + len(regions))
-            query = verify.extract(c.frame, preset.query_features)
+            query = verify.extract(c.frame, preset.query_features, fast_threshold=verify.QUERY_FAST_THRESHOLD)
             points, positions = index.matches(query)
             image = index.image[positions]
             item = index.item_of_image[image]
@@ -630,11 +633,16 @@ def main() -> None:
     ap.add_argument("--verifiers", action="store_true", help="measure the two second verifiers instead")
     ap.add_argument("--outline-bound", action="store_true", help="what the true outline would be worth instead")
     ap.add_argument("--detectors", action="store_true", help="SIFT / AKAZE on the unverified candidates instead")
+    ap.add_argument("--fast", type=int, help="the frame's FAST threshold (default verify.QUERY_FAST_THRESHOLD)")
     ap.add_argument("--fast-cost", action="store_true", help="time the frame's FAST threshold, 20 vs today's")
     ap.add_argument("--local-views", action="store_true", help="extra gallery ORB views / lower FAST threshold instead")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    path = args.cache / f"{args.split}.npz"
+    if args.fast is not None:
+        verify.QUERY_FAST_THRESHOLD = args.fast
+    # the frame's ORB depends on the FAST threshold: a cache per threshold (tune.npz: 20, before issue 18)
+    fast = verify.QUERY_FAST_THRESHOLD
+    path = args.cache / (f"{args.split}.npz" if fast == 20 else f"{args.split}-fast{fast}.npz")
     if not path.exists():
         cv2.setNumThreads(2)
         build_cache(args.split, path)
