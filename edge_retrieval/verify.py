@@ -22,7 +22,7 @@ QUERY_FEATURES = 2000  # per frame, at its own size (640×480)
 QUERY_SIDE = 640
 # FAST corner threshold (OpenCV's default 20 for the gallery's sharp photos). A blurred frame has
 # few corners that strong, so the frame's are detected at 12: on the tune captures 5 of the 45
-# misses gain inliers for the right item and none of the negatives (benchmarks/projection.py --local-views)
+# misses gain inliers for the right item and none of the negatives (benchmarks/evidence.py --local-views)
 FAST_THRESHOLD = 20
 QUERY_FAST_THRESHOLD = 12
 RATIO = 0.8  # Lowe's ratio test
