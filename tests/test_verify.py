@@ -64,6 +64,23 @@ def test_verify_finds_the_outline_and_rejects_another_photo(photos):
     assert verify.Verifier().verify(query, other).inliers <= MAX_INLIERS_OTHER
 
 
+def test_a_blurred_frame_is_verified_at_the_query_fast_threshold(regional, photos):
+    """Blur leaves few corners as strong as FAST's default asks: the recognizer detects the
+    frame's at QUERY_FAST_THRESHOLD and so still finds the item's outline."""
+    item = read_image(photos / "coffee.jpg")
+    frame = cv2.GaussianBlur(scene_with(item, read_image(photos / "grass.jpg"))[0], (0, 0), 3)
+    enrolled = verify.extract(item, verify.GALLERY_FEATURES, verify.GALLERY_SIDE)
+    at_default = verify.extract(frame)
+    at_query = verify.extract(frame, fast_threshold=verify.QUERY_FAST_THRESHOLD)
+    assert len(at_query) > 2 * len(at_default)
+    assert verify.Verifier().verify(at_default, enrolled).inliers == 0
+    assert verify.Verifier().verify(at_query, enrolled).inliers > 0
+    with Gallery(":memory:") as g:
+        enroll(g, regional, [("coffee", photos / "coffee.jpg"), ("cat", photos / "cat.jpg")])
+        best = open_recognizer(regional, g).recognize(frame).best
+        assert best.label == "coffee" and best.inliers > 0
+
+
 def test_features_are_stored_per_item_and_removed_with_it(gallery, photos):
     f = verify.extract(read_image(photos / "cat.jpg"), 100, 256)
     item_id = gallery.add("cat", np.full((1, 8), 8**-0.5), model_sha256="a" * 64)

@@ -170,7 +170,7 @@ class RegionalRecognizer:
         preset = self.preset
         index = self.local_index()
         if query is None:
-            query = verify_mod.extract(frame, preset.query_features)
+            query = verify_mod.extract(frame, preset.query_features, fast_threshold=verify_mod.QUERY_FAST_THRESHOLD)
         points, positions = index.matches(query, helper=self._worker)
         image = index.image[positions]
         item = index.item_of_image[image]
@@ -209,7 +209,9 @@ class RegionalRecognizer:
             if not self.gallery.matrix().size:  # nothing enrolled (no count(*) of every item per frame)
                 return Ranking(preset.name)
             if preset.verify:  # ORB features extracted beside the CNN; then both threads search them
-                extracted = self._worker.submit(verify_mod.extract, frame, preset.query_features)
+                extracted = self._worker.submit(
+                    verify_mod.extract, frame, preset.query_features, fast_threshold=verify_mod.QUERY_FAST_THRESHOLD
+                )
             try:
                 regions = self.embedder.regions(frame, preset.levels, boxes)
                 candidates = self.shortlist(regions, preset.shortlist)
