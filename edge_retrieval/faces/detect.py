@@ -150,8 +150,9 @@ class _Net:
 
 def bundled_nets(card: Path = CARD) -> list[Path]:
     """The pnet, rnet and onet files named by the detector's card, each checked against its sha256."""
+    card = Path(card)
     try:
-        nets = json.loads(Path(card).read_text())["nets"]
+        nets = json.loads(card.read_text())["nets"]
         entries = [(card.parent / nets[n]["file"], nets[n]["sha256"]) for n in ("pnet", "rnet", "onet")]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{card}: not a readable MTCNN card ({one_line(e)})") from None
