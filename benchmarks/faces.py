@@ -48,6 +48,7 @@ from captures import oxford_distractors, scene_crop, scene_split  # noqa: E402
 
 from edge_retrieval.calibrate import threshold_at  # noqa: E402
 from edge_retrieval.faces.detect import Detector  # noqa: E402
+from edge_retrieval.faces.embed import FaceEmbedder  # noqa: E402
 from edge_retrieval.recognize.faces import open_face_recognizer  # noqa: E402
 from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 
@@ -328,7 +329,9 @@ def main() -> None:
                 "ms a frame (p90)": float(np.percentile(r["ms"][:, 0], 90)),
                 "ms detection alone (median)": float(np.median(r["ms"][:, 1])),
             }
-    counts = {
+    with FaceEmbedder() as emb:  # the model the figures belong to (the preset's tuned_for)
+        counts = {"face embedder": f"{emb.card.name} ({emb.model_path}, sha256 {emb.sha256[:12]}…)"}
+    counts |= {
         s: f"{len(fs[s].enrolled)} enrolled, {sum(p is None for p, _ in fs[s].probes)} never-enrolled photos, "
         f"{sum(len(v.truth) for v in views[s])} faces in {len(views[s])} views"
         for s in ("tune", "test")

@@ -44,6 +44,18 @@ class EnrollReport:
     warnings: list[str] = field(default_factory=list)  # "path: blurry (…)", "path: nearly identical to …"
 
 
+def add_item(gallery: Gallery, embedder, label: str, vectors: list, sources: list[str], metadata=None) -> int:
+    """One item's descriptors into the gallery, bound to the embedder's model (items' and people's)."""
+    return gallery.add(
+        label,
+        np.stack(vectors),
+        model_sha256=embedder.sha256,
+        model_name=embedder.card.name,
+        metadata=metadata,
+        sources=sources,
+    )
+
+
 def enroll(
     gallery: Gallery,
     embedder: Embedder,
@@ -89,14 +101,7 @@ def enroll(
     report.warnings.extend(near_duplicates(gallery, firsts))
     with gallery.transaction():
         for label, (vectors, sources, feats) in by_label.items():
-            item_id = gallery.add(
-                label,
-                np.stack(vectors),
-                model_sha256=embedder.sha256,
-                model_name=embedder.card.name,
-                metadata=metadata,
-                sources=sources,
-            )
+            item_id = add_item(gallery, embedder, label, vectors, sources, metadata)
             for source, f in feats:
                 gallery.add_features(item_id, verify.KIND, f.size, f.keypoints, f.descriptors, source)
             report.images += len(feats) if features else sum(1 for s in sources if "#view" not in s)

@@ -24,8 +24,10 @@ if str(REPO) not in sys.path:
 
 from edge_retrieval import Embedder  # noqa: E402
 from edge_retrieval.errors import ModelError  # noqa: E402
+from edge_retrieval.faces.align import TEMPLATE  # noqa: E402
+from edge_retrieval.faces.detect import Detector  # noqa: E402
 from edge_retrieval.modelcard import ModelCard, sha256_file  # noqa: E402
-from tools import convert, convert_faces, face_align  # noqa: E402
+from tools import convert, convert_faces  # noqa: E402
 
 MODELS = REPO / "edge_retrieval" / "data" / "models"
 EMBEDDER = MODELS / f"{convert_faces.OUT_NAME}.tflite"
@@ -88,7 +90,7 @@ def test_card_records_provenance_alignment_and_figures(card):
     src = card.source_weights
     assert (src["npm_package"], src["version"]) == (convert_faces.PACKAGE, convert_faces.VERSION)
     assert src["licence"].startswith("MIT") and len(src["tarball_sha256"]) == 64
-    np.testing.assert_allclose(card.alignment["points"], face_align.ARCFACE_TEMPLATE, atol=1e-4)
+    np.testing.assert_allclose(card.alignment["points"], TEMPLATE, atol=1e-4)
     assert card.alignment["size"] == [112, 112]
     val = card.validation
     assert val["cosine_mean"] >= convert_faces.DEFAULT_MIN_COSINE
@@ -109,28 +111,14 @@ def test_shipped_mtcnn_matches_its_card():
         assert {d["name"]: [int(n) for n in d["shape"]] for d in interp.get_input_details()} == entry["input"]
 
 
-def test_shipped_mtcnn_finds_and_aligns_a_face(faces_dir):
-    detector = face_align.MTCNN(MODELS, prefix="mtcnn_")
-    rgb = convert.read_rgb(faces_dir / "img1.jpg")
-    faces = detector.detect(rgb, min_face=60)
-    assert len(faces) == 1 and faces[0].score > 0.9
-    crop = face_align.align(rgb, faces[0].landmarks)
-    assert crop.shape == (112, 112, 3)
-
-
 # ---------------------------------------------------------------- the card's figures, measured again
 
 
 @pytest.mark.shared_data
 def test_card_cosines_match_a_quick_measurement(card, package, faces_dir):
-    detector = face_align.MTCNN(MODELS, prefix="mtcnn_")
     names = sorted(card.validation["cosine_per_face"])[:CHECKED_FACES]
-    crops = []
-    for name in names:
-        rgb = convert.read_rgb(faces_dir / name)
-        found = detector.detect(rgb, min_face=max(40, min(rgb.shape[:2]) // convert_faces.MIN_FACE_FRACTION))
-        crops.append(face_align.align(rgb, max(found, key=lambda f: f.box[2] - f.box[0]).landmarks))
-    crops = np.stack(crops)
+    with Detector() as detector:  # the bundled nets: the package's, byte for byte (mtcnn.json)
+        crops = np.stack([convert_faces.aligned(faces_dir / name, detector)[0] for name in names])
     reference = convert_faces.float_embeddings(package.asset(convert_faces.EMBEDDER), crops)
     with Embedder(EMBEDDER) as emb:
         quantized = emb.embed([cv2.cvtColor(c, cv2.COLOR_RGB2BGR) for c in crops])

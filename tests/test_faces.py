@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from edge_retrieval.cli import cli
 from edge_retrieval.demo import photo
-from edge_retrieval.embedder import TensorQuantization
-from edge_retrieval.errors import BadImageError, ModelMismatchError
+from edge_retrieval.errors import BadImageError, ModelError, ModelMismatchError
 from edge_retrieval.faces.align import TEMPLATE, align, similarity
-from edge_retrieval.faces.detect import Detector
-from edge_retrieval.faces.embed import pixel_table
+from edge_retrieval.faces.detect import CARD as MTCNN_CARD
+from edge_retrieval.faces.detect import Detector, bundled_nets
+from edge_retrieval.faces.embed import FaceEmbedder
 from edge_retrieval.faces.enroll import FaceEnrollError, enroll_faces, face_of, nose_position
 from edge_retrieval.recognize.faces import open_face_recognizer
 from edge_retrieval.storage.gallery import Gallery
@@ -87,11 +87,27 @@ def test_alignment_puts_the_landmarks_on_the_template(faces_dir, detector):
     assert align(read("img1.jpg"), found.landmarks[0]).shape == (112, 112, 3)
 
 
-def test_pixel_table_quantizes_as_the_model_says():
-    float_in = pixel_table("(x - 127.5) / 128", TensorQuantization(0.0, 0, np.dtype(np.float32)))
-    assert float_in[0] == pytest.approx(-127.5 / 128) and float_in.dtype == np.float32
-    int8_in = pixel_table("(x - 127.5) / 128", TensorQuantization(1 / 128, 0, np.dtype(np.int8)))
-    assert int8_in[0] == -128 and int8_in[255] == 127 and int8_in.dtype == np.int8
+def test_bundled_embedder_is_int8_and_refuses_other_models(tmp_path, embedder):
+    with FaceEmbedder() as emb:  # its card's normalization is "baked: …": pixels in, quantization from the model
+        assert emb.card.name == "mobilefacenet_int8" and emb.card.normalization.startswith("baked")
+        assert np.dtype(emb.input_quant.dtype) == np.int8 and np.dtype(emb.output_quant.dtype) == np.int8
+        vecs = emb.embed(np.zeros((0, 112, 112, 3), np.uint8))
+        assert vecs.shape == (0, 192)
+    with pytest.raises(ModelError, match="faces are 112×112"):  # the items' model is no face model
+        FaceEmbedder(embedder.model_path)
+
+
+def test_detector_checks_its_card(tmp_path):
+    card = json.loads(MTCNN_CARD.read_text())
+    card["nets"]["rnet"]["sha256"] = "0" * 64
+    for net in ("pnet", "rnet", "onet"):
+        shutil.copy(MTCNN_CARD.parent / card["nets"][net]["file"], tmp_path)
+    (tmp_path / "mtcnn.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="mtcnn_rnet.tflite: sha256 does not match its card mtcnn.json"):
+        bundled_nets(tmp_path / "mtcnn.json")
+    (tmp_path / "mtcnn.json").write_text("{}")
+    with pytest.raises(ModelError, match="mtcnn.json: not a readable MTCNN card"):
+        bundled_nets(tmp_path / "mtcnn.json")
 
 
 def test_nose_position_tells_profile_from_frontal():
@@ -107,7 +123,7 @@ def test_enroll_search_and_unknown(tmp_path, people):
     out = run("enroll", "--faces", "-g", db, people).output
     assert "enrolled 6 face(s) as 2 person(s)" in out
     with Gallery(db, create=False) as gallery:
-        assert gallery.model_name == "mobilefacenet_112_float" and gallery.dim == 192
+        assert gallery.model_name == "mobilefacenet_int8" and gallery.dim == 192
         rec = open_face_recognizer(gallery)
         for name, person in HELD_OUT.items():
             ranking = rec.recognize(read(name))

