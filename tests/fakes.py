@@ -4,6 +4,7 @@ prepare/invoke/describe), which the real-part tests exercise separately."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -175,3 +176,34 @@ def read_frames(source, n: int, seconds: float = 20.0) -> list:
         if frame is not None:
             frames.append(frame)
     return frames
+
+
+class Webhook:
+    """A local webhook receiver on a free loopback port: keeps (path, event) of each POST, answers 200."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.received.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def events(self, path: str | None = None) -> list[dict]:
+        return [event for p, event in self.received if path is None or p == path]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -6,9 +6,9 @@ import json
 import shutil
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
+import fakes
 import pytest
 
 from edge_retrieval.config import load_config
@@ -25,33 +25,9 @@ pytestmark = pytest.mark.skipif(
 CAMERAS = {"front": "cat", "door": "coffee"}  # what each camera shows; only the cat is enrolled at first
 
 
-class Webhook:
-    """A local webhook: records (path, event) of each POST and answers 200."""
-
-    def __init__(self):
-        self.received: list[tuple[str, dict]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.received.append((self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
+class Webhook(fakes.Webhook):
     def labels(self, path: str) -> list[tuple[str, str]]:
-        return [(event["label"], event["source"]) for p, event in self.received if p == path]
+        return [(event["label"], event["source"]) for event in self.events(path)]
 
 
 def camera_config(tmp_path, name: str, shows: str, gallery, webhook: str):

@@ -5,18 +5,16 @@ a real local webhook and the events table."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED_DATA
+from fakes import Webhook
+from test_faces import FACES  # (the data folder, found once)
 
 from edge_retrieval.cli import cli
 from edge_retrieval.config import load_config
@@ -28,7 +26,6 @@ from edge_retrieval.recognize.faces import open_face_recognizer
 from edge_retrieval.storage.events import EventLog
 from edge_retrieval.storage.gallery import Gallery
 
-FACES = Path(os.environ.get("EDGE_RETRIEVAL_DATA") or SHARED_DATA) / "faces"
 ENROLLED = {"id00": ["img1.jpg", "img2.jpg", "img4.jpg"], "id01": ["img26.jpg", "img27.jpg", "img28.jpg"]}
 KNOWN, STRANGER = "img7.jpg", "img29.jpg"  # another photo of id00; id05, never enrolled
 SIZE, FPS = (640, 480), 10.0
@@ -67,34 +64,9 @@ def people_db(enrolled, tmp_path):
     return Path(shutil.copy(enrolled, tmp_path / "people.db"))
 
 
-class Webhook:
-    """A local webhook: keeps each POSTed event, answers 200."""
-
-    def __init__(self):
-        self.received: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                outer.received.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def webhook():
-    hook = Webhook()
+    hook = Webhook()  # (fakes.py)
     yield hook
     hook.close()
 
@@ -181,7 +153,7 @@ def test_the_service_alerts_a_known_face_and_not_an_unknown_one(tmp_path, people
         clip,
         f"[people]\ngallery = {json.dumps(str(people_db))}\nunknown = {json.dumps(unknown)}\n"
         f'[snapshot]\nenabled = true\nfolder = {json.dumps(str(snapshots))}\nkeep = "{keep}"\n',
-        webhook.url,
+        webhook.url + "/events",
     )
     result = run("run", "-c", config)
 
@@ -200,7 +172,7 @@ def test_the_service_alerts_a_known_face_and_not_an_unknown_one(tmp_path, people
     assert embedded(result.output) <= 14, result.output
 
     # the webhook got each event, telling people from items
-    assert [(p["kind"], p["label"], p["details"]["watch"]) for p in webhook.received] == [
+    assert [(p["kind"], p["label"], p["details"]["watch"]) for p in webhook.events()] == [
         (k, lab, "people") for k, lab in expected
     ]
 
@@ -238,7 +210,7 @@ def test_items_and_people_on_one_camera(tmp_path, people_db, faces_dir, webhook)
         f"[gallery]\npath = {json.dumps(str(items_db))}\n"
         f"[people]\ngallery = {json.dumps(str(people_db))}\n"
         f"[snapshot]\nenabled = true\nfolder = {json.dumps(str(tmp_path / 'snapshots'))}\n",
-        webhook.url,
+        webhook.url + "/events",
     )
     result = run("run", "-c", config)
     with EventLog(items_db, []) as log:  # the items gallery's file holds every event
@@ -250,7 +222,7 @@ def test_items_and_people_on_one_camera(tmp_path, people_db, faces_dir, webhook)
         with pytest.raises(Exception, match="without a descriptor"):
             log.similar_to(person.id)
     assert drawn_box(person.snapshot, person.box)
-    assert [p["details"]["watch"] for p in webhook.received] == ["items", "people"]
+    assert [p["details"]["watch"] for p in webhook.events()] == ["items", "people"]
     with sqlite3.connect(people_db) as db:  # the people gallery got no events table
         assert "events" not in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
 
