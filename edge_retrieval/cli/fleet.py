@@ -57,7 +57,7 @@ def fleet():
 @broker_options
 @click.option("--key-file", help="The fleet key file, mode 600 (default: fleet.key_file of --config).")
 @click.option("--chunk-kb", default=256, show_default=True, type=click.IntRange(1, 65536), help="Size of each message.")
-def publish(gallery_path, group, config_path, host, port, username, password, tls, topic_prefix, key_file, chunk_kb):
+def publish(gallery_path, group, config_path, key_file, chunk_kb, **broker):
     """Publish GALLERY as the group's next watchlist version (signed, retained; followers apply it).
 
     \b
@@ -68,17 +68,7 @@ def publish(gallery_path, group, config_path, host, port, username, password, tl
     from ..fleet import load_key
     from ..fleet.wire import publish as publish_gallery
 
-    config = fleet_config(
-        config_path,
-        group,
-        host=host,
-        port=port,
-        username=username,
-        password=password,
-        tls=tls,
-        topic_prefix=topic_prefix,
-        key_file=key_file,
-    )
+    config = fleet_config(config_path, group, key_file=key_file, **broker)
     key = load_key(config.key_file, "--key-file" if key_file else "fleet.key_file")
     head = publish_gallery(config, gallery_path, key, chunk_bytes=chunk_kb * 1024)
     click.echo(
@@ -90,7 +80,7 @@ def publish(gallery_path, group, config_path, host, port, username, password, tl
 @fleet.command()
 @broker_options
 @click.option("--json", "as_json", is_flag=True, help="The group's version and each device's state as JSON.")
-def status(group, config_path, host, port, username, password, tls, topic_prefix, as_json):
+def status(group, config_path, as_json, **broker):
     """The devices of a group: version applied, items, model, fps, last error.
 
     \b
@@ -101,16 +91,7 @@ def status(group, config_path, host, port, username, password, tls, topic_prefix
     from ..fleet.wire import FleetError
     from ..fleet.wire import status as fleet_status
 
-    config = fleet_config(
-        config_path,
-        group,
-        host=host,
-        port=port,
-        username=username,
-        password=password,
-        tls=tls,
-        topic_prefix=topic_prefix,
-    )
+    config = fleet_config(config_path, group, **broker)
     if not config.group:
         raise FleetError("no group given (--group, or fleet.group in the config)")
     report = fleet_status(config)
