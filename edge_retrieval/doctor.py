@@ -197,6 +197,41 @@ def check_gallery(report: Report, config, embedder):
     return gallery
 
 
+# -- people ---------------------------------------------------------------------------
+def check_people(report: Report, config, frames: list[np.ndarray], timing: bool = True) -> None:
+    """The people gallery of `[people]` (integrity, the face model it belongs to) and, with
+    `timing`, what detection and embedding cost a frame here (the camera's frames, else the
+    demo clip's, which hold no faces: detection only)."""
+    try:
+        people, recognizer, _ = parts.people(config)
+    except EdgeRetrievalError as e:
+        report.add("people", "fail", one_line(e))
+        return
+    try:
+        problems = [r[0] for r in people.db.execute("PRAGMA integrity_check").fetchall()]
+        if problems != ["ok"]:
+            report.add("people", "fail", f"{people.path}: PRAGMA integrity_check: {problems[0]}")
+            return
+        persons, embeddings = people.count()
+        detail = f"{people.path}: integrity ok, model {people.model_name}, {persons} person(s), {embeddings} face(s)"
+        if timing:
+            if not frames:
+                clip = democlip.DemoClip(0)
+                frames = [clip.frame(i) for i in np.linspace(0, clip.frames - 1, TIMING_FRAMES).astype(int)]
+            recognizer.recognize(frames[0])  # warm: the detector's interpreters for this frame size
+            times = []
+            for frame in frames:
+                start = time.perf_counter()
+                recognizer.recognize(frame)
+                times.append(1000 * (time.perf_counter() - start))
+            ms = float(np.median(times))
+            detail += f"; faces found and described in {ms:.0f} ms a frame (≈ {HEADROOM * 1000 / ms:.0f} fps)"
+        report.add("people", "ok" if persons else "warn", detail + ("" if persons else " (enrol: enroll --faces)"))
+    finally:
+        recognizer.close()
+        people.close()
+
+
 # -- the camera ------------------------------------------------------------------------
 def check_camera(report: Report, config, timeout: float = CAMERA_TIMEOUT) -> list[np.ndarray]:
     """Open the source, wait for its first frame, count what it delivers: the frames seen."""
@@ -355,7 +390,7 @@ def diagnose(config, demo: bool = False, camera_timeout: float = CAMERA_TIMEOUT,
                 return report
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-retrieval-doctor-"))
             config = parts.demo(config, embedder, folder, 0)
-        elif not (config.source.uri and config.gallery.path):
+        elif not (config.source.uri and (config.gallery.path or config.people.gallery)):
             missing = "source.uri" if not config.source.uri else "gallery.path"
             report.add("config", "fail", f"{missing}: not set (give --config, --source and --gallery, or --demo)")
             return report
@@ -364,6 +399,10 @@ def diagnose(config, demo: bool = False, camera_timeout: float = CAMERA_TIMEOUT,
             stack.callback(gallery.close)
         frames = check_camera(report, config, camera_timeout)
         check_disk(report, config, frames)
+        if config.people.gallery:
+            check_people(report, config, frames, timing)
+            if not config.gallery.path:  # people only: the items' presets are not run
+                return report
         if embedder is not None and timing:
             if gallery is None:  # time against the demo's photos rather than not at all
                 folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-retrieval-doctor-"))

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
+from test_faces import faces_dir, people, run  # noqa: F401 (fixtures)
 
 from edge_retrieval.cli import cli
 from edge_retrieval.config import load_config
@@ -135,3 +137,22 @@ def test_a_malformed_card_check_is_a_failed_check_not_a_crash(embedder):
     check_card(report, Edited())
     assert report.checks[-1].status == "fail"
     assert "validation.device_check is malformed (KeyError" in report.checks[-1].detail
+
+
+@pytest.mark.shared_data
+def test_a_people_only_config_is_checked_and_timed(tmp_path, people):  # noqa: F811 (the fixture)
+    """A people watchlist alone (no items gallery): the people gallery is checked and the face
+    models are timed on the camera's frames; a damaged people gallery fails naming the field."""
+    db = tmp_path / "people.db"
+    run("enroll", "--faces", "-g", db, people)
+    photos = REPO / "edge_retrieval" / "data" / "photos"
+    result = doctor("--source", photos, "--set", f"people.gallery={db}", "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads(result.stdout)
+    people_check = next(c for c in report["checks"] if c["name"] == "people")
+    assert people_check["status"] == "ok" and "mobilefacenet_int8" in people_check["detail"]
+    assert "ms a frame" in people_check["detail"] and "gallery" not in {c["name"] for c in report["checks"]}
+
+    db.write_bytes(b"not a database at all" * 100)
+    result = doctor("--source", photos, "--set", f"people.gallery={db}")
+    assert result.exit_code == 1 and "people: people.gallery:" in result.stderr
