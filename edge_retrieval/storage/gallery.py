@@ -23,7 +23,7 @@ import numpy as np
 from .. import quantize
 from ..errors import GalleryError, ModelMismatchError
 from ..scan import CodeMatrix
-from . import transfer, vectors
+from . import checks, transfer, vectors
 from .database import SCHEMA_VERSION, Database, damaged, guarded, is_damage, sqlite_failure, write_transaction
 from .schema import MIGRATIONS
 
@@ -31,9 +31,9 @@ UNIT_TOLERANCE = 1e-3  # |norm - 1| an added vector may have (cosine scores assu
 
 
 def _checked_label(label: Any) -> str:
-    """The label stripped; GalleryError unless an import would accept it too (`transfer.check_label`)."""
+    """The label stripped; GalleryError unless an import would accept it too (`checks.check_label`)."""
     try:
-        return transfer.check_label(label)
+        return checks.check_label(label)
     except ValueError as e:
         raise GalleryError(str(e)) from None
 
@@ -44,8 +44,8 @@ def _metadata_text(label: str, metadata: dict[str, Any]) -> str:
         text = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as e:
         raise GalleryError(f"item {label!r}: metadata is not JSON ({e})") from None
-    if len(text.encode("utf-8", "surrogatepass")) > transfer.MAX_METADATA_BYTES:
-        raise GalleryError(f"item {label!r}: metadata is larger than {transfer.MAX_METADATA_BYTES} bytes")
+    if len(text.encode("utf-8", "surrogatepass")) > checks.MAX_METADATA_BYTES:
+        raise GalleryError(f"item {label!r}: metadata is larger than {checks.MAX_METADATA_BYTES} bytes")
     return text
 
 

@@ -37,6 +37,7 @@ from edge_retrieval import BadImageError, Gallery, GalleryError, ModelMismatchEr
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.enroll import enroll, enroll_negatives
 from edge_retrieval.storage import transfer as manifest_mod
+from edge_retrieval.storage.checks import has_control
 from edge_retrieval.storage.transfer import EXPORT_TABLES
 
 ENROLLED = ITEMS[:2]
@@ -227,7 +228,7 @@ def assert_valid_gallery(path: Path, query: np.ndarray) -> None:
         assert con.execute("PRAGMA foreign_key_check").fetchall() == []
         dim = int(con.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0])
         for label, metadata in con.execute("SELECT label, metadata FROM items"):
-            assert isinstance(label, str) and label.strip() == label and label and not manifest_mod.has_control(label)
+            assert isinstance(label, str) and label.strip() == label and label and not has_control(label)
             assert isinstance(json.loads(metadata), dict)
         for table in ("embeddings", "negatives"):
             for vector, scale in con.execute(f"SELECT vector, scale FROM {table}"):
