@@ -2,21 +2,7 @@
 // Every write sends the staff token (from the page, which is only served with it) in a header.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const TOKEN = document.querySelector('meta[name="kiosk-token"]').content;
 const pending = []; // {blob, url} photos waiting to be enrolled
-
-async function api(method, url, body) {
-  const options = { method, headers: { Authorization: "Bearer " + TOKEN } };
-  if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
-  }
-  const response = await fetch(url, options);
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.error || response.status + " " + response.statusText);
-  return data;
-}
 
 function notify(text, kind = "ok") {
   const notice = $("notice");

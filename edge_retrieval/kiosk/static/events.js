@@ -3,8 +3,6 @@
 // Pictures are read with the cookie /events?token= set; every request also sends the token.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const TOKEN = document.querySelector('meta[name="kiosk-token"]').content;
 const PAGE = 24;
 const POLL_MS = 2000; // the service may be another process: the page asks for the newest id
 const SVG = document.getElementById("d-overlay").namespaceURI; // (no URL in the page: it is offline)
@@ -17,21 +15,6 @@ const state = {
   latest: 0,
   shown: null, // the event in the detail
 };
-
-async function api(method, url, body, type) {
-  const options = { method, headers: { Authorization: "Bearer " + TOKEN } };
-  if (body instanceof Blob) {
-    options.body = body;
-    options.headers["Content-Type"] = type || body.type || "application/octet-stream";
-  } else if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
-  }
-  const response = await fetch(url, options);
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.error || response.status + " " + response.statusText);
-  return data;
-}
 
 function notify(text, kind = "ok") {
   const notice = $("detail").open ? $("d-notice") : $("notice"); // (a modal dialog covers the page's)
