@@ -83,7 +83,7 @@ def test_two_cameras_on_one_gallery_record_and_deliver_their_own_events_and_see_
         seen = {}
         while len(seen) < len(daemons) and time.monotonic() - enrolled < 5:
             for name, daemon in daemons.items():
-                if name not in seen and daemon.pipeline.gallery.seen_generation >= generation:
+                if name not in seen and daemon.pipeline.watches[0].gallery.seen_generation >= generation:
                     seen[name] = time.monotonic() - enrolled  # its frame loop reloaded the gallery
             time.sleep(0.01)
         assert wait_for(lambda: webhook.labels("/door"), 30), "the door camera's coffee never reached its webhook"

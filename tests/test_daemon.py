@@ -21,6 +21,7 @@ from edge_retrieval.demo import photo
 from edge_retrieval.enroll import enroll
 from edge_retrieval.recognize import PRESETS, open_recognizer
 from edge_retrieval.service.daemon import Daemon
+from edge_retrieval.service.pipeline import ITEMS, Pipeline, Watch
 from edge_retrieval.service.systemd import Notifier
 from edge_retrieval.storage.events import EventLog
 from edge_retrieval.storage.gallery import Gallery
@@ -96,13 +97,12 @@ def test_the_roi_is_what_the_model_sees(fake_gallery):
     from edge_retrieval.config import RoiConfig
     from edge_retrieval.decide import Decider
     from edge_retrieval.motion import MotionGate
-    from edge_retrieval.service.daemon import Pipeline
 
     image = fake_frame(1, shape=(48, 64))
     image[:, 32:] = fake_frame(2, shape=(48, 32))  # item1 on the left, item2 on the right
     recognizer = open_recognizer(FakeEmbedder(), fake_gallery, "whole")
     for roi, label in ((None, "item1"), (RoiConfig(x=0.5, width=0.5), "item2")):
-        pipeline = Pipeline(recognizer, fake_gallery, Decider(), MotionGate(), roi=roi)
+        pipeline = Pipeline([Watch(ITEMS, recognizer, fake_gallery, Decider())], MotionGate(), roi=roi)
         result = pipeline.process(Frame(image, 0.0, 0))
         assert result.ranking.best.label == label
     assert pipeline.box(Frame(image, 0.0, 0)) == (32.0, 0.0, 64.0, 48.0)
@@ -182,7 +182,7 @@ def test_enrol_and_remove_while_running_take_effect_within_a_second(fake_gallery
         while not alerts and time.monotonic() < deadline:
             time.sleep(0.01)
         assert alerts and alerts[0][0] == "item5" and alerts[0][1] - enrolled < 1.0
-        assert {"owner": "enrolled live"} in daemon.pipeline.items().values()  # its record came along
+        assert {"owner": "enrolled live"} in daemon.pipeline.watch(ITEMS).items().values()  # its record came along
         result = CliRunner().invoke(cli, ["remove", "item5", "--gallery", fake_gallery.path])
         assert result.exit_code == 0, result.output
         removed = time.monotonic()

@@ -38,7 +38,7 @@ from edge_retrieval.enroll import enroll
 from edge_retrieval.kiosk import STATIC, Kiosk, KioskError, Screen, Server, decode_image, image_header
 from edge_retrieval.motion import MotionGate
 from edge_retrieval.recognize import PRESETS, open_recognizer
-from edge_retrieval.service.daemon import Pipeline
+from edge_retrieval.service.pipeline import ITEMS, Pipeline, Watch
 from edge_retrieval.storage.gallery import Gallery
 
 REPO = Path(__file__).resolve().parent.parent
@@ -190,9 +190,14 @@ def test_the_screen_follows_the_demo_clip(embedder, tmp_path):
     shown = []
     with Gallery(db) as gallery:
         pipeline = Pipeline(
-            open_recognizer(embedder, gallery, config.decision.preset),
-            gallery,
-            Decider.from_config(config.decision),
+            [
+                Watch(
+                    ITEMS,
+                    open_recognizer(embedder, gallery, config.decision.preset),
+                    gallery,
+                    Decider.from_config(config.decision),
+                )
+            ],
             MotionGate.from_config(config.motion),
             source="demo",
         )

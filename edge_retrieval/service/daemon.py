@@ -185,15 +185,7 @@ class Daemon:
         source_name = getattr(self._source, "name", None) or config.source.name or config.source.uri or "camera"
         self._open_events(source_name)
         self.pipeline = Pipeline(
-            first.recognizer,
-            first.gallery,
-            first.decider,
-            MotionGate.from_config(config.motion),
-            roi=config.roi,
-            source=source_name,
-            metrics=self.metrics,
-            watch=first.kind,
-            also=tuple(watches[1:]),
+            watches, MotionGate.from_config(config.motion), roi=config.roi, source=source_name, metrics=self.metrics
         )
         log.info(
             "watching %s on %s; %s",

@@ -85,44 +85,21 @@ class Watch:
 
 class Pipeline:
     """One frame's journey: ROI → motion gate → each watch's recognizer → its decision. The first
-    watch is (recognizer, gallery, decider); `also`: more on the same frames (people beside items)."""
+    watch's result is the frame's `FrameResult`; the other watches' (people beside items) are its
+    `others`."""
 
     def __init__(
         self,
-        recognizer: Recognizer,
-        gallery: Gallery,
-        decider: Decider,
+        watches: list[Watch],
         gate: MotionGate,
         *,
         roi=None,
         metrics: Metrics | None = None,
         source: str = "camera",
-        watch: str = ITEMS,
-        also: tuple[Watch, ...] = (),
     ):
-        self.watches = [Watch(watch, recognizer, gallery, decider), *also]
+        self.watches = watches
         self.gate, self.roi, self.source = gate, roi, source
         self.metrics = metrics or Metrics()
-
-    # the first watch's parts (the kiosk's screen and the tests look at them)
-    @property
-    def recognizer(self) -> Recognizer:
-        return self.watches[0].recognizer
-
-    @property
-    def gallery(self) -> Gallery:
-        return self.watches[0].gallery
-
-    @property
-    def decider(self) -> Decider:
-        return self.watches[0].decider
-
-    @property
-    def ranking(self) -> Ranking | None:
-        return self.watches[0].ranking
-
-    def items(self) -> dict[int, dict]:
-        return self.watches[0].items()
 
     def watch(self, kind: str) -> Watch:
         return next(w for w in self.watches if w.kind == kind)
