@@ -88,6 +88,7 @@ class Face:
     candidates: list[Candidate] = field(default_factory=list)  # people, best first
     match: Candidate | None = None
     threshold: float | None = None
+    margin: float = math.inf  # the best candidate's lead over the next different person's
 
     @property
     def score(self) -> float:

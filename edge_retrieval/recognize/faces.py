@@ -74,7 +74,7 @@ class FaceRecognizer:
             candidates,
             lead.match if lead is not None else None,
             lead.threshold if lead is not None else None,
-            _margin(lead.candidates) if lead is not None else math.inf,
+            lead.margin if lead is not None else math.inf,
             faces=faces,
         )
 
@@ -87,20 +87,13 @@ class FaceRecognizer:
         vetoed = self.negatives.vetoed(vector[None], candidates) if candidates else set()
         if vetoed:
             candidates = [replace(c, vetoed=True) if c.item_id in vetoed else c for c in candidates]
-        match, threshold, _ = self.thresholds.verdict(candidates)
-        return Face(box, landmarks, candidates, match, threshold)
+        match, threshold, margin = self.thresholds.verdict(candidates)
+        return Face(box, landmarks, candidates, match, threshold, margin)
 
     def close(self) -> None:
         for model in self._owned:
             model.close()
         self._owned = []
-
-
-def _margin(candidates: list[Candidate]) -> float:
-    runner = (
-        max((c.score for c in candidates[1:] if c.label != candidates[0].label), default=None) if candidates else None
-    )
-    return candidates[0].score - runner if runner is not None else math.inf
 
 
 def open_face_recognizer(
