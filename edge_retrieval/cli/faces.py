@@ -7,6 +7,7 @@ embedder (default: the bundled one), and `--preset` does not apply (faces have t
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -36,16 +37,12 @@ def enroll(paths, label, meta: dict, skip_bad, not_item, gallery_path, model_pat
 
     try:
         if not_item:
-            with Gallery(gallery_path, create=False) as gallery:
-                recognizer = _open(gallery, model_path, threads)
-                n = enroll_face_negatives(recognizer, not_item, [p for _, p in plan(paths, not_item)])
-                recognizer.close()
+            with Gallery(gallery_path, create=False) as gallery, closing(_open(gallery, model_path, threads)) as rec:
+                n = enroll_face_negatives(rec, not_item, [p for _, p in plan(paths, not_item)])
             click.echo(f"enrolled {n} negative face photo(s) of {not_item} in {gallery_path}")
             return None
-        with Gallery(gallery_path) as gallery:
-            recognizer = _open(gallery, model_path, threads)
+        with Gallery(gallery_path) as gallery, closing(_open(gallery, model_path, threads)) as recognizer:
             report = enroll_faces(recognizer, plan(paths, label), metadata=meta, skip_bad=skip_bad, progress=progress)
-            recognizer.close()
     except FaceEnrollError as e:
         for refused in e.refused:  # one line a photo, then the error
             click.echo(f"refused {refused}", err=True)
@@ -57,8 +54,7 @@ def search(queries: list[Path], top_k, as_json, gallery_path, model_path, thread
     from ..preprocess import read_image
     from ..recognize import ranking_json
 
-    with Gallery(gallery_path, create=False) as gallery:
-        recognizer = _open(gallery, model_path, threads)
+    with Gallery(gallery_path, create=False) as gallery, closing(_open(gallery, model_path, threads)) as recognizer:
         meta = {item.id: item.metadata for item in gallery.items()}
         for path in queries:
             ranking = recognizer.recognize(read_image(path))
@@ -70,7 +66,6 @@ def search(queries: list[Path], top_k, as_json, gallery_path, model_path, thread
                     f"{f['match'] or 'unknown'} {f['score'] or 0:.3f} at {f['box']}" for f in found["faces"]
                 )
                 click.echo(f"{path}: {ranking.label or 'unknown'}; {len(found['faces'])} face(s): {faces or 'none'}")
-        recognizer.close()
 
 
 def calibrate(positives, negatives, fpir, dry_run, gallery_path, model_path, threads, progress):
@@ -81,13 +76,11 @@ def calibrate(positives, negatives, fpir, dry_run, gallery_path, model_path, thr
 
     if not negatives:
         raise click.UsageError("calibrate --faces needs --negatives DIR: photos of people who are not enrolled")
-    with Gallery(gallery_path, create=False) as gallery:
-        recognizer = _open(gallery, model_path, threads)
+    with Gallery(gallery_path, create=False) as gallery, closing(_open(gallery, model_path, threads)) as recognizer:
         pos = cal.labelled_frames(Path(positives)) if positives else []
         neg = [read_image(p) for p in list_images(Path(negatives))]
         neg += [read_image(s) for (s,) in gallery.db.execute("SELECT source FROM negatives") if s and Path(s).is_file()]
         result = cal.calibrate(recognizer, pos, neg, fpir=fpir, progress=progress)
         if not dry_run:
             cal.store(recognizer, result)
-        recognizer.close()
     return result
