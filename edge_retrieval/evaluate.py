@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,15 +55,14 @@ def evaluate(
     records = [p for folder in folders for p in list_images(folder)]
     with Gallery(":memory:") as gallery:
         enroll(gallery, embedder, [(path.relative_to(root).as_posix(), path) for path in records])
-        recognizer = open_recognizer(embedder, gallery, preset)
         queries = sorted(gt)
-        start = time.perf_counter()
         ranks = []
-        for query in queries:
-            found = [c.label for c in recognizer.recognize(read_image(root / query)).candidates]
-            ranks.append(found.index(gt[query]) + 1 if gt[query] in found else 0)
-        elapsed = time.perf_counter() - start
-        recognizer.close()
+        with closing(open_recognizer(embedder, gallery, preset)) as recognizer:
+            start = time.perf_counter()
+            for query in queries:
+                found = [c.label for c in recognizer.recognize(read_image(root / query)).candidates]
+                ranks.append(found.index(gt[query]) + 1 if gt[query] in found else 0)
+            elapsed = time.perf_counter() - start
     r = np.array(ranks)
     return EvalResult(
         queries=len(queries),

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -242,25 +243,24 @@ def search(images, top_k, as_json, explain, contact_sheet, faces, preset, galler
         return faces_cli.search(queries, top_k, as_json, gallery_path, model_path, threads)
     with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
         gallery.check_model(emb.sha256, emb.card.name)
-        recognizer = open_recognizer(emb, gallery, preset)
-        meta = {item.id: item.metadata for item in gallery.items()}
-        for q, path in enumerate(queries):
-            frame = read_image(path)
-            ranking = recognizer.recognize(frame)
-            if explain:
-                out = numbered(explain, q, len(queries))
-                if not cv2.imwrite(str(out), draw(frame, ranking)):
-                    raise click.ClickException(f"{out}: cannot write the explanation image")
-            if contact_sheet:
-                tiles = contactsheet.ranking_tiles(frame, path.name, ranking, gallery, top_k)
-                contactsheet.write(numbered(contact_sheet, q, len(queries)), contactsheet.sheet(tiles))
-            found = ranking_json(ranking, meta, top_k)
-            if as_json:
-                click.echo(json.dumps({"query": str(path), **found}))
-            else:
-                ranked = ", ".join(f"{m['label']} {m['score']:.3f}" for m in found["matches"])
-                click.echo(f"{path}: {ranking.label or 'unknown'} (score {ranking.score:.3f}); {ranked}")
-        recognizer.close()
+        with closing(open_recognizer(emb, gallery, preset)) as recognizer:
+            meta = {item.id: item.metadata for item in gallery.items()}
+            for q, path in enumerate(queries):
+                frame = read_image(path)
+                ranking = recognizer.recognize(frame)
+                if explain:
+                    out = numbered(explain, q, len(queries))
+                    if not cv2.imwrite(str(out), draw(frame, ranking)):
+                        raise click.ClickException(f"{out}: cannot write the explanation image")
+                if contact_sheet:
+                    tiles = contactsheet.ranking_tiles(frame, path.name, ranking, gallery, top_k)
+                    contactsheet.write(numbered(contact_sheet, q, len(queries)), contactsheet.sheet(tiles))
+                found = ranking_json(ranking, meta, top_k)
+                if as_json:
+                    click.echo(json.dumps({"query": str(path), **found}))
+                else:
+                    ranked = ", ".join(f"{m['label']} {m['score']:.3f}" for m in found["matches"])
+                    click.echo(f"{path}: {ranking.label or 'unknown'} (score {ranking.score:.3f}); {ranked}")
 
 
 @cli.command()
@@ -299,13 +299,12 @@ def calibrate(positives, negatives, fpir, dry_run, as_json, faces, preset, galle
     else:
         with Embedder(model_path, threads) as emb, Gallery(gallery_path, create=False) as gallery:
             gallery.check_model(emb.sha256, emb.card.name)
-            recognizer = open_recognizer(emb, gallery, preset)
-            pos = cal.labelled_frames(Path(positives)) if positives else []
-            neg = [read_image(p) for p in list_images(Path(negatives))] if negatives else None
-            result = cal.calibrate(recognizer, pos, neg, fpir=fpir, progress=progress)
-            if not dry_run:
-                cal.store(recognizer, result)
-            recognizer.close()
+            with closing(open_recognizer(emb, gallery, preset)) as recognizer:
+                pos = cal.labelled_frames(Path(positives)) if positives else []
+                neg = [read_image(p) for p in list_images(Path(negatives))] if negatives else None
+                result = cal.calibrate(recognizer, pos, neg, fpir=fpir, progress=progress)
+                if not dry_run:
+                    cal.store(recognizer, result)
     if as_json:
         click.echo(json.dumps(result.report()))
         return
