@@ -397,8 +397,7 @@ class Daemon:
         faces = [f for f in result.ranking.faces or () if (f.match.label if f.match is not None else None) == label]
         if not faces:
             return None
-        roi = self.pipeline.box(result.frame)
-        x0, y0 = roi[:2] if roi is not None else (0, 0)
+        x0, y0 = self.pipeline.offset(result.frame)
         bx0, by0, bx1, by1 = (float(v) for v in faces[0].box)
         return (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0)
 
@@ -407,8 +406,7 @@ class Daemon:
         identified in, pixelated in a match's snapshot; none otherwise."""
         if self.config.snapshot.keep != "matches":
             return []
-        roi = self.pipeline.box(frame_result.frame)
-        x0, y0 = roi[:2] if roi is not None else (0, 0)
+        x0, y0 = self.pipeline.offset(frame_result.frame)
         return [
             (float(f.box[0]) + x0, float(f.box[1]) + y0, float(f.box[2]) + x0, float(f.box[3]) + y0)
             for r in frame_result.all
@@ -424,8 +422,7 @@ class Daemon:
             return {}
         out: dict[str, Any] = {"cosine": round(float(best.cosine), 4), "inliers": int(best.inliers)}
         if best.points is not None and len(best.points):
-            roi = self.pipeline.box(result.frame)
-            x0, y0 = roi[:2] if roi is not None else (0, 0)
+            x0, y0 = self.pipeline.offset(result.frame)
             points = np.asarray(best.points, np.float64)[:MAX_POINTS] + (x0, y0)
             out["points"] = np.round(points).astype(int).tolist()
         return out

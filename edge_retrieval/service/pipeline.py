@@ -111,6 +111,11 @@ class Pipeline:
         w, h = frame.size
         return (self.roi.x * w, self.roi.y * h, (self.roi.x + self.roi.width) * w, (self.roi.y + self.roi.height) * h)
 
+    def offset(self, frame: Frame) -> tuple[float, float]:
+        """Where the ROI starts in the frame (pixels): what turns the recognizer's coordinates into the frame's."""
+        box = self.box(frame)
+        return (box[0], box[1]) if box is not None else (0, 0)
+
     def process(self, frame: Frame) -> FrameResult:
         """The motion gate once; then each watch recognises the frame if it changed (or its gallery
         did), else its last ranking votes again: an empty, still hallway costs no detection."""
