@@ -358,12 +358,34 @@ def outline_bound(c) -> None:
     )
 
 
+KINDS = ("textureless", "dark", "small", "blurred")
+
+
+def kinds_of(cap, photo: np.ndarray) -> list[str]:
+    """Why an enrolled capture is hard (several may hold): its record's photo has little for ORB,
+    the item is dark or small in the frame, or blurred (against the photo's own sharpness)."""
+    features = len(verify.extract(photo, verify.GALLERY_FEATURES, verify.GALLERY_SIDE))
+    mask = np.zeros(cap.frame.shape[:2], np.uint8)
+    cv2.fillConvexPoly(mask, cap.quad.astype(np.int32), 255)
+    gray = cv2.cvtColor(cap.frame, cv2.COLOR_BGR2GRAY)
+    inside = mask > 0
+    sharp = cv2.Laplacian(gray, cv2.CV_64F)[cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0].var()
+    photo_sharp = cv2.Laplacian(cv2.resize(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), (320, 240)), cv2.CV_64F).var()
+    hits = (
+        features < 250,  # half of GALLERY_FEATURES: ORB finds little to match on the photo
+        gray[inside].mean() < 70,  # the item's mean grey level in the frame
+        inside.mean() < 0.12,  # the item's share of the frame
+        sharp < 0.15 * photo_sharp,  # Laplacian variance in the frame vs the photo's at 320 px
+    )
+    return [name for name, hit in zip(KINDS, hits) if hit]
+
+
 def misses(c) -> None:
     """Enrolled captures today's recognizer does not name at FPIR 1 %, by kind (a miss may be several)."""
     r = replay(c)
     caps = capture_sim.captures(str(c["split"]))
     id_of = dict(zip(c["item_labels"].tolist(), c["item_ids"].tolist()))
-    kinds = ("textureless", "dark", "small", "blurred")
+    kinds = KINDS
     among_misses = dict.fromkeys(kinds + ("none of these",), 0)
     among_all = dict.fromkeys(kinds, 0)
     total = 0
@@ -371,26 +393,8 @@ def misses(c) -> None:
         if cap.label is None:
             continue
         photo = read_image(Path(c["item_paths"][list(c["item_labels"]).index(cap.label)]))
+        tags = kinds_of(cap, photo)
         features = len(verify.extract(photo, verify.GALLERY_FEATURES, verify.GALLERY_SIDE))
-        mask = np.zeros(cap.frame.shape[:2], np.uint8)
-        cv2.fillConvexPoly(mask, cap.quad.astype(np.int32), 255)
-        gray = cv2.cvtColor(cap.frame, cv2.COLOR_BGR2GRAY)
-        inside = mask > 0
-        sharp = cv2.Laplacian(gray, cv2.CV_64F)[cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0].var()
-        photo_sharp = cv2.Laplacian(cv2.resize(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), (320, 240)), cv2.CV_64F).var()
-        tags = [
-            name
-            for name, hit in zip(
-                kinds,
-                (
-                    features < 250,  # half of GALLERY_FEATURES: ORB finds little to match on the photo
-                    gray[inside].mean() < 70,  # the item's mean grey level in the frame
-                    inside.mean() < 0.12,  # the item's share of the frame
-                    sharp < 0.15 * photo_sharp,  # Laplacian variance in the frame vs the photo's at 320 px
-                ),
-            )
-            if hit
-        ]
         for t in tags:
             among_all[t] += 1
         if r["found"][n]:

@@ -5,7 +5,10 @@ USAC-MAGSAC (`fit`); the inliers are the evidence that the item is really there 
 matches one frame against one candidate by brute force.
 
 ORB because it is fast (≈ 6 ms for 2000 features on a 640×480 frame here) and binary (32 bytes
-a feature in the gallery); SIFT was ≈ 10× slower on this machine (≈ 200 ms a frame).
+a feature in the gallery). Where ORB finds nothing — a blurred or small item, whose corners a
+640 px frame no longer has — SIFT on the frame shrunk to 240 px still finds the blobs: the
+second verifier (`extract_sift`, `match_sift`), run only on the candidates ORB left without
+inliers (full-size SIFT was ≈ 200 ms a frame here; at 240 px ≈ 1.4× ORB's extraction).
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ MIN_MATCHES = 8  # fewer ratio-test matches: no homography is tried
 # (a brick wall) a fifth can fall on it by chance; on the tune captures no right item has < 8
 MIN_INLIERS = 6
 
+# the second verifier: SIFT (uint8 descriptors, 128 bytes a feature) on the frame at 240 px
+# against each unverified candidate's SIFT features stored at enrolment (384 px). On the tune
+# captures (benchmarks/second.py) it names 16 of the 41 items ORB missed; with fewer than 8
+# inliers a quarter of them come by chance in the never-enrolled frames, with 8 none did
+SIFT_KIND = "sift"
+SIFT_FEATURES = 500
+SIFT_GALLERY_SIDE = 384
+SIFT_QUERY_SIDE = 240
+SIFT_MIN_INLIERS = 8
+
 
 @dataclass(frozen=True)
 class LocalFeatures:
@@ -64,6 +77,39 @@ def extract(
         descriptors = np.empty((0, 32), np.uint8)
     points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
     return LocalFeatures(points, descriptors, (gray.shape[1], gray.shape[0]))
+
+
+def extract_sift(
+    image: np.ndarray, max_features: int = SIFT_FEATURES, max_side: int = SIFT_QUERY_SIDE
+) -> LocalFeatures:
+    """SIFT keypoints and uint8 descriptors (n, 128) of a BGR or grey image shrunk to at most
+    `max_side` px (points in the shrunk image)."""
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    scale = max_side / max(gray.shape[:2])
+    if scale < 1:
+        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    keypoints, descriptors = cv2.SIFT_create(max_features).detectAndCompute(gray, None)
+    # OpenCV's SIFT descriptors are whole numbers 0..255 held as float32: stored as bytes
+    descriptors = np.empty((0, 128), np.uint8) if descriptors is None else np.clip(descriptors, 0, 255).astype(np.uint8)
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    return LocalFeatures(points, descriptors, (gray.shape[1], gray.shape[0]))
+
+
+def match_sift(frame: LocalFeatures, candidate: LocalFeatures, ratio: float = RATIO) -> tuple[np.ndarray, np.ndarray]:
+    """(frame indices, candidate indices) of the frame's SIFT descriptors whose nearest candidate
+    descriptor (L2) passes the ratio test: one BLAS product (OpenCV's brute-force L2 matcher is
+    ≈ 10× slower here)."""
+    if len(frame) < 1 or len(candidate) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    a = frame.descriptors.astype(np.float32)
+    b = candidate.descriptors.astype(np.float32)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * (a @ b.T)
+    two = np.argpartition(d2, 1, axis=1)[:, :2]
+    pair = np.take_along_axis(d2, two, 1)
+    order = np.argsort(pair, axis=1)
+    two, pair = np.take_along_axis(two, order, 1), np.sqrt(np.maximum(np.take_along_axis(pair, order, 1), 0))
+    good = np.flatnonzero(pair[:, 0] < ratio * pair[:, 1])
+    return good, two[good, 0]
 
 
 @dataclass(frozen=True)
@@ -122,10 +168,11 @@ def fit(
     candidate_idx: np.ndarray,
     reprojection: float = REPROJECTION_PX,
     min_matches: int = MIN_MATCHES,
+    min_inliers: int = MIN_INLIERS,
 ) -> Verification:
     """The homography (USAC-MAGSAC) of matched points: frame point `frame_idx[i]` is the
     candidate's point `candidate_idx[i]`; NOTHING (with the match count) unless there are
-    `min_matches`, MIN_INLIERS fit it and the candidate's outline lands plausibly in the frame."""
+    `min_matches`, `min_inliers` fit it and the candidate's outline lands plausibly in the frame."""
     if len(frame_idx) < min_matches:
         return Verification(0, len(frame_idx), None, None, NOTHING.points)
     src, dst = candidate.keypoints[candidate_idx], frame.keypoints[frame_idx]
@@ -136,6 +183,6 @@ def fit(
     corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]]).reshape(-1, 1, 2)
     quad = cv2.perspectiveTransform(corners, H).reshape(4, 2)
     inside = mask.ravel().astype(bool)
-    if inside.sum() < MIN_INLIERS or not plausible(quad, frame.size):
+    if inside.sum() < min_inliers or not plausible(quad, frame.size):
         return Verification(0, len(frame_idx), None, None, NOTHING.points)
     return Verification(int(inside.sum()), len(frame_idx), H, quad, dst[inside])

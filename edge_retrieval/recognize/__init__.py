@@ -46,13 +46,14 @@ class Preset:
     levels: int = 3  # R-MAC grid levels of the query's regions
     query_features: int = verify_mod.QUERY_FEATURES
     voted: int = 0  # the most voted items added to the shortlist (verify only)
+    sift: bool = False  # the second verifier (SIFT) on the candidates ORB left without inliers (verify only)
     tuned_for: str = TUNED_FOR  # the model `threshold` was measured with (another's scores mean something else)
 
 
 # whole: the built-in demo clip's whole-frame scores (benchmarks/thresholds.py): items >= 0.486,
 # everything else <= 0.222 (threshold 0.35), margins >= 0.326 against <= 0.130 (margin 0.2)
 PRESETS = {
-    "default": Preset("default", threshold=0.620, verify=True, voted=3),
+    "default": Preset("default", threshold=0.620, verify=True, voted=3, sift=True),
     "quick": Preset("quick", threshold=0.620, verify=True, voted=3, query_features=1000),
     "fast": Preset("fast", threshold=0.60),
     "whole": Preset("whole", threshold=0.35, margin=0.2, regional=False),

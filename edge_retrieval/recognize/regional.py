@@ -56,7 +56,12 @@ class LocalIndex:
     scratch, ≈ 30 ms after a change)."""
 
     def __init__(self, gallery, vocabulary: Vocabulary, previous: LocalIndex | None = None):
-        rows = [(row, item, f) for row, item, f in gallery.all_features() if f[0] == verify_mod.KIND]
+        every = gallery.all_features()
+        rows = [(row, item, f) for row, item, f in every if f[0] == verify_mod.KIND]
+        self.sift: dict[int, list[verify_mod.LocalFeatures]] = {}  # item → its photos' SIFT features
+        for _row, item, (kind, size, kp, desc) in every:
+            if kind == verify_mod.SIFT_KIND:
+                self.sift.setdefault(item, []).append(verify_mod.LocalFeatures(kp, desc, size))
         self.images = [verify_mod.LocalFeatures(kp, desc, size) for _row, _item, (_kind, size, kp, desc) in rows]
         self.item_of_image = np.array([item for _row, item, _f in rows], np.int64)
         counts = np.array([len(f) for f in self.images], np.int64)
@@ -198,6 +203,36 @@ class RegionalRecognizer:
                     votes=votes.get(c.item_id, 0),
                 )
             )
+        if preset.sift:
+            out = self.sift_verified(frame, out, index)
+        return out
+
+    def sift_verified(self, frame: np.ndarray, candidates: list[Candidate], index: LocalIndex) -> list[Candidate]:
+        """The second verifier: the candidates ORB left without inliers, verified by SIFT on the
+        frame at 240 px against their photos' SIFT features; the frame's SIFT is extracted only
+        when there is such a candidate."""
+        todo = [n for n, c in enumerate(candidates) if not c.inliers and c.item_id in index.sift]
+        if not todo:
+            return candidates
+        query = verify_mod.extract_sift(frame)
+        sx, sy = frame.shape[1] / query.size[0], frame.shape[0] / query.size[1]
+        out = list(candidates)
+        for n in todo:
+            best = verify_mod.NOTHING
+            for photo in index.sift[out[n].item_id]:
+                found, theirs = verify_mod.match_sift(query, photo)
+                v = verify_mod.fit(query, photo, found, theirs, min_inliers=verify_mod.SIFT_MIN_INLIERS)
+                if v.inliers > best.inliers:
+                    best = v
+            if best.inliers:
+                c = out[n]
+                out[n] = replace(
+                    c,
+                    score=final_score(c.cosine, best.inliers),
+                    inliers=best.inliers,
+                    outline=best.quad * [sx, sy],
+                    points=best.points * [sx, sy],
+                )
         return out
 
     # -- the frame -----------------------------------------------------------------
