@@ -1,14 +1,17 @@
-"""The offline converter: torchvision MobileNet weights → a full-integer LiteRT model and its card.
+"""The offline converter: MobileNet / EfficientNet-Lite0 weights → a full-integer LiteRT model and its card.
 
     python tools/fetch_weights.py --out weights/mobilenet_v2-b0353104.pth
     python -m tools.convert --weights weights/mobilenet_v2-b0353104.pth \\
         --calibration edge_retrieval/data/photos --heldout 3 --out models/mobilenet_v2_int8.tflite
 
 What it does, in order:
-1. builds the network (tools/mobilenet.py: torchvision's module tree in plain torch), loads
-   every `features.*` tensor strictly and drops the classifier;
-2. wraps it: NHWC float RGB 0..255 in, ImageNet mean/std baked in, the last feature map
-   (NHWC) or its global average out;
+1. builds the network (tools/mobilenet.py: torchvision's module tree in plain torch; or
+   tools/efficientnet_lite.py: `--arch efficientnet_lite0`, weights from
+   `python tools/fetch_weights.py --arch efficientnet_lite0`), loads every feature tensor
+   strictly and drops the classifier;
+2. wraps it: NHWC float RGB 0..255 in, the network's mean/std baked in (ImageNet's for
+   MobileNet, TensorFlow's (x - 127) / 128 for Lite0), the last feature map (NHWC) or its
+   global average out;
 3. converts it with litert_torch to a float .tflite (kept in a temporary folder);
 4. calibrates on real photos (resized by stretching to the input size; deterministic random
    crops and flips are added when there are fewer than 64) and quantizes with
@@ -56,7 +59,7 @@ from edge_retrieval.errors import BadImageError, ModelError  # noqa: E402
 from edge_retrieval.modelcard import ModelCard, sha256_file  # noqa: E402
 from tools import fetch_weights  # noqa: E402  (standard library only)
 
-ARCHITECTURES = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+ARCHITECTURES = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0")
 OUTPUT_KINDS = ("feature_map", "vector")
 MIN_CALIBRATION_SAMPLES = 64  # photos are topped up with random crops/flips to this many
 AUGMENT_SEED = 0
@@ -180,17 +183,31 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     return dict(obj)
 
 
+def detect_architecture(state_dict: dict[str, Any]) -> str:
+    """Which of ARCHITECTURES a state dict belongs to (ValueError when none)."""
+    from tools import efficientnet_lite, mobilenet
+
+    if efficientnet_lite.is_efficientnet_lite0(state_dict):
+        return efficientnet_lite.ARCHITECTURE
+    return mobilenet.detect_architecture(state_dict)
+
+
 def build_module(arch: str, state_dict: dict[str, Any], output_kind: str):
     """The network to convert: NHWC float RGB 0..255 in; NHWC map (1, h, w, C) or vector (1, C) out."""
     import litert_torch
 
-    from tools import mobilenet
+    from tools import efficientnet_lite, mobilenet
 
+    norm = {}
     try:
-        features = mobilenet.load_features(arch, state_dict)
+        if arch == efficientnet_lite.ARCHITECTURE:
+            features = efficientnet_lite.load_features(state_dict)
+            norm = {"mean": efficientnet_lite.MEAN, "std": efficientnet_lite.STD}
+        else:
+            features = mobilenet.load_features(arch, state_dict)
     except (RuntimeError, ValueError) as e:
         raise ModelError(f"the weights do not fit {arch}: {e}") from None
-    embedder = mobilenet.Embedder(features, output_kind).eval()
+    embedder = mobilenet.Embedder(features, output_kind, **norm).eval()
     outputs = [0] if output_kind == "feature_map" else None
     return litert_torch.to_channel_last_io(embedder, args=[0], outputs=outputs).eval()
 
@@ -422,8 +439,10 @@ def _display(path: Path) -> str:
 def reproduce_commands(opts: ConvertOptions, arch: str, weights_sha: str) -> str:
     """The shell commands that rebuild this model from scratch, from the repo root."""
     lines = ["pip install -e '.[convert]'"]
-    if weights_sha == fetch_weights.SHA256:
-        lines.append(f"python tools/fetch_weights.py --out {shlex.quote(_display(opts.weights))}")
+    known = fetch_weights.source_of(weights_sha)
+    if known is not None:
+        option = "" if known[0] == "mobilenet_v2" else f" --arch {known[0]}"
+        lines.append(f"python tools/fetch_weights.py{option} --out {shlex.quote(_display(opts.weights))}")
     else:
         lines.append(f"# weights: {_display(opts.weights)} (sha256 {weights_sha}), supplied by hand")
     cmd = [
@@ -487,11 +506,9 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
     if opts.out.suffix != ".tflite":
         raise ValueError(f"--out must name a .tflite file, not {opts.out}")
 
-    from tools import mobilenet
-
     state_dict = load_state_dict(opts.weights)
     try:
-        detected = mobilenet.detect_architecture(state_dict)
+        detected = detect_architecture(state_dict)
     except ValueError as e:
         raise ModelError(f"{opts.weights}: {e}") from None
     arch = opts.arch or detected
@@ -515,6 +532,7 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
     )
 
     module = build_module(arch, state_dict, opts.output_kind)
+    known = fetch_weights.source_of(weights_sha)
     with tempfile.TemporaryDirectory(prefix="convert_") as tmp:
         float_path = Path(tmp) / "float.tflite"
         int8_path = Path(tmp) / "int8.tflite"
@@ -586,9 +604,7 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
         source_weights={
             "file": opts.weights.name,
             "sha256": weights_sha,
-            "origin": fetch_weights.ORIGIN
-            if weights_sha == fetch_weights.SHA256
-            else "a torchvision state dict supplied by hand",
+            "origin": known[1].origin if known is not None else "a torchvision state dict supplied by hand",
         },
         calibration={
             "source": _display(opts.calibration),
@@ -619,9 +635,9 @@ def convert(opts: ConvertOptions, log=print) -> ModelCard:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tools.convert",
-        description="Convert torchvision MobileNet weights to a full-integer (int8) LiteRT model and its JSON card.",
+        description="Convert MobileNet or EfficientNet-Lite0 weights to a full-integer (int8) LiteRT model and its JSON card.",
     )
-    p.add_argument("--weights", type=Path, required=True, help="torchvision state dict (.pth)")
+    p.add_argument("--weights", type=Path, required=True, help="PyTorch state dict (.pth; tools/fetch_weights.py)")
     p.add_argument("--arch", choices=ARCHITECTURES, help="network (default: detected from the weights' keys)")
     p.add_argument("--calibration", type=Path, required=True, help="folder of real photos (jpg/png, recursive)")
     p.add_argument(

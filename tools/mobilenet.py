@@ -265,7 +265,7 @@ def load_features(arch: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Modul
 
 
 class Embedder(nn.Module):
-    """RGB pixels 0..255 (NCHW) → ImageNet normalization → features → map or pooled vector.
+    """RGB pixels 0..255 (NCHW) → normalization (ImageNet's by default) → features → map or pooled vector.
 
     `output_kind` is "feature_map" (N, C, h, w) or "vector" (N, C), the vector being the
     global average of the map, computed inside the network.
@@ -274,14 +274,20 @@ class Embedder(nn.Module):
     MEAN = (0.485, 0.456, 0.406)
     STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, features: nn.Module, output_kind: str = "feature_map"):
+    def __init__(
+        self,
+        features: nn.Module,
+        output_kind: str = "feature_map",
+        mean: tuple[float, ...] = MEAN,
+        std: tuple[float, ...] = STD,
+    ):
         super().__init__()
         if output_kind not in ("feature_map", "vector"):
             raise ValueError(f"output_kind must be 'feature_map' or 'vector', not {output_kind!r}")
         self.features = features
         self.output_kind = output_kind
-        mean = torch.tensor(self.MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(self.STD).view(1, 3, 1, 1)
+        mean = torch.tensor(mean).view(1, 3, 1, 1)
+        std = torch.tensor(std).view(1, 3, 1, 1)
         # (x / 255 - mean) / std  ==  x * scale + shift
         self.register_buffer("scale", 1.0 / (255.0 * std))
         self.register_buffer("shift", -mean / std)
