@@ -48,6 +48,7 @@ SIFT_FEATURES = 500
 SIFT_GALLERY_SIDE = 384
 SIFT_QUERY_SIDE = 240
 SIFT_MIN_INLIERS = 8
+SIFT_OCTAVE_LAYERS = 2  # Lowe's 3 found as many on tune, at ≈ 1.1× the time
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def extract_sift(
     scale = max_side / max(gray.shape[:2])
     if scale < 1:
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    keypoints, descriptors = cv2.SIFT_create(max_features).detectAndCompute(gray, None)
+    keypoints, descriptors = cv2.SIFT_create(max_features, SIFT_OCTAVE_LAYERS).detectAndCompute(gray, None)
     # OpenCV's SIFT descriptors are whole numbers 0..255 held as float32: stored as bytes
     descriptors = np.empty((0, 128), np.uint8) if descriptors is None else np.clip(descriptors, 0, 255).astype(np.uint8)
     points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
