@@ -29,6 +29,8 @@ NODES_PROBED = 2  # top-level nodes searched for a frame descriptor's leaves
 LEAVES_PROBED = 8  # leaves (among those nodes' children) whose gallery descriptors are compared
 NO_MATCH = -1
 FAR = BITS + 1  # the distance reported when there is no (second) neighbour
+ALL_SET = np.uint64(2**64 - 1)
+CHUNK = 256  # frame descriptors searched at once: their pairs stay in the core's cache
 
 
 def signs(descriptors: np.ndarray) -> np.ndarray:
@@ -42,12 +44,19 @@ def _words(descriptors: np.ndarray) -> np.ndarray:
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise Hamming distance of two (n, 4) uint64 arrays → (n,) uint32."""
-    counts = np.bitwise_count(np.bitwise_xor(a, b))  # (n, 4) uint8, each ≤ 64
+    return _bits(np.bitwise_xor(a, b))
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    """Set bits of each row of an (n, 4) uint64 array → (n,) uint32."""
+    counts = np.bitwise_count(x)  # (n, 4) uint8, each ≤ 64
     # the four counts, read as one little-endian uint32, summed by one multiply into the top
-    # byte; 256 (every bit differs) wraps to 0, so it is mapped back
-    total = (counts.view(np.uint32).ravel() * np.uint32(0x01010101)) >> 24
+    # byte; 256 (every bit set) wraps to 0, so it is mapped back
+    total = counts.view(np.uint32).ravel()
+    total *= np.uint32(0x01010101)
+    total >>= np.uint32(24)
     zero = np.flatnonzero(total == 0)
-    total[zero[counts[zero, 0] == 64]] = BITS
+    total[zero[x[zero, 0] == ALL_SET]] = BITS
     return total
 
 
@@ -172,6 +181,10 @@ class InvertedFile:
         self._position = np.argsort(leaf, kind="stable")
         self._words = _words(descriptors[self._position])
         self._starts = np.searchsorted(leaf[self._position], np.arange(len(vocabulary.leaves) + 1))
+        # a (distance, sorted position) pair as one integer key, the position in the low bits;
+        # uint32 keys (half the memory traffic of int64) while 9 bits of distance leave room
+        self._shift = len(self._position).bit_length()
+        self._key = np.uint32 if self._shift + 9 <= 32 else np.uint64
 
     def __len__(self) -> int:
         return len(self._position)
@@ -180,29 +193,46 @@ class InvertedFile:
         self, descriptors: np.ndarray, nodes: int = NODES_PROBED, leaves: int = LEAVES_PROBED
     ) -> tuple[np.ndarray, np.ndarray]:
         """The two nearest gallery descriptors of each frame descriptor among those in its
-        probed leaves: (distances (n, 2), positions (n, 2)); FAR and NO_MATCH where fewer."""
+        probed leaves: (distances (n, 2), positions (n, 2)); FAR and NO_MATCH where fewer.
+        Of equally near ones, the one first in leaf order, then in the order given."""
         n = len(descriptors)
         distance = np.full((n, 2), FAR, np.int64)
         position = np.full((n, 2), NO_MATCH, np.int64)
         if not n or not len(self):
             return distance, position
         probed = self.vocabulary.assign(descriptors, nodes, leaves)
+        words = _words(descriptors)
+        for lo in range(0, n, CHUNK):
+            part = slice(lo, lo + CHUNK)
+            self._nearest2(words[part], probed[part], distance[part], position[part])
+        return distance, position
+
+    def _nearest2(self, words: np.ndarray, probed: np.ndarray, distance: np.ndarray, position: np.ndarray) -> None:
+        """`nearest2` of a chunk, written into its rows of `distance` and `position`."""
+        key_type, shift = self._key, self._shift
         start = self._starts[probed]
         counts = self._starts[probed + 1] - start
         per_leaf, per_query = counts.ravel(), counts.sum(1)
         total = int(per_leaf.sum())
         if not total:
-            return distance, position
-        ref = np.repeat(start.ravel() - (np.cumsum(per_leaf) - per_leaf), per_leaf) + np.arange(total)
-        d = hamming(self._words.take(ref, axis=0), np.repeat(_words(descriptors), per_query, axis=0)).astype(np.int64)
-        # the smallest and second smallest (distance, ref) per query, as one int64 key each
-        key = (d << 32) | ref
+            return
+        # every (frame descriptor, gallery descriptor in a probed leaf) pair, grouped by frame descriptor
+        ref = np.repeat((start.ravel() - (np.cumsum(per_leaf) - per_leaf)).astype(key_type), per_leaf)
+        ref += np.arange(total, dtype=key_type)
+        x = self._words.take(ref, axis=0)
+        x ^= np.repeat(words, per_query, axis=0)
+        key = _bits(x).astype(key_type, copy=False)
+        key <<= key_type(shift)
+        key |= ref
+        # the smallest and second smallest key of each frame descriptor
         has = np.flatnonzero(per_query)
         bounds = (np.cumsum(per_query) - per_query)[has]
         first = np.minimum.reduceat(key, bounds)
-        key[key == np.repeat(first, per_query[has])] = np.iinfo(np.int64).max
+        none = np.iinfo(key_type).max
+        key[key == np.repeat(first, per_query[has])] = none
         second = np.minimum.reduceat(key, bounds)
-        distance[has, 0], position[has, 0] = first >> 32, self._position[first & 0xFFFFFFFF]
-        ok = second != np.iinfo(np.int64).max
-        distance[has[ok], 1], position[has[ok], 1] = second[ok] >> 32, self._position[second[ok] & 0xFFFFFFFF]
-        return distance, position
+        low = key_type((1 << shift) - 1)
+        distance[has, 0], position[has, 0] = first >> shift, self._position[first & low]
+        ok = np.flatnonzero(second != none)
+        second = second[ok]
+        distance[has[ok], 1], position[has[ok], 1] = second >> shift, self._position[second & low]
