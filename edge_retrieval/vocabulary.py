@@ -106,8 +106,8 @@ class Vocabulary:
         object.__setattr__(self, "_node_signs", np.ascontiguousarray(signs(self.nodes).T))
         object.__setattr__(
             self,
-            "_leaf_signs",  # (k1, 256, k2): each node's children, ready for a product
-            np.ascontiguousarray(signs(self.leaves).reshape(k1, -1, BITS).transpose(0, 2, 1)),
+            "_leaf_words",  # (k1, 4, k2): each node's children, word by word
+            np.ascontiguousarray(_words(self.leaves).reshape(k1, -1, 4).transpose(0, 2, 1)),
         )
 
     @property
@@ -143,22 +143,17 @@ class Vocabulary:
     def assign(self, descriptors: np.ndarray, nodes: int = 1, leaves: int = 1) -> np.ndarray:
         """(n, 32) descriptors → (n, leaves) ids of their nearest leaves among the children of
         their `nodes` nearest top-level nodes (the nearest first when leaves == 1)."""
+        if len(descriptors) > CHUNK:  # bounded temporaries (the children's words are 2 kB a node)
+            parts = range(0, len(descriptors), CHUNK)
+            return np.concatenate([self.assign(descriptors[i : i + CHUNK], nodes, leaves) for i in parts])
         n, k2 = len(descriptors), self.branching
-        s = signs(descriptors)
-        near = s @ self._node_signs
+        near = signs(descriptors) @ self._node_signs
         top = np.argmax(near, 1)[:, None] if nodes == 1 else np.argpartition(-near, nodes - 1, axis=1)[:, :nodes]
-        # score each (descriptor, chosen node) pair against that node's children, grouped by
-        # node so that each group is one contiguous matrix product
-        node = top.ravel()
-        order = np.argsort(node, kind="stable")
-        grouped = s[order // nodes]
-        bounds = np.searchsorted(node[order], np.arange(len(self.nodes) + 1))
-        scores = np.empty((len(node), k2), np.float32)
-        for i in np.flatnonzero(np.diff(bounds)):
-            np.matmul(grouped[bounds[i] : bounds[i + 1]], self._leaf_signs[i], out=scores[bounds[i] : bounds[i + 1]])
-        unsorted = np.empty_like(scores)
-        unsorted[order] = scores
-        scores = unsorted.reshape(n, nodes * k2)
+        # the Hamming distance to each chosen node's children: XOR and bit count, word by word
+        x = self._leaf_words[top]  # (n, nodes, 4, k2)
+        x ^= _words(descriptors)[:, None, :, None]
+        distance = np.bitwise_count(x).sum(2, dtype=np.int16).reshape(n, nodes * k2)
+        scores = (BITS - 2 * distance).astype(np.float32)  # as a product of signs would score them
         ids = (top[:, :, None] * k2 + np.arange(k2)).reshape(n, nodes * k2)
         pick = (
             np.argmax(scores, 1)[:, None] if leaves == 1 else np.argpartition(-scores, leaves - 1, axis=1)[:, :leaves]
@@ -200,11 +195,11 @@ class InvertedFile:
         position = np.full((n, 2), NO_MATCH, np.int64)
         if not n or not len(self):
             return distance, position
-        probed = self.vocabulary.assign(descriptors, nodes, leaves)
         words = _words(descriptors)
         for lo in range(0, n, CHUNK):
             part = slice(lo, lo + CHUNK)
-            self._nearest2(words[part], probed[part], distance[part], position[part])
+            probed = self.vocabulary.assign(descriptors[part], nodes, leaves)
+            self._nearest2(words[part], probed, distance[part], position[part])
         return distance, position
 
     def _nearest2(self, words: np.ndarray, probed: np.ndarray, distance: np.ndarray, position: np.ndarray) -> None:
