@@ -3,12 +3,19 @@
 
     python benchmarks/nearest.py                      # against 41301a3, the search before it was made faster
     python benchmarks/nearest.py --before HEAD~1 --every 2
+    python benchmarks/nearest.py --tradeoffs 2,8,2000 2,6,2000 2,8,1500   # what fewer would cost
+
 
 The earlier revision's edge_retrieval/vocabulary.py is loaded beside this one (`git show`). First
 both must give the same distances and positions for every ORB descriptor of every frame (2000
 per 640×480 frame, as the preset extracts them, against the 200 enrolled records' ~92k); then,
 interleaved frame by frame so that a shared CPU's load falls on both alike: `nearest2` of the
 frame's descriptors on one thread, and the whole `recognize` with each revision's inverted file.
+
+`--tradeoffs`: instead, variants that change the results — top-level nodes and leaves probed,
+ORB features of the frame — each with its TPIR at FPIR 1 %, recall@1 and `recognize` ms on
+the whole split (enrolled as quality.py enrols: 8 views a photo), every frame run by each
+variant in turn.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -31,6 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import captures as capture_sim  # noqa: E402
+import quality  # noqa: E402
 
 from edge_retrieval import verify, vocabulary  # noqa: E402
 from edge_retrieval.embedder import Embedder  # noqa: E402
@@ -80,13 +89,53 @@ def report(what: str, before: np.ndarray, after: np.ndarray) -> None:
     )
 
 
+def tradeoffs(split: str, variants: list[str]) -> None:
+    """TPIR, recall@1 and ms of each variant (nodes,leaves,features) on the split."""
+    parsed = [tuple(int(x) for x in v.split(",")) for v in variants]
+    caps = capture_sim.captures(split)
+    enrolled, _ = capture_sim.split_records()
+    config = quality.CONFIGS["default"]
+    runs = {v: {"correct": [], "scores": [], "ms": []} for v in parsed}
+    with Embedder(config.model) as emb, Gallery(":memory:") as g:
+        enroll(g, emb, [(capture_sim.record_label(p), p) for p in enrolled], augment=config.augment)
+        rec = open_recognizer(emb, g, config.preset)
+        rec.recognize(caps[0].frame)
+        for i, c in enumerate(caps):
+            for k in range(len(parsed)):
+                v = parsed[(i + k) % len(parsed)]  # each variant first in turn
+                nodes, leaves, features = v
+                vocabulary.InvertedFile.nearest2.__defaults__ = (nodes, leaves)
+                rec.preset = replace(config.preset, query_features=features)
+                start = time.perf_counter()
+                result = rec.recognize(c.frame)
+                runs[v]["ms"].append(1000 * (time.perf_counter() - start))
+                runs[v]["correct"].append(result.best is not None and result.best.label == c.label)
+                runs[v]["scores"].append(result.score)
+        rec.close()
+    pos = np.array([c.label is not None for c in caps])
+    for (nodes, leaves, features), r in runs.items():
+        m = quality.capture_metrics({k: np.array(x) for k, x in r.items()} | {"pos": pos})
+        print(
+            f"nodes {nodes}, leaves {leaves}, features {features}: TPIR@FPIR1% {m['dir_at_fpir_1pc']:.3f}, "
+            f"recall@1 {m['recall_at_1']:.3f}, recognize median {m['ms_per_frame_median']:.1f} ms "
+            f"(p90 {m['ms_per_frame_p90']:.1f})",
+            flush=True,
+        )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=BEFORE, help=f"the git revision to compare with (default {BEFORE})")
     ap.add_argument("--split", choices=("tune", "test"), default="tune")
     ap.add_argument("--every", type=int, default=4, help="every n-th capture of the split")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--tradeoffs", nargs="+", metavar="NODES,LEAVES,FEATURES", help="variants to compare instead")
     args = ap.parse_args(argv)
+    if args.tradeoffs:
+        print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        tradeoffs(args.split, args.tradeoffs)
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        return 0
     old = load_before(args.before)
     caps = capture_sim.captures(args.split)[:: args.every]
     enrolled, _ = capture_sim.split_records()

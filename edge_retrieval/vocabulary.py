@@ -8,8 +8,10 @@ grouped by leaf, and a frame descriptor is compared only with those in its neare
 `LEAVES_PROBED` leaves: ≈ 3·10⁵ distances, a few milliseconds in NumPy.
 
 Descriptors are 32-byte ORB descriptors (256 bits). Two representations serve two kinds of
-comparison: ±1 float32 signs, so that centroid distances are one BLAS product
-(Hamming = (256 − a·b) / 2), and four uint64 words for the gallery pairs (`np.bitwise_count`).
+comparison: ±1 float32 signs, so that the distances to the 64 top-level nodes are one BLAS
+product (Hamming = (256 − a·b) / 2), and four uint64 words (`np.bitwise_count`) for a node's
+children and the gallery pairs, where each descriptor meets different rows. The frame's
+descriptors go CHUNK at a time, so that their ≈ 70k pairs stay in the core's cache.
 """
 
 from __future__ import annotations
