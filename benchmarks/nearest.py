@@ -10,7 +10,8 @@ The earlier revision's edge_retrieval/vocabulary.py is loaded beside this one (`
 both must give the same distances and positions for every ORB descriptor of every frame (2000
 per 640×480 frame, as the preset extracts them, against the 200 enrolled records' ~92k); then,
 interleaved frame by frame so that a shared CPU's load falls on both alike: `nearest2` of the
-frame's descriptors on one thread, and the whole `recognize` with each revision's inverted file.
+frame's descriptors on one thread, and the whole `recognize` with each revision's
+recognize/regional.py (how the threads share the search) and vocabulary.py.
 
 `--tradeoffs`: instead, variants that change the results — top-level nodes and leaves probed,
 ORB features of the frame — each with its TPIR at FPIR 1 %, recall@1 and `recognize` ms on
@@ -50,18 +51,14 @@ from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 BEFORE = "41301a3"
 
 
-def load_before(revision: str):
-    """edge_retrieval/vocabulary.py as it was at `revision`, as a module beside today's."""
+def load_before(revision: str, path: str, name: str):
+    """The module at `path` as it was at `revision`, loaded as `name` beside today's."""
     source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{revision}:edge_retrieval/vocabulary.py"],
-        check=True,
-        capture_output=True,
-        text=True,
+        ["git", "-C", str(REPO), "show", f"{revision}:{path}"], check=True, capture_output=True, text=True
     ).stdout
-    path = Path(tempfile.mkdtemp()) / "vocabulary_before.py"
-    path.write_text(source)
-    name = "edge_retrieval._vocabulary_before"  # in the package, so that its relative imports resolve
-    spec = importlib.util.spec_from_file_location(name, path)
+    file = Path(tempfile.mkdtemp()) / Path(path).name
+    file.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, file)  # in the package: its relative imports resolve
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -136,7 +133,9 @@ def main(argv=None) -> int:
         tradeoffs(args.split, args.tradeoffs)
         print(f"load average {os.getloadavg()[0]:.2f}")
         return 0
-    old = load_before(args.before)
+    old = load_before(args.before, "edge_retrieval/vocabulary.py", "edge_retrieval._vocabulary_before")
+    old_regional = load_before(args.before, "edge_retrieval/recognize/regional.py", "edge_retrieval.recognize._before")
+    old_regional.InvertedFile = old.InvertedFile  # the recognizer of before searches with the search of before
     caps = capture_sim.captures(args.split)[:: args.every]
     enrolled, _ = capture_sim.split_records()
     print(f"load average {os.getloadavg()[0]:.2f}; {len(caps)} {args.split} captures", flush=True)
@@ -166,18 +165,17 @@ def main(argv=None) -> int:
             *interleaved([q.descriptors for q in queries], before.nearest2, after.nearest2, args.rounds),
         )
 
-        def recognize_with(inverted):
-            def run(frame):
-                index.inverted = inverted
-                rec.recognize(frame)
-
-            return run
-
-        report(
-            "recognize (default)",
-            *interleaved([c.frame for c in caps], recognize_with(before), recognize_with(after), args.rounds),
+        then = old_regional.RegionalRecognizer(
+            emb, g, PRESETS["default"], rec.thresholds, vocabulary=old.Vocabulary.load(vocabulary.VOCABULARY)
         )
-        index.inverted = after
+        for c in caps[:20]:  # the same rankings
+            a, b = then.recognize(c.frame), rec.recognize(c.frame)
+            if [(x.label, x.score, x.votes) for x in a.candidates] != [
+                (x.label, x.score, x.votes) for x in b.candidates
+            ]:
+                raise SystemExit(f"{args.before} and this checkout rank a frame differently")
+        report("recognize (default)", *interleaved([c.frame for c in caps], then.recognize, rec.recognize, args.rounds))
+        then.close()
         rec.close()
     print(f"load average {os.getloadavg()[0]:.2f}")
     return 0
