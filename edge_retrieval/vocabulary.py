@@ -8,8 +8,10 @@ grouped by leaf, and a frame descriptor is compared only with those in its neare
 `LEAVES_PROBED` leaves: ≈ 3·10⁵ distances, a few milliseconds in NumPy.
 
 Descriptors are 32-byte ORB descriptors (256 bits). Two representations serve two kinds of
-comparison: ±1 float32 signs, so that centroid distances are one BLAS product
-(Hamming = (256 − a·b) / 2), and four uint64 words for the gallery pairs (`np.bitwise_count`).
+comparison: ±1 float32 signs, so that the distances to the 64 top-level nodes are one BLAS
+product (Hamming = (256 − a·b) / 2), and four uint64 words (`np.bitwise_count`) for a node's
+children and the gallery pairs, where each descriptor meets different rows. The frame's
+descriptors go CHUNK at a time, so that their ≈ 70k pairs stay in the core's cache.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ NODES_PROBED = 2  # top-level nodes searched for a frame descriptor's leaves
 LEAVES_PROBED = 8  # leaves (among those nodes' children) whose gallery descriptors are compared
 NO_MATCH = -1
 FAR = BITS + 1  # the distance reported when there is no (second) neighbour
+ALL_SET = np.uint64(2**64 - 1)
+CHUNK = 256  # frame descriptors searched at once: their pairs stay in the core's cache
 
 
 def signs(descriptors: np.ndarray) -> np.ndarray:
@@ -42,12 +46,19 @@ def _words(descriptors: np.ndarray) -> np.ndarray:
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise Hamming distance of two (n, 4) uint64 arrays → (n,) uint32."""
-    counts = np.bitwise_count(np.bitwise_xor(a, b))  # (n, 4) uint8, each ≤ 64
+    return _bits(np.bitwise_xor(a, b))
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    """Set bits of each row of an (n, 4) uint64 array → (n,) uint32."""
+    counts = np.bitwise_count(x)  # (n, 4) uint8, each ≤ 64
     # the four counts, read as one little-endian uint32, summed by one multiply into the top
-    # byte; 256 (every bit differs) wraps to 0, so it is mapped back
-    total = (counts.view(np.uint32).ravel() * np.uint32(0x01010101)) >> 24
+    # byte; 256 (every bit set) wraps to 0, so it is mapped back
+    total = counts.view(np.uint32).ravel()
+    total *= np.uint32(0x01010101)
+    total >>= np.uint32(24)
     zero = np.flatnonzero(total == 0)
-    total[zero[counts[zero, 0] == 64]] = BITS
+    total[zero[x[zero, 0] == ALL_SET]] = BITS
     return total
 
 
@@ -97,8 +108,8 @@ class Vocabulary:
         object.__setattr__(self, "_node_signs", np.ascontiguousarray(signs(self.nodes).T))
         object.__setattr__(
             self,
-            "_leaf_signs",  # (k1, 256, k2): each node's children, ready for a product
-            np.ascontiguousarray(signs(self.leaves).reshape(k1, -1, BITS).transpose(0, 2, 1)),
+            "_leaf_words",  # (k1, 4, k2): each node's children, word by word
+            np.ascontiguousarray(_words(self.leaves).reshape(k1, -1, 4).transpose(0, 2, 1)),
         )
 
     @property
@@ -134,22 +145,17 @@ class Vocabulary:
     def assign(self, descriptors: np.ndarray, nodes: int = 1, leaves: int = 1) -> np.ndarray:
         """(n, 32) descriptors → (n, leaves) ids of their nearest leaves among the children of
         their `nodes` nearest top-level nodes (the nearest first when leaves == 1)."""
+        if len(descriptors) > CHUNK:  # bounded temporaries (the children's words are 2 kB a node)
+            parts = range(0, len(descriptors), CHUNK)
+            return np.concatenate([self.assign(descriptors[i : i + CHUNK], nodes, leaves) for i in parts])
         n, k2 = len(descriptors), self.branching
-        s = signs(descriptors)
-        near = s @ self._node_signs
+        near = signs(descriptors) @ self._node_signs
         top = np.argmax(near, 1)[:, None] if nodes == 1 else np.argpartition(-near, nodes - 1, axis=1)[:, :nodes]
-        # score each (descriptor, chosen node) pair against that node's children, grouped by
-        # node so that each group is one contiguous matrix product
-        node = top.ravel()
-        order = np.argsort(node, kind="stable")
-        grouped = s[order // nodes]
-        bounds = np.searchsorted(node[order], np.arange(len(self.nodes) + 1))
-        scores = np.empty((len(node), k2), np.float32)
-        for i in np.flatnonzero(np.diff(bounds)):
-            np.matmul(grouped[bounds[i] : bounds[i + 1]], self._leaf_signs[i], out=scores[bounds[i] : bounds[i + 1]])
-        unsorted = np.empty_like(scores)
-        unsorted[order] = scores
-        scores = unsorted.reshape(n, nodes * k2)
+        # the Hamming distance to each chosen node's children: XOR and bit count, word by word
+        x = self._leaf_words[top]  # (n, nodes, 4, k2)
+        x ^= _words(descriptors)[:, None, :, None]
+        distance = np.bitwise_count(x).sum(2, dtype=np.int16).reshape(n, nodes * k2)
+        scores = (BITS - 2 * distance).astype(np.float32)  # as a product of signs would score them
         ids = (top[:, :, None] * k2 + np.arange(k2)).reshape(n, nodes * k2)
         pick = (
             np.argmax(scores, 1)[:, None] if leaves == 1 else np.argpartition(-scores, leaves - 1, axis=1)[:, :leaves]
@@ -172,6 +178,10 @@ class InvertedFile:
         self._position = np.argsort(leaf, kind="stable")
         self._words = _words(descriptors[self._position])
         self._starts = np.searchsorted(leaf[self._position], np.arange(len(vocabulary.leaves) + 1))
+        # a (distance, sorted position) pair as one integer key, the position in the low bits;
+        # uint32 keys (half the memory traffic of int64) while 9 bits of distance leave room
+        self._shift = len(self._position).bit_length()
+        self._key = np.uint32 if self._shift + 9 <= 32 else np.uint64
 
     def __len__(self) -> int:
         return len(self._position)
@@ -180,29 +190,46 @@ class InvertedFile:
         self, descriptors: np.ndarray, nodes: int = NODES_PROBED, leaves: int = LEAVES_PROBED
     ) -> tuple[np.ndarray, np.ndarray]:
         """The two nearest gallery descriptors of each frame descriptor among those in its
-        probed leaves: (distances (n, 2), positions (n, 2)); FAR and NO_MATCH where fewer."""
+        probed leaves: (distances (n, 2), positions (n, 2)); FAR and NO_MATCH where fewer.
+        Of equally near ones, the one first in leaf order, then in the order given."""
         n = len(descriptors)
         distance = np.full((n, 2), FAR, np.int64)
         position = np.full((n, 2), NO_MATCH, np.int64)
         if not n or not len(self):
             return distance, position
-        probed = self.vocabulary.assign(descriptors, nodes, leaves)
+        words = _words(descriptors)
+        for lo in range(0, n, CHUNK):
+            part = slice(lo, lo + CHUNK)
+            probed = self.vocabulary.assign(descriptors[part], nodes, leaves)
+            self._nearest2(words[part], probed, distance[part], position[part])
+        return distance, position
+
+    def _nearest2(self, words: np.ndarray, probed: np.ndarray, distance: np.ndarray, position: np.ndarray) -> None:
+        """`nearest2` of a chunk, written into its rows of `distance` and `position`."""
+        key_type, shift = self._key, self._shift
         start = self._starts[probed]
         counts = self._starts[probed + 1] - start
         per_leaf, per_query = counts.ravel(), counts.sum(1)
         total = int(per_leaf.sum())
         if not total:
-            return distance, position
-        ref = np.repeat(start.ravel() - (np.cumsum(per_leaf) - per_leaf), per_leaf) + np.arange(total)
-        d = hamming(self._words.take(ref, axis=0), np.repeat(_words(descriptors), per_query, axis=0)).astype(np.int64)
-        # the smallest and second smallest (distance, ref) per query, as one int64 key each
-        key = (d << 32) | ref
+            return
+        # every (frame descriptor, gallery descriptor in a probed leaf) pair, grouped by frame descriptor
+        ref = np.repeat((start.ravel() - (np.cumsum(per_leaf) - per_leaf)).astype(key_type), per_leaf)
+        ref += np.arange(total, dtype=key_type)
+        x = self._words.take(ref, axis=0)
+        x ^= np.repeat(words, per_query, axis=0)
+        key = _bits(x).astype(key_type, copy=False)
+        key <<= key_type(shift)
+        key |= ref
+        # the smallest and second smallest key of each frame descriptor
         has = np.flatnonzero(per_query)
         bounds = (np.cumsum(per_query) - per_query)[has]
         first = np.minimum.reduceat(key, bounds)
-        key[key == np.repeat(first, per_query[has])] = np.iinfo(np.int64).max
+        none = np.iinfo(key_type).max
+        key[key == np.repeat(first, per_query[has])] = none
         second = np.minimum.reduceat(key, bounds)
-        distance[has, 0], position[has, 0] = first >> 32, self._position[first & 0xFFFFFFFF]
-        ok = second != np.iinfo(np.int64).max
-        distance[has[ok], 1], position[has[ok], 1] = second[ok] >> 32, self._position[second[ok] & 0xFFFFFFFF]
-        return distance, position
+        low = key_type((1 << shift) - 1)
+        distance[has, 0], position[has, 0] = first >> shift, self._position[first & low]
+        ok = np.flatnonzero(second != none)
+        second = second[ok]
+        distance[has[ok], 1], position[has[ok], 1] = second >> shift, self._position[second & low]

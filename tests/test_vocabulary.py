@@ -58,6 +58,73 @@ def test_probing_every_leaf_is_exact(descriptors, small_vocabulary):
     assert np.array_equal(mine, distance)
 
 
+def reference_assign(vocab: Vocabulary, queries: np.ndarray, nodes: int, leaves: int) -> np.ndarray:
+    """Vocabulary.assign spelled out: Hamming distances to every node and leaf by brute force, the
+    chosen nodes' children scored 256 − 2·distance (a product of ±1 signs) in the order the nodes
+    were chosen, the same selection of the best among them (ties: as NumPy's argpartition picks)."""
+    k2 = vocab.branching
+    to_nodes = (vocabulary.BITS - 2 * brute_force_all(queries, vocab.nodes)).astype(np.float32)
+    top = np.argmax(to_nodes, 1)[:, None] if nodes == 1 else np.argpartition(-to_nodes, nodes - 1, axis=1)[:, :nodes]
+    ids = (top[:, :, None] * k2 + np.arange(k2)).reshape(len(queries), -1)
+    to_leaves = brute_force_all(queries, vocab.leaves)
+    scores = (vocabulary.BITS - 2 * np.take_along_axis(to_leaves, ids, 1)).astype(np.float32)
+    pick = np.argmax(scores, 1)[:, None] if leaves == 1 else np.argpartition(-scores, leaves - 1, axis=1)[:, :leaves]
+    return np.take_along_axis(ids, pick, 1)
+
+
+def brute_force_all(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Every query's Hamming distance to every gallery descriptor: |a| + |b| − 2·a·b on the bits."""
+    a, b = np.unpackbits(queries, axis=1).astype(np.float32), np.unpackbits(gallery, axis=1).astype(np.float32)
+    return (a.sum(1)[:, None] + b.sum(1)[None] - 2 * a @ b.T).astype(np.int64)
+
+
+def reference_nearest2(vocab, gallery, queries, nodes, leaves):
+    """InvertedFile.nearest2 spelled out, one frame descriptor at a time: every gallery descriptor
+    in its probed leaves, sorted by (distance, leaf, position); the first two."""
+    leaf_of = vocab.assign(gallery)[:, 0]
+    probed = vocab.assign(queries, nodes, leaves)
+    distance = np.full((len(queries), 2), FAR)
+    position = np.full((len(queries), 2), NO_MATCH)
+    for i, (q, mine) in enumerate(zip(queries, probed)):
+        near = np.flatnonzero(np.isin(leaf_of, mine))
+        d = brute_force_all(q[None], gallery[near])[0] if len(near) else np.empty(0, int)
+        best = near[np.lexsort((near, leaf_of[near], d))][:2]
+        distance[i, : len(best)] = np.sort(d)[:2]
+        position[i, : len(best)] = best
+    return distance, position
+
+
+@pytest.mark.parametrize("nodes, leaves", [(1, 1), (2, 8), (3, 5)])
+def test_assign_equals_its_reference(descriptors, nodes, leaves):
+    vocab = Vocabulary.load()
+    queries = np.concatenate([descriptors[::3], flipped(descriptors[1::3], FLIPPED_BITS)])
+    assert np.array_equal(vocab.assign(queries, nodes, leaves), reference_assign(vocab, queries, nodes, leaves))
+
+
+@pytest.mark.parametrize("nodes, leaves", [(2, 8), (1, 3)])
+def test_nearest2_equals_its_reference(descriptors, nodes, leaves):
+    """Real ORB descriptors of the bundled photos; duplicates in the gallery and copies of gallery
+    descriptors among the queries, so that equal distances (ties) are many."""
+    vocab = Vocabulary.load()
+    gallery = np.concatenate([descriptors[::2], descriptors[:400:2]])
+    queries = np.concatenate([descriptors[:600:2], flipped(descriptors[1::6], FLIPPED_BITS)])
+    got = InvertedFile(vocab, gallery).nearest2(queries, nodes, leaves)
+    want = reference_nearest2(vocab, gallery, queries, nodes, leaves)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert (got[0][:200] == 0).all()  # the first 200 queries are in the gallery twice: ties at 0
+
+
+def test_wide_keys_give_the_same(descriptors):
+    """Galleries of 2²³ descriptors and more pair distance and position in uint64 keys."""
+    vocab = Vocabulary.load()
+    index = InvertedFile(vocab, descriptors)
+    queries = flipped(descriptors[::5], FLIPPED_BITS)
+    narrow = index.nearest2(queries)
+    index._key, index._shift = np.uint64, 32
+    wide = index.nearest2(queries)
+    assert np.array_equal(narrow[0], wide[0]) and np.array_equal(narrow[1], wide[1])
+
+
 def test_the_shipped_vocabulary_finds_near_copies(descriptors):
     vocab = Vocabulary.load()
     assert vocab.nodes.shape == (64, 32) and vocab.leaves.shape == (64 * 64, 32)
