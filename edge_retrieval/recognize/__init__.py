@@ -53,7 +53,7 @@ class Preset:
 # whole: the built-in demo clip's whole-frame scores (benchmarks/thresholds.py): items >= 0.486,
 # everything else <= 0.222 (threshold 0.35), margins >= 0.326 against <= 0.130 (margin 0.2)
 PRESETS = {
-    "default": Preset("default", threshold=0.620, verify=True, voted=3, sift=True),
+    "default": Preset("default", threshold=0.632, verify=True, voted=3, sift=True),
     "quick": Preset("quick", threshold=0.620, verify=True, voted=3, query_features=1000),
     "fast": Preset("fast", threshold=0.60),
     "whole": Preset("whole", threshold=0.35, margin=0.2, regional=False),

@@ -17,7 +17,7 @@ faster); `fast` without ORB at all (the CNN regions alone, ≈ 3× faster).
 from __future__ import annotations
 
 import math
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Sequence
 
@@ -168,15 +168,17 @@ class RegionalRecognizer:
         regions: Regions,
         candidates: list[Candidate],
         query: verify_mod.LocalFeatures | None = None,
+        sift: Future | None = None,
     ) -> list[Candidate]:
         """The shortlist plus the most voted items, each with its votes and its best image's
         verification (the outline and inliers scaled to the frame). `query`: the frame's ORB
-        features, if already extracted."""
+        features, if already extracted; `sift`: the frame's SIFT features being extracted by the
+        worker thread (the search then runs in this thread alone, beside it)."""
         preset = self.preset
         index = self.local_index()
         if query is None:
             query = verify_mod.extract(frame, preset.query_features, fast_threshold=verify_mod.QUERY_FAST_THRESHOLD)
-        points, positions = index.matches(query, helper=self._worker)
+        points, positions = index.matches(query, helper=self._worker if sift is None else None)
         image = index.image[positions]
         item = index.item_of_image[image]
         ids, counts = np.unique(item, return_counts=True)
@@ -204,17 +206,24 @@ class RegionalRecognizer:
                 )
             )
         if preset.sift:
-            out = self.sift_verified(frame, out, index)
+            out = self.sift_verified(frame, out, index, sift.result() if sift is not None else None)
         return out
 
-    def sift_verified(self, frame: np.ndarray, candidates: list[Candidate], index: LocalIndex) -> list[Candidate]:
+    def sift_verified(
+        self,
+        frame: np.ndarray,
+        candidates: list[Candidate],
+        index: LocalIndex,
+        query: verify_mod.LocalFeatures | None = None,
+    ) -> list[Candidate]:
         """The second verifier: the candidates ORB left without inliers, verified by SIFT on the
-        frame at 240 px against their photos' SIFT features; the frame's SIFT is extracted only
-        when there is such a candidate."""
+        frame at 240 px against their photos' SIFT features. `query`: the frame's SIFT features,
+        if already extracted."""
         todo = [n for n, c in enumerate(candidates) if not c.inliers and c.item_id in index.sift]
         if not todo:
             return candidates
-        query = verify_mod.extract_sift(frame)
+        if query is None:
+            query = verify_mod.extract_sift(frame)
         sx, sy = frame.shape[1] / query.size[0], frame.shape[0] / query.size[1]
         out = list(candidates)
         for n in todo:
@@ -243,17 +252,22 @@ class RegionalRecognizer:
         with self.stage("identify"):
             if not self.gallery.matrix().size:  # nothing enrolled (no count(*) of every item per frame)
                 return Ranking(preset.name)
+            sift = None
             if preset.verify:  # ORB features extracted beside the CNN; then both threads search them
                 extracted = self._worker.submit(
                     verify_mod.extract, frame, preset.query_features, fast_threshold=verify_mod.QUERY_FAST_THRESHOLD
                 )
+                # or, when the second verifier may be asked (nearly every frame has a candidate ORB
+                # leaves without inliers), the worker goes on to the frame's SIFT while this thread searches
+                if preset.sift and self.local_index().sift:
+                    sift = self._worker.submit(verify_mod.extract_sift, frame)
             try:
                 regions = self.embedder.regions(frame, preset.levels, boxes)
                 candidates = self.shortlist(regions, preset.shortlist)
             finally:
                 query = extracted.result() if preset.verify else None
             if preset.verify:
-                candidates = self.verified(frame, regions, candidates, query)
+                candidates = self.verified(frame, regions, candidates, query, sift)
             vetoed = self.negatives.vetoed(regions.vectors, candidates)
             candidates = [replace(c, vetoed=True) if c.item_id in vetoed else c for c in candidates]
             candidates.sort(key=lambda c: -rank_key(c))
