@@ -4,6 +4,7 @@ Real SQLite, the repo's real photos, the real model."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 from contextlib import closing
@@ -14,13 +15,15 @@ import pytest
 from test_verify import SMALL_QUAD
 
 from edge_retrieval import verify
-from edge_retrieval.config import load_config
+from edge_retrieval.config import Config, GalleryConfig, SourceConfig, load_config
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.doctor import diagnose
 from edge_retrieval.enroll import enroll, refresh_features
 from edge_retrieval.errors import GalleryError
 from edge_retrieval.preprocess import read_image
 from edge_retrieval.recognize import open_recognizer
+from edge_retrieval.service.daemon import Daemon
+from edge_retrieval.service.systemd import Notifier
 from edge_retrieval.storage.gallery import Gallery
 
 NAMES = ["cat", "coffee", "coins", "rocket"]
@@ -174,7 +177,7 @@ def test_doctor_warns_until_the_refresh(enrolled):
 
 def test_after_the_refresh_the_second_verifier_names_what_orb_cannot(embedder, tmp_path, photos):
     """The small blurred coins of test_verify: an upgraded gallery without SIFT rows leaves them
-    unknown; after the refresh they are named."""
+    unknown; after the refresh the same recognizer (as the running service's) names them."""
     folder = tmp_path / "photos"
     shutil.copytree(photos, folder)
     path = tmp_path / "g.db"
@@ -188,8 +191,21 @@ def test_after_the_refresh_the_second_verifier_names_what_orb_cannot(embedder, t
     mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (640, 480)) > 0
     frame[mask] = cv2.warpPerspective(item, H, (640, 480))[mask]
     frame = cv2.GaussianBlur(frame, (0, 0), 3)
-    with Gallery(path, create=False) as g:
-        assert open_recognizer(embedder, g).recognize(frame).label is None
+    with Gallery(path, create=False) as g, Gallery(path, create=False) as running:
+        recognizer = open_recognizer(embedder, running)  # a running service's: no restart
+        assert recognizer.recognize(frame).label is None
         assert refresh_features(g).added == len(ITEMS)
-        result = open_recognizer(embedder, g).recognize(frame)
+        result = recognizer.recognize(frame)
         assert result.label == "coins" and result.best.inliers >= verify.SIFT_MIN_INLIERS
+
+
+def test_the_service_says_so_at_start(enrolled, embedder, caplog):
+    path, folder = enrolled
+    drop_sift(path, f"source = '{folder / 'coins.jpg'}'")
+    config = Config(source=SourceConfig(uri=str(folder / "cat.jpg")), gallery=GalleryConfig(path=str(path)))
+    with caplog.at_level(logging.WARNING, logger="edge_retrieval.service.daemon"):
+        Daemon(config, embedder=embedder, notifier=Notifier(None)).run()
+    assert (
+        f"{path}: 1 photo(s) have no SIFT features for the second verifier; add them with "
+        f"`edge-retrieval refresh-features -g {path}` (no restart needed)"
+    ) in caplog.messages
