@@ -15,6 +15,7 @@ import base64
 import logging
 import os
 import platform
+import shlex
 import shutil
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import democlip
+from . import democlip, verify
 from .camera import SourceEnded, inspect_image, open_source
 from .errors import EdgeRetrievalError, one_line
 from .modelcard import sha256_file
@@ -182,12 +183,21 @@ def check_gallery(report: Report, config, embedder):
         if embedder is not None:
             gallery.check_model(embedder.sha256, embedder.card.name)
         items, embeddings = gallery.count()
+        lacking = {item for item, _, _ in gallery.lacking_features(verify.SIFT_KIND, verify.KIND)}
     except EdgeRetrievalError as e:
         report.add("gallery", "fail", one_line(e))
         gallery.close()
         return None
     if not items:
         report.add("gallery", "warn", f"{path}: integrity ok, empty (enrol items: edge-retrieval enroll)")
+    elif lacking:  # enrolled before the second verifier: it skips them until they have SIFT features
+        report.add(
+            "gallery",
+            "warn",
+            f"{path}: integrity ok, {items} item(s), but {len(lacking)} item(s) have photos with ORB features "
+            f"and no SIFT features (the second verifier skips them): "
+            f"edge-retrieval refresh-features -g {shlex.quote(str(path))}",
+        )
     else:
         report.add(
             "gallery",

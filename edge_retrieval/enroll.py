@@ -110,6 +110,46 @@ def enroll(
     return report
 
 
+@dataclass
+class FeatureRefresh:
+    added: int = 0  # photos given the features they lacked
+    missing: list[str] = field(default_factory=list)  # "source: why" of the photos that could not be read
+
+
+def refresh_features(gallery: Gallery, progress: Callable[[Iterable], Iterable] = lambda it: it) -> FeatureRefresh:
+    """Add the SIFT features (the second verifier's) of every enrolled photo that has ORB features
+    but no SIFT features — a gallery enrolled before the second verifier — read again from the
+    photo's file. Photos whose file is gone, unreadable or no longer the photo enrolled (another
+    size) are reported in `missing`; the rest are added in one transaction. Run again, it adds nothing."""
+    report = FeatureRefresh()
+    found = []
+    for item_id, source, size in progress(gallery.lacking_features(verify.SIFT_KIND, verify.KIND)):
+        if not source:
+            report.missing.append(f"a photo of item {item_id}: enrolled without its file name")
+            continue
+        try:
+            image = read_image(source)
+        except BadImageError as e:
+            report.missing.append(str(e))
+            continue
+        height, width = image.shape[:2]
+        scale = min(1.0, verify.GALLERY_SIDE / max(width, height))  # the ORB features' image
+        if abs(round(width * scale) - size[0]) > 1 or abs(round(height * scale) - size[1]) > 1:
+            report.missing.append(f"{source}: {width}×{height}, not the photo enrolled (changed since; enrol it again)")
+            continue
+        found.append((item_id, source, verify.extract_sift(image, max_side=verify.SIFT_GALLERY_SIDE)))
+    if not found:
+        return report
+    with gallery.transaction():
+        # a photo removed or refreshed by another process meanwhile is left as it is now
+        still = {(item_id, source) for item_id, source, _ in gallery.lacking_features(verify.SIFT_KIND, verify.KIND)}
+        for item_id, source, f in found:
+            if (item_id, source) in still:
+                gallery.add_features(item_id, verify.SIFT_KIND, f.size, f.keypoints, f.descriptors, source)
+                report.added += 1
+    return report
+
+
 NEAR_DUPLICATE_BLOCK = 1024  # photos compared at once: memory stays O(block × n)
 
 

@@ -1,5 +1,7 @@
 import json
 import shutil
+import sqlite3
+from contextlib import closing
 
 import pytest
 from click.testing import CliRunner
@@ -126,3 +128,38 @@ def test_events_list_and_retry_name_the_gallery_and_what_to_retry(tmp_path):
     usage = run("events", "retry", "-g", db, ok=False)
     assert usage.exit_code == 2 and "EVENT_ID... or --all" in usage.stderr
     assert run("events", "retry", "5", "-g", db).stderr == "event 5: nothing parked\n"
+
+
+def test_refresh_features_upgrades_a_gallery_enrolled_before_sift_and_info_shows_it(tmp_path, folder, embedder):
+    db = tmp_path / "g.db"
+    run("enroll", folder, "-g", db)
+    with closing(sqlite3.connect(db)) as con, con:  # as the enrolment before the second verifier left it
+        con.execute("DELETE FROM features WHERE kind = 'sift'")
+    info = json.loads(run("info", "--json", "-g", db).output)
+    assert info["gallery"]["features"] == {"orb": 4, "without_sift": 4}
+    out = run("info", "-g", db).output
+    assert (
+        f"4 photo(s) with ORB features, 0 with SIFT; 4 without SIFT: add them with edge-retrieval refresh-features -g {db}"
+        in out
+    )
+    (folder / ITEMS[0] / "b.jpg").unlink()
+    result = run("refresh-features", "-g", db)
+    assert result.stderr == f"missing {folder / ITEMS[0] / 'b.jpg'}: no such file\n"
+    assert result.output.endswith(
+        f"added SIFT features to 3 photo(s) in {db}, 1 photo(s) missing (listed above); "
+        f"3 of 4 enrolled photo(s) have them\n"
+    )
+    again = json.loads(run("refresh-features", "--json", "-g", db).stdout)
+    assert again == {
+        "gallery": str(db),
+        "added": 0,
+        "missing": [f"{folder / ITEMS[0] / 'b.jpg'}: no such file"],
+        "photos": {"orb": 4, "sift": 3},
+    }
+    assert json.loads(run("info", "--json", "-g", db).output)["gallery"]["features"] == {
+        "orb": 4,
+        "sift": 3,
+        "without_sift": 1,
+    }
+    result = run("refresh-features", "-g", tmp_path / "absent.db", ok=False)
+    assert result.exit_code == 1 and result.stderr == f"Error: {tmp_path / 'absent.db'}: no such gallery\n"

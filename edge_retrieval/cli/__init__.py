@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 import sys
 import tempfile
@@ -106,12 +107,12 @@ def cli():
     """On-device image retrieval: enrol photos in a gallery, then look images up."""
 
 
-def progress(items):
+def progress(items, label: str = "embedding"):
     """A progress bar on a terminal for long loops; plain iteration otherwise."""
     if not sys.stderr.isatty() or len(items) < 20:
         yield from items
         return
-    with click.progressbar(items, label="embedding", file=sys.stderr, show_pos=True, show_eta=True) as bar:
+    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True, show_eta=True) as bar:
         yield from bar
 
 
@@ -403,8 +404,12 @@ def info(as_json, gallery_path, model_path):
         }
     }
     if Path(gallery_path).is_file():
+        from .. import verify
+
         with Gallery(gallery_path, create=False) as gallery:
             out["gallery"] = gallery.info()
+            # photos enrolled before the second verifier: `refresh-features` adds their SIFT features
+            out["gallery"]["features"]["without_sift"] = len(gallery.lacking_features(verify.SIFT_KIND, verify.KIND))
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
@@ -419,6 +424,15 @@ def info(as_json, gallery_path, model_path):
         )
         if g["model_sha256"]:
             click.echo(f"         belongs to model {g['model_name']} (sha256 {g['model_sha256'][:12]}…)")
+        f = g["features"]
+        if f.get("orb") or f.get("sift"):  # (a people gallery has none)
+            lacking = (
+                f"; {f['without_sift']} without SIFT: add them with "
+                f"edge-retrieval refresh-features -g {shlex.quote(gallery_path)}"
+                if f["without_sift"]
+                else ""
+            )
+            click.echo(f"         {f.get('orb', 0)} photo(s) with ORB features, {f.get('sift', 0)} with SIFT{lacking}")
     else:
         click.echo(f"gallery  {gallery_path} does not exist yet")
 
@@ -477,5 +491,5 @@ def demo(seed, preset, model_path, threads):
         click.echo(f"{hits}/{len(lookups)} right (preset {preset}, as `search`, the service and the kiosk answer)")
 
 
-# registers run, check-config, kiosk; events list/search/export/retry; doctor; fleet
-from . import doctor, events, fleet, service  # noqa: E402, F401
+# registers run, check-config, kiosk; events list/search/export/retry; doctor; fleet; refresh-features
+from . import doctor, events, features, fleet, service  # noqa: E402, F401

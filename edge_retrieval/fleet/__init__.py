@@ -64,9 +64,9 @@ class FleetConfig:
     keepalive_s: int = setting(30, "Seconds between keep-alive pings (the Last Will after 1.5x this).", min=5)
     timeout_s: float = setting(10.0, "Seconds to wait for the broker (connection, acknowledgements).", min=0.1)
     max_payload_mb: float = setting(
-        64.0,
-        "Largest watchlist accepted, in megabytes (a 1,000-item gallery with local features is about 20); "
-        "a bigger one is refused before it is downloaded.",
+        256.0,
+        "Largest watchlist accepted, in megabytes (a 1,000-item gallery with local features, ORB and SIFT, "
+        "is about 90); a bigger one is refused before it is downloaded.",
         min=0.01,
         max=4096,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import tempfile
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import verify
 from ..camera import DROPPED, NOTED, FrameSource, SourceEnded, SourceError, inspect_image
 from ..config import Config
 from ..decide import Decider, Decision
@@ -174,6 +176,14 @@ class Daemon:
             if not w.gallery.count()[0]:
                 enrol = "edge-retrieval enroll" + (" --faces" if w.kind == PEOPLE else "")
                 log.warning("%s: the gallery is empty; enrol with `%s` (no restart needed)", w.gallery.path, enrol)
+            elif w.kind == ITEMS and (lacking := w.gallery.lacking_features(verify.SIFT_KIND, verify.KIND)):
+                log.warning(  # enrolled before the second verifier, which skips these photos' items
+                    "%s: %d photo(s) have no SIFT features for the second verifier; add them with "
+                    "`edge-retrieval refresh-features -g %s` (no restart needed)",
+                    w.gallery.path,
+                    len(lacking),
+                    shlex.quote(str(w.gallery.path)),
+                )
         first = watches[0]
         self._gallery, self.recognizer = first.gallery, first.recognizer
         if self._source is None:

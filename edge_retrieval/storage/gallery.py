@@ -312,6 +312,7 @@ class Gallery:
             "embeddings": embeddings,
             "file_bytes": sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.isfile(p)),
             "matrix_bytes": embeddings * (dim + 4),
+            "features": self.feature_photos(),  # enrolled photos with local features, by kind
         }
 
     # -- search ----------------------------------------------------------------
@@ -450,6 +451,23 @@ class Gallery:
         """Every enrolled image's local features: [(row id, item_id, (kind, (width, height),
         keypoints, descriptors))], in enrolment order (a row id is never reused)."""
         return self._features("", [])
+
+    @guarded
+    def feature_photos(self) -> dict[str, int]:
+        """How many enrolled photos have local features of each kind: {"orb": 12, "sift": 12}."""
+        return dict(self.db.execute("SELECT kind, count(*) FROM features GROUP BY kind ORDER BY kind").fetchall())
+
+    @guarded
+    def lacking_features(self, kind: str, having: str) -> list[tuple[int, str, tuple[int, int]]]:
+        """(item id, source, size) of the enrolled photos with `having` features (of that size)
+        but none of `kind`, in enrolment order: what a gallery enrolled before `kind` lacks."""
+        rows = self.db.execute(
+            "SELECT item_id, source, width, height FROM features h WHERE kind = ? AND NOT EXISTS "
+            "(SELECT 1 FROM features k WHERE k.kind = ? AND k.item_id = h.item_id AND k.source = h.source) "
+            "GROUP BY item_id, source ORDER BY min(id)",
+            [having, kind],
+        )
+        return [(item_id, source, (w, h)) for item_id, source, w, h in rows]
 
     @guarded
     def _features(self, where: str, params: list) -> list:
