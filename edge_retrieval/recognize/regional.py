@@ -225,14 +225,27 @@ class RegionalRecognizer:
         if query is None:
             query = verify_mod.extract_sift(frame)
         sx, sy = frame.shape[1] / query.size[0], frame.shape[0] / query.size[1]
+
+        def best_fits(items: list[int]) -> list[verify_mod.Verification]:
+            out = []
+            for item_id in items:
+                best = verify_mod.NOTHING
+                for photo in index.sift[item_id]:
+                    found, theirs = verify_mod.match_sift(query, photo)
+                    v = verify_mod.fit(query, photo, found, theirs, min_inliers=verify_mod.SIFT_MIN_INLIERS)
+                    if v.inliers > best.inliers:
+                        best = v
+                out.append(best)
+            return out
+
+        # half of the candidates in the worker thread (idle now: the frame's SIFT is extracted)
+        items = [candidates[n].item_id for n in todo]
+        other = self._worker.submit(best_fits, items[1::2])
+        mine = best_fits(items[0::2])
+        fits = [None] * len(todo)
+        fits[0::2], fits[1::2] = mine, other.result()
         out = list(candidates)
-        for n in todo:
-            best = verify_mod.NOTHING
-            for photo in index.sift[out[n].item_id]:
-                found, theirs = verify_mod.match_sift(query, photo)
-                v = verify_mod.fit(query, photo, found, theirs, min_inliers=verify_mod.SIFT_MIN_INLIERS)
-                if v.inliers > best.inliers:
-                    best = v
+        for n, best in zip(todo, fits):
             if best.inliers:
                 c = out[n]
                 out[n] = replace(
