@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -45,7 +46,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402  (after edge_retrieval: it sets BLAS's threads first)
+# as edge_retrieval sets it, before numpy is imported (spinning BLAS threads beside the model's)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 from edge_retrieval import democlip  # noqa: E402
 from edge_retrieval.camera import FileSource, SourceEnded  # noqa: E402

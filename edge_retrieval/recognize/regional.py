@@ -288,4 +288,4 @@ class RegionalRecognizer:
             return Ranking(preset.name, candidates, match, threshold, margin, regions)
 
     def close(self) -> None:
-        self._worker.shutdown(wait=False)
+        self._worker.shutdown(wait=True)  # no OpenCV call left running into the interpreter's exit
