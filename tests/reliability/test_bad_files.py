@@ -923,7 +923,7 @@ def test_export_carries_a_manifest_and_leaks_no_event_history(tmp_path, gallery)
     assert {t: e["rows"] for t, e in contents_["tables"].items()} == {
         "items": 3,
         "embeddings": 3,
-        "features": 3,
+        "features": 6,  # each photo's ORB and SIFT
         "negatives": 1,
         "thresholds": 1,
     }
