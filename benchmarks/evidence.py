@@ -2,7 +2,6 @@
 benchmarks/projection.py (the ranking replayed with each variant's votes and inliers).
 
     python benchmarks/evidence.py --split tune --fast 20 --local-views  # extra gallery ORB views, FAST thresholds
-    python benchmarks/evidence.py --split tune --fast 20 --detectors    # SIFT on the unverified candidates
     python benchmarks/evidence.py --split tune --fast-cost              # what the frame's FAST threshold costs
 
 `--fast 20` replays against the recognizer of before (OpenCV's default threshold), the baseline
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import projection  # noqa: E402
-from projection import VIEWS, capture_sim, l2, replay  # noqa: E402
+from projection import VIEWS, capture_sim, replay  # noqa: E402
 
 from edge_retrieval import verify  # noqa: E402
 from edge_retrieval.embedder import Embedder  # noqa: E402
@@ -153,76 +152,6 @@ def features_of(det, image: np.ndarray, side: int) -> verify.LocalFeatures:
     )
 
 
-def other_detectors(c) -> None:
-    """SIFT on the frame (OpenCV 5 has no AKAZE outside contrib), matched against the enrolled photo of each shortlisted
-    candidate (5 by cosine + 3 most voted) that ORB left without inliers, verified by the same
-    MAGSAC fit; + weight·ln(1 + its inliers) in the score, replayed."""
-    caps = capture_sim.captures(str(c["split"]))
-    base = replay(c)
-    truth, pos = c["truth"], c["truth"] != ""
-    id_of = dict(zip(c["item_labels"].tolist(), c["item_ids"].tolist()))
-    missed = [n for n in np.flatnonzero(pos) if not base["found"][n]]
-    photos = {i: read_image(Path(p)) for i, p in zip(c["item_ids"].tolist(), c["item_paths"].tolist())}
-    order = np.argsort(c["gallery_keys"], kind="stable")
-    items, starts = np.unique(c["gallery_keys"][order], return_index=True)
-    gallery = l2(c["gallery"][order])
-    votes = [dict() for _ in caps]
-    for n, it, v in c["votes"]:
-        votes[n][int(it)] = int(v)
-    for kind, side in (("sift", 320), ("sift", 640)):
-        det, matcher = cv2.SIFT_create(1000), cv2.BFMatcher(cv2.NORM_L2)
-        enrolled = {i: features_of(det, p, 512) for i, p in photos.items()}
-        evidence, frame_ms, cand_ms = [], [], []
-        for n, cap in enumerate(caps):
-            regions = l2(c["vectors"][c["offsets"][n] : c["offsets"][n + 1]])
-            cosine = np.maximum.reduceat(regions @ gallery.T, starts, axis=1).max(0)
-            listed = [int(items[j]) for j in np.argsort(-cosine)[:5]]
-            listed += [i for i in sorted(votes[n], key=lambda i: (-votes[n][i], i))[:3] if i not in listed]
-            todo = [i for i in listed if not base["fits"][n].get(i, 0)]
-            start = time.perf_counter()
-            query = features_of(det, cap.frame, side)
-            frame_ms.append(1000 * (time.perf_counter() - start))
-            found = {}
-            for it in todo:
-                start = time.perf_counter()
-                cand = enrolled[it]
-                inl = 0
-                if len(query) >= verify.MIN_MATCHES and len(cand) >= 2:
-                    pairs = matcher.knnMatch(query.descriptors, cand.descriptors, k=2)
-                    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < verify.RATIO * m[1].distance]
-                    inl = verify.fit(
-                        query,
-                        cand,
-                        np.array([m.queryIdx for m in good], np.int64),
-                        np.array([m.trainIdx for m in good], np.int64),
-                    ).inliers
-                cand_ms.append(1000 * (time.perf_counter() - start))
-                found[it] = (inl,)
-            evidence.append(found)
-        right = sum(evidence[n].get(id_of[truth[n]], (0,))[0] > 0 for n in missed)
-        neg = np.mean([max((v[0] for v in evidence[n].values()), default=0) > 0 for n in np.flatnonzero(~pos)])
-        print(
-            f"{kind} at {side} px: frame {np.median(frame_ms):.1f} ms, a candidate {np.median(cand_ms):.1f} ms "
-            f"({np.mean([len(e) for e in evidence]):.1f} candidates a frame); inliers for the right item in {right} of "
-            f"{len(missed)} misses, for some candidate in {neg:.3f} of the negatives",
-            flush=True,
-        )
-        for least in (0, 10, 15, 20, 30):  # fewer inliers than `least` count as none
-            gated = [{i: (v[0] if v[0] >= least else 0,) for i, v in e.items()} for e in evidence]
-            right = sum(gated[n].get(id_of[truth[n]], (0,))[0] > 0 for n in missed)
-            neg = np.mean([max((v[0] for v in gated[n].values()), default=0) > 0 for n in np.flatnonzero(~pos)])
-            print(
-                f"  at least {least} inliers: the right item in {right} misses, some candidate in {neg:.3f} of the negatives",
-                flush=True,
-            )
-            for weight in (0.05, 0.1, 0.25):
-                r = replay(c, second=gated, weight=weight)
-                print(
-                    f"    + {weight}·ln(1 + inliers): TPIR {r['tpir']:.3f}, recall@1 {r['r1']:.3f}, misses named {sum(r['found'][n] for n in missed)}",
-                    flush=True,
-                )
-
-
 def fast_cost(c, frames: int = 200, rounds: int = 3) -> None:
     """What the frame's FAST threshold costs the `default` recognizer: `recognize` timed on the
     same frames with verify.QUERY_FAST_THRESHOLD at 20 (OpenCV's default) and at today's value,
@@ -257,7 +186,6 @@ def main() -> None:
     ap.add_argument("--fast", type=int, help="the frame's FAST threshold (default verify.QUERY_FAST_THRESHOLD)")
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--local-views", action="store_true", help="extra gallery ORB views, other FAST thresholds")
-    what.add_argument("--detectors", action="store_true", help="SIFT on the candidates ORB left without inliers")
     what.add_argument("--fast-cost", action="store_true", help="time the frame's FAST threshold, 20 vs today's")
     args = ap.parse_args()
     chosen = verify.QUERY_FAST_THRESHOLD
@@ -267,8 +195,6 @@ def main() -> None:
     if args.fast_cost:
         verify.QUERY_FAST_THRESHOLD = chosen
         fast_cost(c)
-    elif args.detectors:
-        other_detectors(c)
     else:
         print(
             "| variant | gallery descriptors | misses with inliers for the right item | misses named "

@@ -131,7 +131,12 @@ def main() -> None:
     ap.add_argument("variants", nargs="+", help="e.g. s240_n500_G384_g500_L2")
     ap.add_argument("--split", choices=("tune", "test"), default="tune")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edge-retrieval-projection"))
+    ap.add_argument(
+        "--fast", type=int, help="the cache of this frame FAST threshold (default verify.QUERY_FAST_THRESHOLD)"
+    )
     args = ap.parse_args()
+    if args.fast is not None:
+        verify.QUERY_FAST_THRESHOLD = args.fast
     c = load(args.split, args.cache)
     for v in args.variants:
         run(c, v)

@@ -207,3 +207,22 @@ class Webhook:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+SMALL_QUAD = np.float32([[380, 150], [560, 165], [555, 330], [390, 345]])
+
+
+def small_blurred_coins(photos) -> np.ndarray:
+    """The bundled coins photo small and tilted (SMALL_QUAD) in the gravel, blurred σ 3: ORB finds
+    no inliers left for it, SIFT (the second verifier) does."""
+    import cv2
+
+    from edge_retrieval.preprocess import read_image
+
+    frame = cv2.resize(read_image(photos / "gravel.jpg"), (640, 480))
+    item = read_image(photos / "coins.jpg")
+    h, w = item.shape[:2]
+    H = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), SMALL_QUAD)
+    mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (640, 480)) > 0
+    frame[mask] = cv2.warpPerspective(item, H, (640, 480))[mask]
+    return cv2.GaussianBlur(frame, (0, 0), 3)

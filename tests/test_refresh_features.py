@@ -10,9 +10,8 @@ import sqlite3
 from contextlib import closing
 
 import cv2
-import numpy as np
 import pytest
-from test_verify import SMALL_QUAD
+from fakes import small_blurred_coins
 
 from edge_retrieval import verify
 from edge_retrieval.config import Config, GalleryConfig, SourceConfig, load_config
@@ -184,13 +183,7 @@ def test_after_the_refresh_the_second_verifier_names_what_orb_cannot(embedder, t
     with Gallery(path) as g:
         enroll(g, embedder, [(name, folder / f"{name}.jpg") for name in ITEMS], augment=2)
     drop_sift(path)
-    frame = cv2.resize(read_image(photos / "gravel.jpg"), (640, 480))
-    item = read_image(photos / "coins.jpg")
-    h, w = item.shape[:2]
-    H = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), SMALL_QUAD)
-    mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (640, 480)) > 0
-    frame[mask] = cv2.warpPerspective(item, H, (640, 480))[mask]
-    frame = cv2.GaussianBlur(frame, (0, 0), 3)
+    frame = small_blurred_coins(photos)
     with Gallery(path, create=False) as g, Gallery(path, create=False) as running:
         recognizer = open_recognizer(embedder, running)  # a running service's: no restart
         assert recognizer.recognize(frame).label is None

@@ -7,6 +7,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+from fakes import SMALL_QUAD, small_blurred_coins
 
 from edge_retrieval import verify
 from edge_retrieval.demo import ITEMS, photo
@@ -98,19 +99,10 @@ def test_sift_matches_are_opencvs_brute_force_matches(photos, cameraman_scene):
     assert len(expected) > 30 and set(zip(mine.tolist(), theirs.tolist())) == expected
 
 
-SMALL_QUAD = np.float32([[380, 150], [560, 165], [555, 330], [390, 345]])
-
-
 def test_the_second_verifier_names_a_small_blurred_item_orb_cannot(regional, demo_gallery, photos):
     """Small and blurred, the coins have no ORB inliers left: without SIFT the frame is unknown;
     with it, the coins are named with their outline."""
-    frame = cv2.resize(read_image(photos / "gravel.jpg"), (640, 480))
-    item = read_image(photos / "coins.jpg")
-    h, w = item.shape[:2]
-    H = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), SMALL_QUAD)
-    mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (640, 480)) > 0
-    frame[mask] = cv2.warpPerspective(item, H, (640, 480))[mask]
-    frame = cv2.GaussianBlur(frame, (0, 0), 3)
+    frame = small_blurred_coins(photos)
     orb_only = open_recognizer(regional, demo_gallery, replace(PRESETS["default"], sift=False)).recognize(frame)
     assert orb_only.label is None and orb_only.best.inliers == 0
     result = open_recognizer(regional, demo_gallery).recognize(frame)
