@@ -140,18 +140,6 @@ def local_views(c) -> None:
         )
 
 
-def features_of(det, image: np.ndarray, side: int) -> verify.LocalFeatures:
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    scale = side / max(gray.shape[:2])
-    if scale < 1:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    kp, desc = det.detectAndCompute(gray, None)
-    desc = desc if desc is not None else np.empty((0, 32), np.uint8)
-    return verify.LocalFeatures(
-        np.array([k.pt for k in kp], np.float32).reshape(-1, 2), desc, (gray.shape[1], gray.shape[0])
-    )
-
-
 def fast_cost(c, frames: int = 200, rounds: int = 3) -> None:
     """What the frame's FAST threshold costs the `default` recognizer: `recognize` timed on the
     same frames with verify.QUERY_FAST_THRESHOLD at 20 (OpenCV's default) and at today's value,
