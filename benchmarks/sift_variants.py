@@ -57,10 +57,7 @@ def parse(variant: str) -> dict[str, int]:
 
 
 def sift(det, image: np.ndarray, side: int) -> verify.LocalFeatures:
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    scale = side / max(gray.shape[:2])
-    if scale < 1:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    gray = verify.gray_at_most(image, side)
     kp, desc = det.detectAndCompute(gray, None)
     desc = desc if desc is not None else np.empty((0, 128), np.float32)
     return verify.LocalFeatures(

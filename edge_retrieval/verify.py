@@ -61,6 +61,15 @@ class LocalFeatures:
         return len(self.keypoints)
 
 
+def gray_at_most(image: np.ndarray, max_side: int) -> np.ndarray:
+    """A BGR or grey image as grey, shrunk to at most `max_side` px on its long side."""
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    scale = max_side / max(gray.shape[:2])
+    if scale < 1:
+        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return gray
+
+
 def extract(
     image: np.ndarray,
     max_features: int = QUERY_FEATURES,
@@ -69,10 +78,7 @@ def extract(
 ) -> LocalFeatures:
     """ORB keypoints and descriptors of a BGR or grey image, shrunk to at most `max_side` px
     (points are in the shrunk image; `size` says which)."""
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    scale = max_side / max(gray.shape[:2])
-    if scale < 1:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    gray = gray_at_most(image, max_side)
     keypoints, descriptors = cv2.ORB_create(max_features, fastThreshold=fast_threshold).detectAndCompute(gray, None)
     if descriptors is None:
         descriptors = np.empty((0, 32), np.uint8)
@@ -85,10 +91,7 @@ def extract_sift(
 ) -> LocalFeatures:
     """SIFT keypoints and uint8 descriptors (n, 128) of a BGR or grey image shrunk to at most
     `max_side` px (points in the shrunk image)."""
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    scale = max_side / max(gray.shape[:2])
-    if scale < 1:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    gray = gray_at_most(image, max_side)
     keypoints, descriptors = cv2.SIFT_create(max_features, SIFT_OCTAVE_LAYERS).detectAndCompute(gray, None)
     # OpenCV's SIFT descriptors are whole numbers 0..255 held as float32: stored as bytes
     descriptors = np.empty((0, 128), np.uint8) if descriptors is None else np.clip(descriptors, 0, 255).astype(np.uint8)
