@@ -93,8 +93,11 @@ def enroll(
         vectors.extend(vecs)
         sources.extend([str(path)] + [f"{path}#view{i + 1}" for i in range(len(views) - 1)])
         if features:
-            feats.append((str(path), verify.KIND, verify.extract(image, verify.GALLERY_FEATURES, verify.GALLERY_SIDE)))
-            feats.append((str(path), verify.SIFT_KIND, verify.extract_sift(image, max_side=verify.SIFT_GALLERY_SIDE)))
+            by_kind = {
+                verify.KIND: verify.extract(image, verify.GALLERY_FEATURES, verify.GALLERY_SIDE),
+                verify.SIFT_KIND: verify.extract_sift(image, max_side=verify.SIFT_GALLERY_SIDE),
+            }
+            feats.append((str(path), by_kind))
         firsts.append((label, str(path), vecs[0]))
     if not by_label:
         skipped = f" (skipped {len(report.skipped)}, first {report.skipped[0]})" if report.skipped else ""
@@ -103,9 +106,10 @@ def enroll(
     with gallery.transaction():
         for label, (vectors, sources, feats) in by_label.items():
             item_id = add_item(gallery, embedder, label, vectors, sources, metadata)
-            for source, kind, f in feats:
-                gallery.add_features(item_id, kind, f.size, f.keypoints, f.descriptors, source)
-            report.images += len(feats) // 2 if features else sum(1 for s in sources if "#view" not in s)
+            for source, by_kind in feats:
+                for kind, f in by_kind.items():
+                    gallery.add_features(item_id, kind, f.size, f.keypoints, f.descriptors, source)
+            report.images += len(feats) if features else sum(1 for s in sources if "#view" not in s)
     report.items = len(by_label)
     return report
 
