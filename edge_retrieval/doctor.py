@@ -15,7 +15,6 @@ import base64
 import logging
 import os
 import platform
-import shlex
 import shutil
 import tempfile
 import threading
@@ -29,6 +28,7 @@ import numpy as np
 
 from . import democlip, verify
 from .camera import SourceEnded, inspect_image, open_source
+from .enroll import refresh_command
 from .errors import EdgeRetrievalError, one_line
 from .modelcard import sha256_file
 from .motion import MotionGate
@@ -195,8 +195,7 @@ def check_gallery(report: Report, config, embedder):
             "gallery",
             "warn",
             f"{path}: integrity ok, {items} item(s), but {len(lacking)} item(s) have photos with ORB features "
-            f"and no SIFT features (the second verifier skips them): "
-            f"edge-retrieval refresh-features -g {shlex.quote(str(path))}",
+            f"and no SIFT features (the second verifier skips them): {refresh_command(path)}",
         )
     else:
         report.add(

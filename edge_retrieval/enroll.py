@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -118,6 +119,12 @@ def enroll(
 class FeatureRefresh:
     added: int = 0  # photos given the features they lacked
     missing: list[str] = field(default_factory=list)  # "source: why" of the photos that could not be read
+
+
+def refresh_command(gallery_path: str | Path) -> str:
+    """The command that adds the SIFT features a gallery's older photos lack (`refresh_features`),
+    as `info`, `doctor` and the service's log name it."""
+    return f"edge-retrieval refresh-features -g {shlex.quote(str(gallery_path))}"
 
 
 def refresh_features(gallery: Gallery, progress: Callable[[Iterable], Iterable] = lambda it: it) -> FeatureRefresh:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sqlite3
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import cv2
 from .. import demo as demo_data
 from ..embedder import Embedder, unsupported_platform
 from ..enroll import enroll as enroll_pairs
-from ..enroll import enroll_negatives, list_images, plan
+from ..enroll import enroll_negatives, list_images, plan, refresh_command
 from ..errors import EdgeRetrievalError
 from ..modelcard import DEFAULT_MODEL
 from ..storage.gallery import Gallery
@@ -427,8 +426,7 @@ def info(as_json, gallery_path, model_path):
         f = g["features"]
         if f.get("orb") or f.get("sift"):  # (a people gallery has none)
             lacking = (
-                f"; {f['without_sift']} without SIFT: add them with "
-                f"edge-retrieval refresh-features -g {shlex.quote(gallery_path)}"
+                f"; {f['without_sift']} without SIFT: add them with {refresh_command(gallery_path)}"
                 if f["without_sift"]
                 else ""
             )

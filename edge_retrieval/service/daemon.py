@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from .. import verify
 from ..camera import DROPPED, NOTED, FrameSource, SourceEnded, SourceError, inspect_image
 from ..config import Config
 from ..decide import Decider, Decision
+from ..enroll import refresh_command
 from ..errors import ConfigError, EdgeRetrievalError
 from ..motion import MotionGate
 from ..recognize import Recognizer
@@ -179,10 +179,10 @@ class Daemon:
             elif w.kind == ITEMS and (lacking := w.gallery.lacking_features(verify.SIFT_KIND, verify.KIND)):
                 log.warning(  # enrolled before the second verifier, which skips these photos' items
                     "%s: %d photo(s) have no SIFT features for the second verifier; add them with "
-                    "`edge-retrieval refresh-features -g %s` (no restart needed)",
+                    "`%s` (no restart needed)",
                     w.gallery.path,
                     len(lacking),
-                    shlex.quote(str(w.gallery.path)),
+                    refresh_command(w.gallery.path),
                 )
         first = watches[0]
         self._gallery, self.recognizer = first.gallery, first.recognizer
