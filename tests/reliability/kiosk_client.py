@@ -177,8 +177,9 @@ def gallery_state(kiosk) -> tuple:
         items = [(i.id, i.label, json.dumps(i.metadata, sort_keys=True), i.embeddings) for i in g.items()]
         items.append(("negatives", len(g.negatives()[0])))
         tables = {r[0] for r in g.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
-        if "events" in tables:
-            items.append(("events", tuple(r[0] for r in g.db.execute("SELECT id FROM events ORDER BY id"))))
+        # no events table yet is no events (the kiosk's event store may create it meanwhile)
+        events = g.db.execute("SELECT id FROM events ORDER BY id").fetchall() if "events" in tables else []
+        items.append(("events", tuple(r[0] for r in events)))
     settings = Path(kiosk.config.gallery.path + ".kiosk.json")
     photos = sorted(p.name for p in kiosk.photos.glob("*")) if kiosk.photos.exists() else []
     return items, settings.read_text() if settings.exists() else None, photos, kiosk.threshold
