@@ -26,9 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import democlip, verify
+from . import democlip
 from .camera import SourceEnded, inspect_image, open_source
-from .enroll import refresh_command
+from .enroll import lacking_photos, refresh_command
 from .errors import EdgeRetrievalError, one_line
 from .modelcard import sha256_file
 from .motion import MotionGate
@@ -183,19 +183,19 @@ def check_gallery(report: Report, config, embedder):
         if embedder is not None:
             gallery.check_model(embedder.sha256, embedder.card.name)
         items, embeddings = gallery.count()
-        lacking = {item for item, _, _ in gallery.lacking_features(verify.SIFT_KIND, verify.KIND)}
+        lacking = {item for item, _ in lacking_photos(gallery)}
     except EdgeRetrievalError as e:
         report.add("gallery", "fail", one_line(e))
         gallery.close()
         return None
     if not items:
         report.add("gallery", "warn", f"{path}: integrity ok, empty (enrol items: edge-retrieval enroll)")
-    elif lacking:  # enrolled before the second verifier: it skips them until they have SIFT features
+    elif lacking:  # enrolled before the second or the dense verifier: they skip them until refreshed
         report.add(
             "gallery",
             "warn",
             f"{path}: integrity ok, {items} item(s), but {len(lacking)} item(s) have photos with ORB features "
-            f"and no SIFT features (the second verifier skips them): {refresh_command(path)}",
+            f"and no SIFT features or grey image (the second and dense verifiers skip them): {refresh_command(path)}",
         )
     else:
         report.add(

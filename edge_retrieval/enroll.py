@@ -16,6 +16,14 @@ from .errors import BadImageError, GalleryError
 from .preprocess import IMAGE_SUFFIXES, read_image
 from .storage.gallery import Gallery
 
+# what every enrolled photo keeps beside its ORB features (verify.KIND), by kind: the second
+# verifier's SIFT features and the dense verifier's grey image. A gallery enrolled before one of
+# them lacks it until `refresh_features` reads the photos again.
+LATER_KINDS: dict[str, Callable[[np.ndarray], verify.LocalFeatures]] = {
+    verify.SIFT_KIND: lambda image: verify.extract_sift(image, max_side=verify.SIFT_GALLERY_SIDE),
+    verify.DENSE_KIND: verify.extract_gray,
+}
+
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -94,10 +102,8 @@ def enroll(
         vectors.extend(vecs)
         sources.extend([str(path)] + [f"{path}#view{i + 1}" for i in range(len(views) - 1)])
         if features:
-            by_kind = {
-                verify.KIND: verify.extract(image, verify.GALLERY_FEATURES, verify.GALLERY_SIDE),
-                verify.SIFT_KIND: verify.extract_sift(image, max_side=verify.SIFT_GALLERY_SIDE),
-            }
+            by_kind = {verify.KIND: verify.extract(image, verify.GALLERY_FEATURES, verify.GALLERY_SIDE)}
+            by_kind.update((kind, extract(image)) for kind, extract in LATER_KINDS.items())
             feats.append((str(path), by_kind))
         firsts.append((label, str(path), vecs[0]))
     if not by_label:
@@ -122,19 +128,30 @@ class FeatureRefresh:
 
 
 def refresh_command(gallery_path: str | Path) -> str:
-    """The command that adds the SIFT features a gallery's older photos lack (`refresh_features`),
-    as `info`, `doctor` and the service's log name it."""
+    """The command that adds what a gallery's older photos lack (`refresh_features`), as `info`,
+    `doctor` and the service's log name it."""
     return f"edge-retrieval refresh-features -g {shlex.quote(str(gallery_path))}"
 
 
+def lacking_photos(gallery: Gallery) -> dict[tuple[int, str], tuple[tuple[int, int], list[str]]]:
+    """The enrolled photos (item id, source) with ORB features that lack some of LATER_KINDS:
+    their ORB image's size and the kinds they lack, in enrolment order."""
+    out: dict[tuple[int, str], tuple[tuple[int, int], list[str]]] = {}
+    for kind in LATER_KINDS:
+        for item_id, source, size in gallery.lacking_features(kind, verify.KIND):
+            out.setdefault((item_id, source), (size, []))[1].append(kind)
+    return out
+
+
 def refresh_features(gallery: Gallery, progress: Callable[[Iterable], Iterable] = lambda it: it) -> FeatureRefresh:
-    """Add the SIFT features (the second verifier's) of every enrolled photo that has ORB features
-    but no SIFT features — a gallery enrolled before the second verifier — read again from the
-    photo's file. Photos whose file is gone, unreadable or no longer the photo enrolled (another
-    size) are reported in `missing`; the rest are added in one transaction. Run again, it adds nothing."""
+    """Add what every enrolled photo with ORB features lacks of LATER_KINDS (the SIFT features
+    and the grey image of the second and the dense verifier) — a gallery enrolled before them —
+    read again from the photo's file. Photos whose file is gone, unreadable or no longer the photo
+    enrolled (another size) are reported in `missing`; the rest are added in one transaction. Run
+    again, it adds nothing."""
     report = FeatureRefresh()
     found = []
-    for item_id, source, size in progress(gallery.lacking_features(verify.SIFT_KIND, verify.KIND)):
+    for (item_id, source), (size, kinds) in progress(list(lacking_photos(gallery).items())):
         if not source:
             report.missing.append(f"a photo of item {item_id}: enrolled without its file name")
             continue
@@ -148,16 +165,18 @@ def refresh_features(gallery: Gallery, progress: Callable[[Iterable], Iterable] 
         if abs(round(width * scale) - size[0]) > 1 or abs(round(height * scale) - size[1]) > 1:
             report.missing.append(f"{source}: {width}×{height}, not the photo enrolled (changed since; enrol it again)")
             continue
-        found.append((item_id, source, verify.extract_sift(image, max_side=verify.SIFT_GALLERY_SIDE)))
+        found.append((item_id, source, {kind: LATER_KINDS[kind](image) for kind in kinds}))
     if not found:
         return report
     with gallery.transaction():
         # a photo removed or refreshed by another process meanwhile is left as it is now
-        still = {(item_id, source) for item_id, source, _ in gallery.lacking_features(verify.SIFT_KIND, verify.KIND)}
-        for item_id, source, f in found:
-            if (item_id, source) in still:
-                gallery.add_features(item_id, verify.SIFT_KIND, f.size, f.keypoints, f.descriptors, source)
-                report.added += 1
+        still = lacking_photos(gallery)
+        for item_id, source, by_kind in found:
+            lacks = [kind for kind in still.get((item_id, source), (None, []))[1] if kind in by_kind]
+            for kind in lacks:
+                f = by_kind[kind]
+                gallery.add_features(item_id, kind, f.size, f.keypoints, f.descriptors, source)
+            report.added += bool(lacks)
     return report
 
 

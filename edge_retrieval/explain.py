@@ -37,6 +37,8 @@ def draw(frame: np.ndarray, result: Ranking) -> np.ndarray:
         text = "unknown  (empty gallery)"
     if best is not None and best.inliers:
         text += f"  {best.inliers} inliers"
+    elif best is not None and best.aligned:
+        text += f"  aligned {best.aligned:.3f}"
     cv2.rectangle(out, (0, 0), (w, 22), (0, 0, 0), -1)
     cv2.putText(out, text, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
     return out

@@ -212,17 +212,26 @@ class Webhook:
 SMALL_QUAD = np.float32([[380, 150], [560, 165], [555, 330], [390, 345]])
 
 
-def small_blurred_coins(photos) -> np.ndarray:
-    """The bundled coins photo small and tilted (SMALL_QUAD) in the gravel, blurred σ 3: ORB finds
-    no inliers left for it, SIFT (the second verifier) does."""
+def pasted(photos, name: str, quad: np.ndarray, sigma: float, background: str = "gravel") -> np.ndarray:
+    """A bundled photo warped onto `quad` of a 640×480 frame of another (the background), blurred σ `sigma`."""
     import cv2
 
     from edge_retrieval.preprocess import read_image
 
-    frame = cv2.resize(read_image(photos / "gravel.jpg"), (640, 480))
-    item = read_image(photos / "coins.jpg")
+    frame = cv2.resize(read_image(photos / f"{background}.jpg"), (640, 480))
+    item = read_image(photos / f"{name}.jpg")
     h, w = item.shape[:2]
-    H = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), SMALL_QUAD)
+    H = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), quad)
     mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (640, 480)) > 0
     frame[mask] = cv2.warpPerspective(item, H, (640, 480))[mask]
-    return cv2.GaussianBlur(frame, (0, 0), 3)
+    return cv2.GaussianBlur(frame, (0, 0), sigma)
+
+
+def small_blurred_coins(photos) -> np.ndarray:
+    """The bundled coins photo small and tilted (SMALL_QUAD) in the gravel, blurred σ 3: ORB finds
+    no inliers left for it, SIFT (the second verifier) does."""
+    return pasted(photos, "coins", SMALL_QUAD, 3)
+
+
+# a large item, tilted: blurred σ 6, neither ORB nor SIFT verifies it, the dense verifier does
+LARGE_QUAD = np.float32([[200, 90], [470, 110], [460, 420], [215, 400]])

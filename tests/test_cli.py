@@ -44,7 +44,7 @@ def test_enroll_folder_then_search_json(tmp_path, folder, embedder):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["matches"][0]["label"] for r in rows] == [ITEMS[1], ITEMS[2]]
     first = rows[0]["matches"][0]
-    assert set(first) == {"label", "score", "item_id", "metadata", "cosine", "inliers", "votes", "vetoed"}
+    assert set(first) == {"label", "score", "item_id", "metadata", "cosine", "inliers", "aligned", "votes", "vetoed"}
     assert first["metadata"] == {"room": "hall", "year": 1890} and first["cosine"] > 0.99
     assert [r["match"] for r in rows] == [ITEMS[1], ITEMS[2]]  # the final ranking starts with the match
     assert first["score"] == rows[0]["score"] >= first["cosine"]  # the final score: verified inliers add to it
@@ -136,30 +136,31 @@ def test_refresh_features_upgrades_a_gallery_enrolled_before_sift_and_info_shows
     with closing(sqlite3.connect(db)) as con, con:  # as the enrolment before the second verifier left it
         con.execute("DELETE FROM features WHERE kind = 'sift'")
     info = json.loads(run("info", "--json", "-g", db).output)
-    assert info["gallery"]["features"] == {"orb": 4, "without_sift": 4}
+    assert info["gallery"]["features"] == {"orb": 4, "gray": 4, "lacking": 4}
     out = run("info", "-g", db).output
     assert (
-        f"4 photo(s) with ORB features, 0 with SIFT; 4 without SIFT: add them with edge-retrieval refresh-features -g {db}"
-        in out
-    )
+        f"4 photo(s) with ORB features, 0 with SIFT, 4 with a grey image; 4 lacking some: add them with "
+        f"edge-retrieval refresh-features -g {db}"
+    ) in out
     (folder / ITEMS[0] / "b.jpg").unlink()
     result = run("refresh-features", "-g", db)
     assert result.stderr == f"missing {folder / ITEMS[0] / 'b.jpg'}: no such file\n"
     assert result.output.endswith(
-        f"added SIFT features to 3 photo(s) in {db}, 1 photo(s) missing (listed above); "
-        f"3 of 4 enrolled photo(s) have them\n"
+        f"added what 3 photo(s) lacked in {db}, 1 photo(s) missing (listed above); "
+        f"of 4 enrolled photo(s), 3 have SIFT features, 4 a grey image\n"
     )
     again = json.loads(run("refresh-features", "--json", "-g", db).stdout)
     assert again == {
         "gallery": str(db),
         "added": 0,
         "missing": [f"{folder / ITEMS[0] / 'b.jpg'}: no such file"],
-        "photos": {"orb": 4, "sift": 3},
+        "photos": {"gray": 4, "orb": 4, "sift": 3},
     }
     assert json.loads(run("info", "--json", "-g", db).output)["gallery"]["features"] == {
+        "gray": 4,
         "orb": 4,
         "sift": 3,
-        "without_sift": 1,
+        "lacking": 1,
     }
     result = run("refresh-features", "-g", tmp_path / "absent.db", ok=False)
     assert result.exit_code == 1 and result.stderr == f"Error: {tmp_path / 'absent.db'}: no such gallery\n"

@@ -254,7 +254,7 @@ def test_enrol_the_crop_and_this_is_not_x(server, recorded):
     green = (crop[..., 1].astype(int) - crop[..., [0, 2]].max(axis=2)) > 100  # the drawn outline: painted out
     assert green.mean() < 0.002, green.mean()
     with Gallery(recorded / "gallery.db") as g:  # enrolled as `enroll` does: verifiable
-        assert [f[0] for f in g.features(g.item("cat").id)] == ["orb", "sift"] * 2
+        assert [f[0] for f in g.features(g.item("cat").id)] == ["orb", "sift", "gray"] * 2
 
     path = f"/api/events/{coffee['id']}/not"
     assert api(base, "POST", path, {"label": "coins"})[0] == 401

@@ -252,9 +252,10 @@ def test_a_device_started_later_gets_the_retained_version_and_keeps_its_local_it
     with Follower(fleet, device, embedder.sha256, embedder.card.name).start() as follower:
         assert follower.wait_for(1, DEADLINE_S)  # retained: published before it started
         assert labels(device) == {"galaxies", "coins", "brick"}  # local "coins" replaced by the fleet's
-        with Gallery(device) as g:  # both verifiers' features came over the wire (SIFT: 128 bytes a feature)
-            assert g.feature_photos() == {"orb": 3, "sift": 3}
-            assert {f[0]: f[3].shape[1] for f in g.features(g.item("brick").id)} == {"orb": 32, "sift": 128}
+        with Gallery(device) as g:  # all verifiers' features came over the wire (SIFT: 128 bytes a feature)
+            assert g.feature_photos() == {"gray": 3, "orb": 3, "sift": 3}
+            shapes = {f[0]: f[3].shape for f in g.features(g.item("brick").id)}
+            assert shapes["orb"][1] == 32 and shapes["sift"][1] == 128 and shapes["gray"] == (64, 64)
         assert follower.state()["local_items"] == 1 and follower.state()["items"] == 3
         with Gallery(device) as g:  # enrolled while following: local as well
             enroll(g, embedder, [("tissue", photo("tissue"))])

@@ -400,7 +400,7 @@ def test_enrol_the_camera_frame_then_it_is_recognised(camera_server, tmp_path):
     photos = list((tmp_path / "gallery-photos").glob("rocket-launch-*.jpg"))
     assert len(photos) == 1 and request(base, "GET", item["photo"])[2][:2] == b"\xff\xd8"
     with Gallery(tmp_path / "gallery.db") as g:  # enrolled as `enroll` does: verifiable by `search`
-        assert [f[0] for f in g.features(item["id"])] == ["orb", "sift"]
+        assert [f[0] for f in g.features(item["id"])] == ["orb", "sift", "gray"]
 
     # rename (a taken label is a conflict), then the page shows the new name
     assert api(base, "PATCH", f"/api/items/{item['id']}", {"label": "cat"}, token=TOKEN)[0] == 409

@@ -1,6 +1,7 @@
-"""A gallery enrolled before the second verifier (ORB features only) upgraded in place: `refresh_features`
-reads the enrolled photos again and adds their SIFT features; info, doctor and export/import see them.
-Real SQLite, the repo's real photos, the real model."""
+"""A gallery enrolled before the second verifier (ORB features only) or before the dense verifier
+(no grey images) upgraded in place: `refresh_features` reads the enrolled photos again and adds
+what they lack; info, doctor and export/import see them. Real SQLite, the repo's real photos, the
+real model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from edge_retrieval import verify
 from edge_retrieval.config import Config, GalleryConfig, SourceConfig, load_config
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.doctor import diagnose
-from edge_retrieval.enroll import enroll, refresh_features
+from edge_retrieval.enroll import enroll, lacking_photos, refresh_features
 from edge_retrieval.errors import GalleryError
 from edge_retrieval.preprocess import read_image
 from edge_retrieval.recognize import open_recognizer
@@ -38,10 +39,12 @@ def rows(path, kind: str) -> list[tuple]:
         ).fetchall()
 
 
-def drop_sift(path, where: str = "1") -> None:
-    """The gallery as the enrolment before the second verifier left it: its SIFT rows gone."""
+def drop_sift(path, where: str = "1", kinds: tuple[str, ...] = ("sift", "gray")) -> None:
+    """The gallery as the enrolment before the second verifier left it: its SIFT rows (and the
+    dense verifier's grey images, which came later still) gone."""
     with closing(sqlite3.connect(path)) as con, con:
-        con.execute(f"DELETE FROM features WHERE kind = 'sift' AND ({where})")
+        for kind in kinds:
+            con.execute(f"DELETE FROM features WHERE kind = ? AND ({where})", [kind])
 
 
 @pytest.fixture
@@ -61,21 +64,26 @@ def test_refresh_adds_exactly_the_missing_rows_and_is_idempotent(enrolled):
     path, folder = enrolled
     stored = rows(path, "sift")  # what enrolment stores today: the refresh must add the same
     assert [r[0] for r in stored] == NAMES and all(len(r[5]) == 128 * (len(r[4]) // 8) for r in stored)
+    grays = rows(path, "gray")  # the grey image: no points, width × height bytes
+    assert [r[0] for r in grays] == NAMES and all(not r[4] and len(r[5]) == r[2] * r[3] for r in grays)
+    assert all(max(r[2], r[3]) == verify.DENSE_PHOTO_SIDE for r in grays)
     drop_sift(path, f"source IN ('{folder / 'coffee.jpg'}', '{folder / 'rocket.jpg'}')")
+    drop_sift(path, f"source = '{folder / 'cat.jpg'}'", kinds=("gray",))  # enrolled between the two
     orb = rows(path, "orb")
     with Gallery(path, create=False) as g:
-        assert g.feature_photos() == {"orb": 4, "sift": 2}
+        assert g.feature_photos() == {"gray": 1, "orb": 4, "sift": 2}
         assert [s for _, s, _ in g.lacking_features(verify.SIFT_KIND, verify.KIND)] == [
             str(folder / "coffee.jpg"),
             str(folder / "rocket.jpg"),
         ]
         report = refresh_features(g)
-        assert report.added == 2 and report.missing == []
-        assert g.feature_photos() == {"orb": 4, "sift": 4}
+        assert report.added == 3 and report.missing == []
+        assert g.feature_photos() == {"gray": 4, "orb": 4, "sift": 4}
         generation = g.generation()
         again = refresh_features(g)  # nothing left to add: nothing written
         assert again.added == 0 and again.missing == [] and g.generation() == generation
     assert sorted(rows(path, "sift")) == sorted(stored)  # the very rows enrolment stored, byte for byte
+    assert sorted(rows(path, "gray")) == sorted(grays)
     assert rows(path, "orb") == orb
 
 
@@ -131,22 +139,25 @@ def test_a_photo_removed_meanwhile_is_left_alone(enrolled):
             other.remove("cat")
 
         report = refresh_features(g, remove_cat)
-        assert report.added == 3 and g.feature_photos() == {"orb": 3, "sift": 3}
+        assert report.added == 3 and g.feature_photos() == {"gray": 3, "orb": 3, "sift": 3}
 
 
-def test_export_import_keeps_the_sift_rows(enrolled, tmp_path):
+def test_export_import_keeps_the_sift_rows_and_grey_images(enrolled, tmp_path):
     path, _ = enrolled
     with Gallery(path, create=False) as g:
         g.export(tmp_path / "out.gallery")
     with Gallery(tmp_path / "g2.db") as g2:
-        g2.import_from(tmp_path / "out.gallery")
-        assert g2.feature_photos() == {"orb": 4, "sift": 4}
-        assert g2.lacking_features(verify.SIFT_KIND, verify.KIND) == []
-        sift = [f for f in g2.features(g2.item("coins").id) if f[0] == verify.SIFT_KIND]
-        assert len(sift) == 1 and sift[0][3].shape[1] == 128
-    assert [(label, "imported:" + src, *rest) for label, src, *rest in rows(path, "sift")] == rows(
-        tmp_path / "g2.db", "sift"
-    )
+        g2.import_from(tmp_path / "out.gallery")  # (its checks pass a row of no points and an image)
+        assert g2.feature_photos() == {"gray": 4, "orb": 4, "sift": 4}
+        assert lacking_photos(g2) == {}
+        by_kind = {f[0]: f for f in g2.features(g2.item("coins").id)}
+        assert by_kind[verify.SIFT_KIND][3].shape[1] == 128
+        (w, h), gray = by_kind[verify.DENSE_KIND][1], by_kind[verify.DENSE_KIND][3]
+        assert gray.shape == (h, w) and gray.dtype == "uint8" and gray.std() > 10
+    for kind in ("sift", "gray"):
+        assert [(label, "imported:" + src, *rest) for label, src, *rest in rows(path, kind)] == rows(
+            tmp_path / "g2.db", kind
+        )
 
 
 def test_imported_photos_are_reported_missing_not_read_from_this_disk(enrolled, tmp_path):
@@ -166,7 +177,7 @@ def test_doctor_warns_until_the_refresh(enrolled):
     config = load_config(None, {"source.uri": str(folder), "gallery.path": str(path)})
     check = next(c for c in diagnose(config, timing=False).checks if c.name == "gallery")
     assert check.status == "warn"
-    assert "1 item(s) have photos with ORB features and no SIFT features" in check.detail
+    assert "1 item(s) have photos with ORB features and no SIFT features or grey image" in check.detail
     assert f"edge-retrieval refresh-features -g {path}" in check.detail
     with Gallery(path, create=False) as g:
         refresh_features(g)
@@ -199,6 +210,6 @@ def test_the_service_says_so_at_start(enrolled, embedder, caplog):
     with caplog.at_level(logging.WARNING, logger="edge_retrieval.service.daemon"):
         Daemon(config, embedder=embedder, notifier=Notifier(None)).run()
     assert (
-        f"{path}: 1 photo(s) have no SIFT features for the second verifier; add them with "
-        f"`edge-retrieval refresh-features -g {path}` (no restart needed)"
+        f"{path}: 1 photo(s) lack the SIFT features or grey image of the second and dense verifiers; "
+        f"add them with `edge-retrieval refresh-features -g {path}` (no restart needed)"
     ) in caplog.messages

@@ -7,16 +7,17 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
-from fakes import SMALL_QUAD, small_blurred_coins
+from fakes import LARGE_QUAD, SMALL_QUAD, pasted, small_blurred_coins
 
 from edge_retrieval import verify
 from edge_retrieval.demo import ITEMS, photo
 from edge_retrieval.embedder import Embedder
 from edge_retrieval.enroll import enroll
+from edge_retrieval.errors import GalleryError
 from edge_retrieval.explain import draw
 from edge_retrieval.modelcard import DEFAULT_MODEL
 from edge_retrieval.preprocess import read_image
-from edge_retrieval.recognize import PRESETS, open_recognizer
+from edge_retrieval.recognize import PRESETS, open_recognizer, ranking_json
 from edge_retrieval.storage.gallery import Gallery
 
 CORNER_TOLERANCE_PX = 8.0
@@ -110,6 +111,37 @@ def test_the_second_verifier_names_a_small_blurred_item_orb_cannot(regional, dem
     assert np.abs(result.best.outline - SMALL_QUAD).max() < 3 * CORNER_TOLERANCE_PX
 
 
+def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
+    masks = [cv2.fillConvexPoly(np.zeros((480, 640), np.uint8), q.astype(np.int32), 1) for q in (a, b)]
+    return (masks[0] & masks[1]).sum() / (masks[0] | masks[1]).sum()
+
+
+@pytest.mark.parametrize("name", ["coffee", "retina", "cameraman"])
+def test_the_dense_verifier_names_a_blurred_item_orb_and_sift_cannot(regional, demo_gallery, photos, name):
+    """Large, tilted and blurred σ 6: no ORB or SIFT inliers, so without the dense verifier the
+    frame is unknown; with it the item is named, with its outline found by the alignment."""
+    frame = pasted(photos, name, LARGE_QUAD, 6)
+    without = open_recognizer(regional, demo_gallery, replace(PRESETS["default"], dense=False)).recognize(frame)
+    assert without.label is None and without.best.label == name and without.best.inliers == 0
+    result = open_recognizer(regional, demo_gallery).recognize(frame)
+    assert result.label == name and result.best.inliers == 0 and result.best.aligned >= verify.DENSE_MIN_CC
+    assert quad_iou(result.best.outline, LARGE_QUAD) > 0.85
+    assert ranking_json(result, {})["matches"][0]["aligned"] == round(result.best.aligned, 4)
+
+
+def test_the_dense_verifier_does_not_align_another_photo_or_an_item_never_enrolled(regional, demo_gallery, photos):
+    frame = pasted(photos, "coffee", LARGE_QUAD, 6)
+    gray = verify.gray_at_most(frame, verify.DENSE_FRAME_SIDE)
+    mine = verify.align(gray, verify.extract_gray(read_image(photo("coffee"))).descriptors)
+    assert mine.correlation >= verify.DENSE_MIN_CC
+    for other in set(ITEMS) - {"coffee"}:
+        assert verify.align(gray, verify.extract_gray(read_image(photo(other))).descriptors).correlation < 0.9
+    recognizer = open_recognizer(regional, demo_gallery)
+    for background, sigma in (("grass", 2), ("gravel", 6), ("grass", 8)):  # the brick wall: never enrolled
+        result = recognizer.recognize(pasted(photos, "brick", LARGE_QUAD, sigma, background))
+        assert result.label is None and not result.best.aligned
+
+
 def test_features_are_stored_per_item_and_removed_with_it(gallery, photos):
     f = verify.extract(read_image(photos / "cat.jpg"), 100, 256)
     item_id = gallery.add("cat", np.full((1, 8), 8**-0.5), model_sha256="a" * 64)
@@ -119,6 +151,17 @@ def test_features_are_stored_per_item_and_removed_with_it(gallery, photos):
     assert np.array_equal(kp, f.keypoints) and np.array_equal(desc, f.descriptors)
     gallery.remove("cat")
     assert gallery.features(item_id) == []
+
+
+def test_a_grey_image_is_stored_as_a_row_of_no_points(gallery, photos):
+    g = verify.extract_gray(read_image(photos / "cat.jpg"))
+    assert g.size == (64, 43) and g.descriptors.shape == (43, 64) and not len(g.keypoints)
+    item_id = gallery.add("cat", np.full((1, 8), 8**-0.5), model_sha256="a" * 64)
+    gallery.add_features(item_id, verify.DENSE_KIND, g.size, g.keypoints, g.descriptors, "cat.jpg")
+    [(kind, size, kp, image)] = gallery.features(item_id)
+    assert kind == "gray" and size == g.size and kp.shape == (0, 2) and np.array_equal(image, g.descriptors)
+    with pytest.raises(GalleryError, match="0 keypoints for 40 descriptors"):  # not the size given
+        gallery.add_features(item_id, verify.DENSE_KIND, g.size, g.keypoints, g.descriptors[:40], "cat.jpg")
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +213,8 @@ def test_a_new_enrolment_is_voted_for_at_once(regional, photos, tmp_path, camera
     cv2.imwrite(str(tmp_path / "blank.png"), np.full((200, 300, 3), 128, np.uint8))
     with Gallery(tmp_path / "g.db") as g:
         enroll(g, regional, [("cat", photos / "cat.jpg"), ("blank", tmp_path / "blank.png")])
-        assert [len(f[3]) for _row, _item, f in g.all_features()][2:] == [0, 0]  # a photo without features
+        blank = g.item("blank").id  # a photo without features (and its grey image, which has no points)
+        assert [(f[0], len(f[2])) for f in g.features(blank)] == [("orb", 0), ("sift", 0), ("gray", 0)]
         ident = open_recognizer(regional, g)
         assert ident.recognize(frame).label is None
         enroll(g, regional, [("cameraman", photos / "cameraman.jpg")])

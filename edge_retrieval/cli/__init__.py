@@ -403,12 +403,12 @@ def info(as_json, gallery_path, model_path):
         }
     }
     if Path(gallery_path).is_file():
-        from .. import verify
+        from ..enroll import lacking_photos
 
         with Gallery(gallery_path, create=False) as gallery:
             out["gallery"] = gallery.info()
-            # photos enrolled before the second verifier: `refresh-features` adds their SIFT features
-            out["gallery"]["features"]["without_sift"] = len(gallery.lacking_features(verify.SIFT_KIND, verify.KIND))
+            # photos enrolled before the second or the dense verifier: `refresh-features` adds what they lack
+            out["gallery"]["features"]["lacking"] = len(lacking_photos(gallery))
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
@@ -426,11 +426,12 @@ def info(as_json, gallery_path, model_path):
         f = g["features"]
         if f.get("orb") or f.get("sift"):  # (a people gallery has none)
             lacking = (
-                f"; {f['without_sift']} without SIFT: add them with {refresh_command(gallery_path)}"
-                if f["without_sift"]
-                else ""
+                f"; {f['lacking']} lacking some: add them with {refresh_command(gallery_path)}" if f["lacking"] else ""
             )
-            click.echo(f"         {f.get('orb', 0)} photo(s) with ORB features, {f.get('sift', 0)} with SIFT{lacking}")
+            click.echo(
+                f"         {f.get('orb', 0)} photo(s) with ORB features, {f.get('sift', 0)} with SIFT, "
+                f"{f.get('gray', 0)} with a grey image{lacking}"
+            )
     else:
         click.echo(f"gallery  {gallery_path} does not exist yet")
 

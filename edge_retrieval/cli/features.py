@@ -1,4 +1,5 @@
-"""`refresh-features`: give a gallery enrolled before the second verifier its SIFT features."""
+"""`refresh-features`: give a gallery enrolled before the second or the dense verifier what its
+photos lack (SIFT features, a grey image)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from . import cli, gallery_option, progress
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: added, missing (why each), photos by kind.")
 @gallery_option
 def refresh_features(as_json, gallery_path):
-    """Add the SIFT features the second verifier needs to photos enrolled before it (they have ORB
-    features only), read again from the photo files: no re-enrolment. Relative photo paths are
+    """Add the SIFT features and grey image the second and the dense verifier need to photos
+    enrolled before them, read again from the photo files: no re-enrolment. Relative photo paths are
     read from the current folder, as `enroll` stored them. Photos not found are listed (stderr)
     and left as they are; run it again once they are back: it adds only what is missing.
 
@@ -43,6 +44,6 @@ def refresh_features(as_json, gallery_path):
         )
     missing = f", {len(report.missing)} photo(s) missing (listed above)" if report.missing else ""
     click.echo(
-        f"added SIFT features to {report.added} photo(s) in {gallery_path}{missing}; "
-        f"{photos.get('sift', 0)} of {photos.get('orb', 0)} enrolled photo(s) have them"
+        f"added what {report.added} photo(s) lacked in {gallery_path}{missing}; of {photos.get('orb', 0)} "
+        f"enrolled photo(s), {photos.get('sift', 0)} have SIFT features, {photos.get('gray', 0)} a grey image"
     )

@@ -68,6 +68,7 @@ class Review:
             "votes": d.get("votes"),
             "window": d.get("window"),
             "inliers": d.get("inliers"),
+            "aligned": d.get("aligned"),
             "box": list(event.box) if event.box is not None else None,
             "polygon": [list(p) for p in event.polygon] if event.polygon is not None else None,
             "points": d.get("points"),

@@ -47,13 +47,14 @@ class Preset:
     query_features: int = verify_mod.QUERY_FEATURES
     voted: int = 0  # the most voted items added to the shortlist (verify only)
     sift: bool = False  # the second verifier (SIFT) on the candidates ORB left without inliers (verify only)
+    dense: bool = False  # the dense verifier (verify.align) on the best candidate, if still unverified (verify only)
     tuned_for: str = TUNED_FOR  # the model `threshold` was measured with (another's scores mean something else)
 
 
 # whole: the built-in demo clip's whole-frame scores (benchmarks/thresholds.py): items >= 0.486,
 # everything else <= 0.222 (threshold 0.35), margins >= 0.326 against <= 0.130 (margin 0.2)
 PRESETS = {
-    "default": Preset("default", threshold=0.632, verify=True, voted=3, sift=True),
+    "default": Preset("default", threshold=0.632, verify=True, voted=3, sift=True, dense=True),
     "quick": Preset("quick", threshold=0.620, verify=True, voted=3, query_features=1000),
     "fast": Preset("fast", threshold=0.60),
     "whole": Preset("whole", threshold=0.35, margin=0.2, regional=False),
@@ -77,6 +78,7 @@ class Candidate:
     votes: int = 0  # ORB features of the frame whose nearest gallery feature is the item's
     outline: np.ndarray | None = None  # the item's verified outline in the frame, (4, 2) pixels
     points: np.ndarray | None = None  # inlier points in the frame, pixels
+    aligned: float = 0.0  # the dense verifier's correlation at `outline`, when it verified the item (else 0)
     vetoed: bool = False  # a negative of the item ("this is NOT X") resembles the frame more
 
 
@@ -198,6 +200,7 @@ def ranking_json(ranking: Ranking, metadata: dict[int, dict], k: int | None = No
                 "score": num(c.score),
                 "cosine": num(c.cosine),
                 "inliers": c.inliers,
+                "aligned": num(c.aligned),
                 "votes": c.votes,
                 "vetoed": c.vetoed,
                 "metadata": metadata.get(c.item_id, {}),

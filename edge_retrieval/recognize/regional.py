@@ -4,7 +4,10 @@
     ORB features of the frame → their nearest gallery features (vocabulary.InvertedFile)
       → ratio test → votes per item
     → shortlist: the scan's best items and the most voted → verify each (MAGSAC on its matches)
+      → those without inliers again by SIFT (the second verifier)
     → score = cosine + W·ln(1 + inliers); candidates ranked by score + V·ln(1 + votes)
+    → the best one, if still unverified, aligned by ECC (the dense verifier): if it correlates,
+      it scores as MIN_INLIERS inliers would
     → match if the best one's score passes the item's calibrated threshold and no negative vetoes it.
 
 The votes find an item the CNN ranks low: a small part of a cluttered frame, tilted, under
@@ -59,9 +62,12 @@ class LocalIndex:
         every = gallery.all_features()
         rows = [(row, item, f) for row, item, f in every if f[0] == verify_mod.KIND]
         self.sift: dict[int, list[verify_mod.LocalFeatures]] = {}  # item → its photos' SIFT features
+        self.gray: dict[int, list[np.ndarray]] = {}  # item → its photos' grey images (the dense verifier's)
         for _row, item, (kind, size, kp, desc) in every:
             if kind == verify_mod.SIFT_KIND:
                 self.sift.setdefault(item, []).append(verify_mod.LocalFeatures(kp, desc, size))
+            elif kind == verify_mod.DENSE_KIND:
+                self.gray.setdefault(item, []).append(desc)
         self.images = [verify_mod.LocalFeatures(kp, desc, size) for _row, _item, (_kind, size, kp, desc) in rows]
         self.item_of_image = np.array([item for _row, item, _f in rows], np.int64)
         counts = np.array([len(f) for f in self.images], np.int64)
@@ -260,6 +266,30 @@ class RegionalRecognizer:
                 )
         return out
 
+    def aligned(self, frame: np.ndarray, candidates: list[Candidate], index: LocalIndex) -> list[Candidate]:
+        """The dense verifier, when the best-ranked candidate is one neither ORB nor SIFT verified:
+        each of its photos aligned onto the frame (verify.align); at DENSE_MIN_CC or more it counts
+        as the least geometric verification would (MIN_INLIERS), and its outline is the alignment's."""
+        if not candidates:
+            return candidates
+        n = max(range(len(candidates)), key=lambda n: rank_key(candidates[n]))
+        c = candidates[n]
+        if c.inliers or c.item_id not in index.gray:
+            return candidates
+        gray = verify_mod.gray_at_most(frame, verify_mod.DENSE_FRAME_SIDE)
+        best = max((verify_mod.align(gray, photo) for photo in index.gray[c.item_id]), key=lambda a: a.correlation)
+        if best.correlation < verify_mod.DENSE_MIN_CC:
+            return candidates
+        scale = frame.shape[1] / gray.shape[1]
+        out = list(candidates)
+        out[n] = replace(
+            c,
+            score=final_score(c.cosine, verify_mod.MIN_INLIERS),
+            aligned=best.correlation,
+            outline=best.quad * scale,
+        )
+        return out
+
     # -- the frame -----------------------------------------------------------------
     def recognize(self, frame: np.ndarray, boxes: Sequence[Sequence[float]] = ()) -> Ranking:
         """One BGR frame (any size) → its ranking. `boxes` (frame fractions x0, y0, x1, y1, e.g.
@@ -284,6 +314,8 @@ class RegionalRecognizer:
                 query = extracted.result() if preset.verify else None
             if preset.verify:
                 candidates = self.verified(frame, regions, candidates, query, sift)
+            if preset.dense:
+                candidates = self.aligned(frame, candidates, self.local_index())
             vetoed = self.negatives.vetoed(regions.vectors, candidates)
             candidates = [replace(c, vetoed=True) if c.item_id in vetoed else c for c in candidates]
             candidates.sort(key=lambda c: -rank_key(c))

@@ -19,11 +19,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import verify
 from ..camera import DROPPED, NOTED, FrameSource, SourceEnded, SourceError, inspect_image
 from ..config import Config
 from ..decide import Decider, Decision
-from ..enroll import refresh_command
+from ..enroll import lacking_photos, refresh_command
 from ..errors import ConfigError, EdgeRetrievalError
 from ..motion import MotionGate
 from ..recognize import Recognizer
@@ -176,10 +175,10 @@ class Daemon:
             if not w.gallery.count()[0]:
                 enrol = "edge-retrieval enroll" + (" --faces" if w.kind == PEOPLE else "")
                 log.warning("%s: the gallery is empty; enrol with `%s` (no restart needed)", w.gallery.path, enrol)
-            elif w.kind == ITEMS and (lacking := w.gallery.lacking_features(verify.SIFT_KIND, verify.KIND)):
-                log.warning(  # enrolled before the second verifier, which skips these photos' items
-                    "%s: %d photo(s) have no SIFT features for the second verifier; add them with "
-                    "`%s` (no restart needed)",
+            elif w.kind == ITEMS and (lacking := lacking_photos(w.gallery)):
+                log.warning(  # enrolled before the second or the dense verifier, which skip these photos' items
+                    "%s: %d photo(s) lack the SIFT features or grey image of the second and dense verifiers; "
+                    "add them with `%s` (no restart needed)",
                     w.gallery.path,
                     len(lacking),
                     refresh_command(w.gallery.path),
@@ -431,6 +430,8 @@ class Daemon:
         if best is None or best.label != result.decision.label:
             return {}
         out: dict[str, Any] = {"cosine": round(float(best.cosine), 4), "inliers": int(best.inliers)}
+        if best.aligned:  # verified by the dense verifier: its correlation
+            out["aligned"] = round(float(best.aligned), 4)
         if best.points is not None and len(best.points):
             x0, y0 = self.pipeline.offset(result.frame)
             points = np.asarray(best.points, np.float64)[:MAX_POINTS] + (x0, y0)

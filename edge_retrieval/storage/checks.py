@@ -132,7 +132,8 @@ def check_vectors(rows: Sequence[Sequence[Any]], dim: int, table: str) -> None:
 
 def check_features(rows: Sequence[Sequence[Any]]) -> None:
     """features rows (item_id, kind, width, height, keypoints, descriptors, source, created):
-    finite float32 (x, y) points and as many descriptors; ValueError otherwise."""
+    finite float32 (x, y) points and as many descriptors, or no points and an image's width ×
+    height grey pixels (the dense verifier's); ValueError otherwise."""
     for item_id, kind, width, height, keypoints, descriptors, source, created in rows:
         _integer(item_id, "features.item_id", -(1 << 63), (1 << 63) - 1)
         _text(kind, "features.kind", 32)
@@ -142,7 +143,7 @@ def check_features(rows: Sequence[Sequence[Any]]) -> None:
             raise ValueError(f"keypoints of item {item_id} are {_kind(keypoints)}, not (x, y) float32 pairs")
         n = len(keypoints) // 8
         if not isinstance(descriptors, bytes) or (
-            len(descriptors) != 0
+            len(descriptors) not in (0, width * height)
             if n == 0
             else (len(descriptors) % n or not 0 < len(descriptors) // n <= MAX_DESCRIPTOR_BYTES)
         ):

@@ -422,10 +422,12 @@ class Gallery:
         source: str = "",
     ) -> None:
         """Store one enrolled image's local features: (n, 2) float32 points in an image of
-        `size` (width, height) and (n, bytes) uint8 descriptors."""
+        `size` (width, height) and (n, bytes) uint8 descriptors — or, with no points, the image
+        itself: its (height, width) uint8 grey pixels as `descriptors` (the dense verifier's)."""
         keypoints = np.ascontiguousarray(keypoints, "<f4").reshape(-1, 2)
         descriptors = np.ascontiguousarray(descriptors, np.uint8)
-        if len(keypoints) != len(descriptors):
+        image = not len(keypoints) and descriptors.shape == (int(size[1]), int(size[0])) and descriptors.size
+        if len(keypoints) != len(descriptors) and not image:
             raise GalleryError(f"item {item_id}: {len(keypoints)} keypoints for {len(descriptors)} descriptors")
         with self.transaction():
             self.db.execute(
@@ -477,7 +479,12 @@ class Gallery:
         ):
             points = np.frombuffer(kp, "<f4").reshape(-1, 2)
             descriptors = np.frombuffer(desc, np.uint8)
-            descriptors = descriptors.reshape(len(points), -1) if len(points) else descriptors.reshape(0, 32)
+            if len(points):
+                descriptors = descriptors.reshape(len(points), -1)
+            elif len(descriptors) and len(descriptors) == w * h:  # an image (add_features)
+                descriptors = descriptors.reshape(h, w)
+            else:
+                descriptors = descriptors.reshape(0, 32)
             out.append((row, item_id, (kind, (w, h), points, descriptors)))
         return out
 

@@ -181,7 +181,7 @@ def test_two_enrol_commands_and_a_searching_reader_lose_nothing(tmp_path, photos
         items = {i.label: i for i in g.items()}
         assert set(items) == expected
         assert all(i.embeddings == 2 for i in items.values()), "each photo and one view"
-        assert all([f[0] for f in g.features(i.id)] == ["orb", "sift"] for i in items.values())
+        assert all([f[0] for f in g.features(i.id)] == ["orb", "sift", "gray"] for i in items.values())
     assert set(seen["final"]) == expected, "the reader's cached matrix missed enrolments"
     assert len(seen["counts"]) >= 2, f"the reader never saw the gallery grow: {seen['counts']}"
 
@@ -218,7 +218,9 @@ def test_enrolling_processes_hammering_one_gallery_lose_nothing(tmp_path, photos
         stems = [p.stem for p in sorted(photos.glob("*.jpg"))[:4]]
         expected = {f"{w}-{r}-{s}" for w in writers for r in range(rounds) for s in stems}
         assert set(items) == expected
-        assert all(i.embeddings == 1 and [f[0] for f in g.features(i.id)] == ["orb", "sift"] for i in items.values())
+        assert all(
+            i.embeddings == 1 and [f[0] for f in g.features(i.id)] == ["orb", "sift", "gray"] for i in items.values()
+        )
         assert g.generation() >= 2 * rounds
     assert set(seen["final"]) == expected
     assert len(seen["counts"]) >= 3, f"the reader did not follow the enrolments: {seen['counts']}"

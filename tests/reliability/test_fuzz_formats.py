@@ -236,10 +236,15 @@ def assert_valid_gallery(path: Path, query: np.ndarray) -> None:
                 assert isinstance(scale, float) and math.isfinite(scale) and 0 < scale <= 1
                 norm = float(np.linalg.norm(np.frombuffer(vector, np.int8).astype(np.float64))) * scale
                 assert norm <= 1 + 0.5 * math.sqrt(dim) * scale + 1e-3
-        for keypoints, descriptors in con.execute("SELECT keypoints, descriptors FROM features"):
+        for width, height, keypoints, descriptors in con.execute(
+            "SELECT width, height, keypoints, descriptors FROM features"
+        ):
             points = np.frombuffer(keypoints, "<f4")
             assert len(keypoints) % 8 == 0 and np.isfinite(points).all()
-            assert (len(descriptors) == 0) if len(points) == 0 else len(descriptors) % (len(points) // 2) == 0
+            if len(points) == 0:  # no features, or an image (the dense verifier's grey image)
+                assert len(descriptors) in (0, width * height)
+            else:
+                assert len(descriptors) % (len(points) // 2) == 0
     finally:
         con.close()
     with Gallery(path) as g:  # the library reads it: the matrix, a search, every item's features

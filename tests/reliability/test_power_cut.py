@@ -377,7 +377,9 @@ def test_enrolment_killed_at_random_points_is_all_or_nothing(server, tmp_path, p
                 photo = folder / label / f"{label.split('-', 1)[1]}.jpg"
                 assert item.embeddings == 2, f"{label}: {item.embeddings} embeddings (the photo and one view)"
                 assert g.sources(label) == [str(photo), f"{photo}#view1"]
-                assert [f[0] for f in g.features(item.id)] == [verify.KIND, verify.SIFT_KIND], f"{label}: features"
+                assert [f[0] for f in g.features(item.id)] == [verify.KIND, verify.SIFT_KIND, verify.DENSE_KIND], (
+                    f"{label}: features"
+                )
         outcomes["complete" if present else "absent"] += 1 if out["killed"] else 0
     print(f"\nenrolment ({way}): {killer.summary()}; after a kill: {outcomes}")
     assert killer.kills >= killer.wanted, killer.summary()

@@ -203,6 +203,7 @@ async function showDetail(id) {
   field(dl, "Margin", num(event.margin));
   field(dl, "Votes", event.votes != null ? `${event.votes} of ${event.window}` : "–");
   if (event.inliers != null) field(dl, "Inliers", String(event.inliers));
+  if (event.aligned != null) field(dl, "Aligned (dense)", num(event.aligned));
   field(dl, "Time", when(event.time));
   field(dl, "Source", event.source);
   for (const [k, v] of Object.entries(event.metadata || {})) field(dl, k, typeof v === "string" ? v : JSON.stringify(v));
