@@ -1,11 +1,13 @@
-"""Issue 18: what the second verifier (SIFT on the candidates ORB left without inliers) adds to
-the `default` preset, and what it costs, on the capture simulation (benchmarks/captures.py).
+"""Issue 18: what the second verifier (SIFT on the candidates ORB left without inliers) or the
+dense verifier (the best candidate still unverified, aligned by ECC) adds to the `default`
+preset, and what it costs, on the capture simulation (benchmarks/captures.py).
 
-    python benchmarks/second.py --split tune            # quality with and without, and the time
-    python benchmarks/second.py --split test --misses   # also today's misses, by kind
+    python benchmarks/second.py --split tune                    # with and without SIFT, and the time
+    python benchmarks/second.py --split tune --without dense    # with and without the dense verifier
+    python benchmarks/second.py --split test --misses           # also today's misses, by kind
 
-One gallery (the 200 enrolled records, 8 augmented views, ORB and SIFT features); the `default`
-preset and the same preset with `sift=False` recognize every capture of the split, frame by
+One gallery (the 200 enrolled records, 8 augmented views, ORB and SIFT features, grey images);
+the `default` preset and the same preset without one verifier recognize every capture of the split, frame by
 frame in turn, so that a shared CPU's load falls on both alike. Quality: recall@1 and TPIR at
 FPIR 1 % (the threshold that lets 1 % of the split's never-enrolled captures through); time:
 the median `recognize` per 640×480 frame of each, and their ratio.
@@ -38,7 +40,7 @@ from edge_retrieval.recognize import PRESETS, open_recognizer  # noqa: E402
 from edge_retrieval.storage.gallery import Gallery  # noqa: E402
 
 
-def run(split: str, misses: bool, query_features: int | None = None) -> dict:
+def run(split: str, misses: bool, query_features: int | None = None, without: str = "sift") -> dict:
     enrolled, _ = capture_sim.split_records()
     caps = capture_sim.captures(split)
     truth = [c.label for c in caps]
@@ -52,7 +54,7 @@ def run(split: str, misses: bool, query_features: int | None = None) -> dict:
             preset = replace(preset, query_features=query_features)
         recognizers = {
             "with": open_recognizer(emb, g, preset),
-            "without": open_recognizer(emb, g, replace(preset, sift=False)),
+            "without": open_recognizer(emb, g, replace(preset, **{without: False})),
         }
         for r in recognizers.values():
             r.recognize(caps[0].frame)  # the local index built before the clock runs
@@ -66,7 +68,13 @@ def run(split: str, misses: bool, query_features: int | None = None) -> dict:
                 results[name]["scores"].append(ranking.score)
         for r in recognizers.values():
             r.close()
-    out = {"split": split, "enrol_s": round(enrol_s, 1), "frames": len(caps), "query_features": preset.query_features}
+    out = {
+        "split": split,
+        "lacks": without,
+        "enrol_s": round(enrol_s, 1),
+        "frames": len(caps),
+        "query_features": preset.query_features,
+    }
     for name, res in results.items():
         scores = np.array(res["scores"])
         correct = np.array([label == t for label, t in zip(res["labels"], truth)])
@@ -96,8 +104,9 @@ def main() -> None:
     ap.add_argument("--split", choices=("tune", "test"), default="tune")
     ap.add_argument("--misses", action="store_true", help="count the misses that remain, by kind")
     ap.add_argument("--query-features", type=int, help="the frame's ORB features (default: the preset's)")
+    ap.add_argument("--without", choices=("sift", "dense"), default="sift", help="the verifier the other preset lacks")
     args = ap.parse_args()
-    print(json.dumps(run(args.split, args.misses, args.query_features), indent=1))
+    print(json.dumps(run(args.split, args.misses, args.query_features, args.without), indent=1))
 
 
 if __name__ == "__main__":
