@@ -154,6 +154,8 @@ def align(frame_gray: np.ndarray, photo_gray: np.ndarray) -> Alignment:
     DENSE_FRAME_SIDE) and how well does it correlate there. Template matching on the frame at half
     size tries the photo at each of DENSE_HEIGHTS; from the best place, ECC fits a homography.
     An outline that is folded, tiny or larger than the frame is no alignment."""
+    if min(frame_gray.shape) < 24:  # nothing to align in a frame this small
+        return Alignment(-1.0, None)
     half = cv2.resize(frame_gray, (frame_gray.shape[1] // 2, frame_gray.shape[0] // 2), interpolation=cv2.INTER_AREA)
     half = half.astype(np.float32)
     ph, pw = photo_gray.shape

@@ -136,6 +136,8 @@ def test_the_dense_verifier_does_not_align_another_photo_or_an_item_never_enroll
     assert mine.correlation >= verify.DENSE_MIN_CC
     for other in set(ITEMS) - {"coffee"}:
         assert verify.align(gray, verify.extract_gray(read_image(photo(other))).descriptors).correlation < 0.9
+    for tiny in (np.zeros((1, 1), np.uint8), np.full((30, 23), 200, np.uint8)):  # too small, blank
+        assert verify.align(tiny, verify.extract_gray(read_image(photo("coffee"))).descriptors).quad is None
     recognizer = open_recognizer(regional, demo_gallery)
     for background, sigma in (("grass", 2), ("gravel", 6), ("grass", 8)):  # the brick wall: never enrolled
         result = recognizer.recognize(pasted(photos, "brick", LARGE_QUAD, sigma, background))
