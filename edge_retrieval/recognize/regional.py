@@ -24,7 +24,6 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from .. import verify as verify_mod
@@ -134,11 +133,6 @@ class RegionalRecognizer:
         self._index: LocalIndex | None = None
         self._generation = -1
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="local-features")
-        if preset.verify:
-            # this thread and the worker keep both cores busy with OpenCV calls of their own; OpenCV's
-            # pool beside them only oversubscribes (one thread: 30.4 vs 31.2 ms a test capture,
-            # interleaved, the same answers). The setting is the process's.
-            cv2.setNumThreads(1)
 
     # -- pieces ------------------------------------------------------------------
     def local_index(self) -> LocalIndex:
