@@ -54,8 +54,9 @@ SIFT_OCTAVE_LAYERS = 2  # Lowe's 3 found as many on tune, at ≈ 1.1× the time
 
 # the dense verifier: the photo's grey image (stored at enrolment, ≤ 64 px) aligned onto the frame
 # shrunk to 160 px by a homography (ECC, Evangelidis & Psarakis 2008), started where template
-# matching at half that size finds the photo best. On the tune captures (benchmarks/dense.py) the
-# right items it aligns correlate 0.98–0.995; wrong items in the never-enrolled frames at most 0.969
+# matching at half that size finds the photo best. On the tune captures the right items it aligns
+# correlate 0.98–0.995, wrong items in the never-enrolled frames at most 0.969 (one-off replays, not
+# kept); what it adds and costs: benchmarks/second.py --without dense
 DENSE_KIND = "gray"
 DENSE_PHOTO_SIDE = 64
 DENSE_FRAME_SIDE = 160
