@@ -44,11 +44,6 @@ def _words(descriptors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(descriptors, np.uint8).view(np.uint64)  # (n, 4)
 
 
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Hamming distance of two (n, 4) uint64 arrays → (n,) uint32."""
-    return _bits(np.bitwise_xor(a, b))
-
-
 def _bits(x: np.ndarray) -> np.ndarray:
     """Set bits of each row of an (n, 4) uint64 array → (n,) uint32."""
     counts = np.bitwise_count(x)  # (n, 4) uint8, each ≤ 64

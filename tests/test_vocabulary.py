@@ -44,7 +44,7 @@ def test_hamming_counts_bits_from_0_to_256(descriptors):
     x = descriptors[:1]
     a = np.concatenate([descriptors[:298], x, x])
     b = np.concatenate([descriptors[300:598], x, ~x])  # the last two: the same (0), the complement (256)
-    got = vocabulary.hamming(vocabulary._words(a), vocabulary._words(b))
+    got = vocabulary._bits(vocabulary._words(a) ^ vocabulary._words(b))  # the Hamming distance
     want = [cv2.norm(x, y, cv2.NORM_HAMMING) for x, y in zip(a, b)]
     assert got.tolist() == want and got[-2] == 0 and got[-1] == 256
 
